@@ -1,0 +1,211 @@
+//! Command-line surface. Only parsing lives here; `cli::run` dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default instance name, shared with `LLIMA_BOX_INSTANCE`.
+pub const DEFAULT_INSTANCE: &str = "llima-box";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "llima-box",
+    version,
+    about = "Per-project sandboxed Linux environments for coding agents, in one shared Lima-compatible VM",
+    long_about = "llima-box gives every project directory its own isolated Linux environment \
+                  inside one shared VM that it boots and manages itself with QEMU. \
+                  The VM lives in $LIMA_HOME (default ~/.lima) in Lima's own format.",
+    after_help = "Examples:\n  llima-box shell                 # a shell in the current project's environment\n  llima-box shell ~/src/app -- make test\n  llima-box vm status"
+)]
+pub struct Cli {
+    /// Name of the VM instance under $LIMA_HOME.
+    #[arg(
+        long,
+        global = true,
+        env = "LLIMA_BOX_INSTANCE",
+        default_value = DEFAULT_INSTANCE,
+        value_name = "NAME"
+    )]
+    pub instance: String,
+
+    /// Print more detail (repeat for even more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open a shell (or run one command) in a project's environment.
+    #[command(
+        after_help = "Examples:\n  llima-box shell\n  llima-box shell ~/src/app -- cargo test\n  echo hi | llima-box shell . -- cat"
+    )]
+    Shell(ShellArgs),
+
+    /// List environments.
+    #[command(after_help = "Examples:\n  llima-box list\n  llima-box list --json")]
+    List(JsonArg),
+
+    /// Delete one environment (never the project files on the host).
+    #[command(
+        after_help = "Examples:\n  llima-box delete            # the current directory's environment\n  llima-box delete ~/src/app -y"
+    )]
+    Delete(DeleteArgs),
+
+    /// Delete every environment (never the project files on the host).
+    #[command(
+        name = "delete-all",
+        after_help = "Example:\n  llima-box delete-all -y"
+    )]
+    DeleteAll(YesArg),
+
+    /// Self-test of the VM lifecycle: create, start, SSH exec, stop.
+    #[command(name = "test-vm", after_help = "Example:\n  llima-box test-vm")]
+    TestVm(TestVmArgs),
+
+    /// Manage the VM itself.
+    #[command(subcommand)]
+    Vm(VmCommand),
+
+    /// Internal: the detached host agent that owns QEMU.
+    #[command(hide = true)]
+    Hostagent(HostagentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Project directory (default: the current directory).
+    pub path: Option<PathBuf>,
+    /// Do not forward the host's SSH agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Command and arguments to run instead of a login shell.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct YesArg {
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Project path or environment name (default: the current directory).
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub yes: YesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TestVmArgs {
+    /// Keep the throwaway instance afterwards (for debugging).
+    #[arg(long)]
+    pub keep: bool,
+    /// Test this existing instance instead of a throwaway one.
+    #[arg(long, value_name = "NAME")]
+    pub existing: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create (if needed) and boot the VM.
+    #[command(after_help = "Example:\n  llima-box vm start")]
+    Start,
+    /// Shut the VM down.
+    #[command(after_help = "Examples:\n  llima-box vm stop\n  llima-box vm stop --force")]
+    Stop(ForceArg),
+    /// Show the VM's status.
+    #[command(after_help = "Examples:\n  llima-box vm status\n  llima-box vm status --json")]
+    Status(JsonArg),
+    /// Delete the VM and its disk.
+    #[command(after_help = "Example:\n  llima-box vm delete --force")]
+    Delete(ForceArg),
+    /// Show the host agent's or the serial console's log.
+    #[command(after_help = "Examples:\n  llima-box vm logs\n  llima-box vm logs --serial --follow")]
+    Logs(LogsArgs),
+    /// List every instance under $LIMA_HOME, like `limactl list`.
+    #[command(after_help = "Examples:\n  llima-box vm list\n  llima-box vm list --json")]
+    List(VmListArgs),
+    /// Validate lima.yaml files, like `limactl validate`.
+    #[command(
+        after_help = "Examples:\n  llima-box vm validate ~/.lima/llima-box/lima.yaml\n  llima-box vm validate --fill template.yaml"
+    )]
+    Validate(ValidateArgs),
+    /// A shell or command in the VM as the admin user, like `limactl shell`.
+    #[command(after_help = "Examples:\n  llima-box vm shell\n  llima-box vm shell -- uname -a")]
+    Shell(VmShellArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ForceArg {
+    /// Do it without a graceful shutdown.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The guest's serial console instead of the host agent.
+    #[arg(long)]
+    pub serial: bool,
+    /// Keep printing as the log grows.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VmListArgs {
+    /// One JSON object per line, with limactl's keys.
+    #[arg(long)]
+    pub json: bool,
+    /// Print instance names only.
+    #[arg(long = "names-only")]
+    pub names_only: bool,
+    /// Instances to show (default: all).
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Print the filled configuration as YAML.
+    #[arg(long)]
+    pub fill: bool,
+    /// lima.yaml files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmShellArgs {
+    /// Do not forward the host's SSH agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Working directory in the guest.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Command and arguments (default: a login shell).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HostagentArgs {
+    /// Instance directory to serve.
+    pub dir: PathBuf,
+}

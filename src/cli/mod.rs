@@ -1,0 +1,60 @@
+//! The command-line edge: parsing, dispatch, and everything printed for
+//! humans. Domain modules return typed errors; `anyhow` context is added here.
+
+pub mod args;
+mod output;
+mod vm_list;
+mod vm_validate;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+use args::{Cli, Command, VmCommand};
+pub use output::Output;
+
+/// Entry point of the `llima-box` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(cli.verbose, cli.quiet);
+    match run(cli, &out) {
+        Ok(code) => code,
+        Err(err) => {
+            out.error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
+    match cli.command {
+        Command::Vm(VmCommand::List(args)) => vm_list::run(&args, out),
+        Command::Vm(VmCommand::Validate(args)) => vm_validate::run(&args, out),
+        Command::Shell(_) | Command::List(_) | Command::Delete(_) | Command::DeleteAll(_) => {
+            refuse_root()?;
+            not_yet("environments")
+        }
+        Command::TestVm(_) | Command::Hostagent(_) | Command::Vm(_) => {
+            refuse_root()?;
+            not_yet("the VM lifecycle")
+        }
+    }
+}
+
+/// Commands that create or drive a VM would leave root-owned files in
+/// `$LIMA_HOME` and give the guest's admin user root's identity, as limactl
+/// also refuses.
+fn refuse_root() -> Result<()> {
+    if rustix::process::geteuid().is_root() {
+        anyhow::bail!(
+            "refusing to run as root: the VM's files and its user would belong to root; \
+             run llima-box as your normal user"
+        );
+    }
+    Ok(())
+}
+
+fn not_yet(what: &str) -> Result<ExitCode> {
+    anyhow::bail!("this command is not available yet: {what} are still being built")
+}

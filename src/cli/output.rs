@@ -1,0 +1,54 @@
+//! Human output: colour only on a terminal and never with `NO_COLOR`,
+//! verbosity, and error chains printed one cause per line.
+
+use std::io::IsTerminal;
+
+pub struct Output {
+    verbose: u8,
+    quiet: bool,
+    color: bool,
+}
+
+impl Output {
+    pub fn new(verbose: u8, quiet: bool) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Output {
+            verbose,
+            quiet,
+            color: !no_color && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// A progress or status line on stderr, hidden by `--quiet`.
+    pub fn info(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// Detail shown only with `-v`.
+    pub fn debug(&self, msg: &str) {
+        if self.verbose > 0 {
+            eprintln!("{}", self.paint("2", msg));
+        }
+    }
+
+    pub fn warn(&self, msg: &str) {
+        eprintln!("{} {msg}", self.paint("33", "warning:"));
+    }
+
+    pub fn error(&self, err: &anyhow::Error) {
+        eprintln!("{} {err}", self.paint("31;1", "error:"));
+        for cause in err.chain().skip(1) {
+            eprintln!("  {} {cause}", self.paint("2", "caused by:"));
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Test harness: run the real binary as an unprivileged user, as a person
+//! would. Under root (as CI runs) product commands run as a dedicated test
+//! user created on first use; otherwise as the current user.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The unprivileged account product commands run as.
+pub const TEST_USER: &str = "llbtest";
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The user product commands run as (created when running as root).
+pub fn user() -> &'static User {
+    static USER: OnceLock<User> = OnceLock::new();
+    USER.get_or_init(|| {
+        if is_root() {
+            let exists = Command::new("id")
+                .arg("-u")
+                .arg(TEST_USER)
+                .output()
+                .unwrap();
+            if !exists.status.success() {
+                let st = Command::new("useradd")
+                    .args(["-m", "-s", "/bin/bash", TEST_USER])
+                    .status()
+                    .expect("useradd");
+                assert!(st.success(), "useradd {TEST_USER} failed");
+            }
+            lookup(TEST_USER)
+        } else {
+            lookup(&whoami())
+        }
+    })
+}
+
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn lookup(name: &str) -> User {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").arg(flag).arg(name).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let home = line
+        .trim()
+        .split(':')
+        .nth(5)
+        .expect("home in passwd")
+        .to_string();
+    User {
+        name: name.to_string(),
+        uid: id("-u"),
+        gid: id("-g"),
+        home: PathBuf::from(home),
+    }
+}
+
+/// The binary under test, in a place the test user can execute.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_llima-box"));
+        if !is_root() {
+            return built;
+        }
+        let dir = PathBuf::from(format!("/tmp/llima-box-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dest = dir.join("llima-box");
+        std::fs::copy(&built, &dest).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dest
+    })
+}
+
+/// A scratch directory owned by the test user, removed on drop.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("llb-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        chown(dir.path());
+        TestDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file (creating parents) owned by the test user.
+    pub fn write(&self, rel: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        let mut created = Vec::new();
+        let mut cur = p.parent().unwrap().to_path_buf();
+        while !cur.exists() {
+            created.push(cur.clone());
+            cur = cur.parent().unwrap().to_path_buf();
+        }
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        for d in created {
+            chown(&d);
+        }
+        std::fs::write(&p, contents).unwrap();
+        chown(&p);
+        p
+    }
+
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(&p).unwrap();
+        chown_r(&p);
+        p
+    }
+}
+
+/// Gives a path to the test user (no-op unless root).
+pub fn chown(p: &Path) {
+    if is_root() {
+        let u = user();
+        std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid)).unwrap();
+    }
+}
+
+pub fn chown_r(p: &Path) {
+    if is_root() {
+        let u = user();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", u.uid, u.gid))
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// A command run as the test user with a clean, predictable environment.
+pub fn as_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let u = user();
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &u.uid.to_string(),
+            "--regid",
+            &u.gid.to_string(),
+            "--init-groups",
+            "--",
+        ]);
+        c.arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.env_clear()
+        .env("HOME", &u.home)
+        .env("USER", &u.name)
+        .env("LOGNAME", &u.name)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("LANG", "C.UTF-8")
+        .current_dir("/");
+    cmd
+}
+
+/// `llima-box ARGS` as the test user with `LIMA_HOME` set.
+pub fn llima_box(lima_home: &Path) -> Command {
+    let mut cmd = as_user(bin());
+    cmd.env("LIMA_HOME", lima_home);
+    cmd
+}
+
+/// Output as text, for assertions with useful failure messages.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,4 @@
+//! One integration binary, as ripgrep and just do: each file is a concern.
+
+mod cli;
+mod common;
