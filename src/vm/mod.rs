@@ -5,3 +5,4 @@ pub mod config;
 pub mod dirs;
 pub mod store;
 pub mod units;
+pub mod hostagent;
