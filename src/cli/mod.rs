@@ -3,6 +3,7 @@
 
 pub mod args;
 mod output;
+mod progress;
 mod vm_list;
 mod vm_validate;
 
