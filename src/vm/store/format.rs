@@ -254,6 +254,84 @@ mod tests {
         );
     }
 
+    fn inst(name: &str, vm_type: &str, arch: &str) -> Instance {
+        let mut i = Instance::new(name, PathBuf::from("/h/.lima").join(name));
+        i.vm_type = vm_type.into();
+        i.arch = arch.into();
+        i
+    }
+
+    fn header(t: &str) -> Vec<&str> {
+        t.lines().next().unwrap().split_whitespace().collect()
+    }
+
+    #[test]
+    fn narrow_terminals_hide_columns_like_limactl() {
+        let same = [
+            inst("a", "qemu", host_arch()),
+            inst("b", "qemu", host_arch()),
+        ];
+        let all = [
+            "NAME", "STATUS", "SSH", "VMTYPE", "ARCH", "CPUS", "MEMORY", "DISK", "DIR",
+        ];
+        assert_eq!(header(&table(&same, None, None)), all);
+        assert_eq!(header(&table(&same, None, Some(200))), all);
+        // (5 + 7) * 8 = 96: VMTYPE goes; (5 + 6) * 8 = 88: ARCH; (5 + 5) * 8 = 80: DIR.
+        assert_eq!(
+            header(&table(&same, None, Some(95))),
+            [
+                "NAME", "STATUS", "SSH", "ARCH", "CPUS", "MEMORY", "DISK", "DIR"
+            ]
+        );
+        assert_eq!(
+            header(&table(&same, None, Some(87))),
+            ["NAME", "STATUS", "SSH", "CPUS", "MEMORY", "DISK", "DIR"]
+        );
+        assert_eq!(
+            header(&table(&same, None, Some(79))),
+            ["NAME", "STATUS", "SSH", "CPUS", "MEMORY", "DISK"]
+        );
+        // Differing types or a foreign arch stay visible however narrow.
+        let mixed = [inst("a", "qemu", "riscv64"), inst("b", "vz", "riscv64")];
+        assert_eq!(
+            header(&table(&mixed, None, Some(40))),
+            [
+                "NAME", "STATUS", "SSH", "VMTYPE", "ARCH", "CPUS", "MEMORY", "DISK"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_omits_what_limactl_omits() {
+        let mut i = inst("a", "qemu", "x86_64");
+        i.message = "hi\n".into();
+        i.host_agent_pid = Some(7);
+        let g = Globals::new(Path::new("/h/.lima"));
+        let v = list_json(&i, &g);
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "hostname",
+                "status",
+                "dir",
+                "vmType",
+                "arch",
+                "message",
+                "hostAgentPID",
+                "protected",
+                "limaVersion",
+                "HostOS",
+                "HostArch",
+                "LimaHome",
+                "IdentityFile"
+            ]
+        );
+        assert_eq!(v["message"], "hi");
+        assert_eq!(v["IdentityFile"], "/h/.lima/_config/user");
+    }
+
     #[test]
     fn tilde_only_on_component_boundary() {
         let home = Path::new("/home/u");

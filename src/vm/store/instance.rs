@@ -90,7 +90,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn new(name: &str, dir: PathBuf) -> Self {
+    pub(super) fn new(name: &str, dir: PathBuf) -> Self {
         Instance {
             name: name.to_string(),
             hostname: String::new(),
@@ -260,9 +260,9 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
 /// without `lima.yaml` becomes a Broken entry carrying that error.
 pub fn inspect_for_list(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
     match inspect(lima_home, name) {
-        Err(StoreError::NotFound { dir, source, .. }) if dir.is_dir() => {
-            let mut inst = Instance::new(name, dir);
-            inst.broken(error_chain(&source));
+        Err(e @ StoreError::NotFound { .. }) if lima_home.join(name).is_dir() => {
+            let mut inst = Instance::new(name, lima_home.join(name));
+            inst.broken(e.to_string());
             Ok(inst)
         }
         other => other,
