@@ -386,6 +386,25 @@ fn directory_without_lima_yaml_is_listed_broken() {
 }
 
 #[test]
+fn invalid_directory_name_aborts_like_limactl() {
+    let home = Home::new();
+    home.inst("ok", SIZED);
+    home.inst("bad name", SIZED);
+    let (out, stdout, stderr) = home.list(&[]);
+    assert!(!out.status.success());
+    assert_eq!(stdout, "");
+    assert!(
+        stderr.contains("unable to load instance \"bad name\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("invalid instance name"), "{stderr}");
+    // Names only needs no inspection, so it still works.
+    let (out, stdout, _) = home.list(&["--names-only"]);
+    assert!(out.status.success());
+    assert_eq!(stdout, "bad name\nok\n");
+}
+
+#[test]
 fn unloadable_config_has_empty_status_and_no_pids() {
     let home = Home::new();
     home.inst("bad", "cpus: [\n");

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::format::Globals;
 use super::message::{self, Rendered};
-use super::{StoreError, host, hostname, pidfile, unix_http, validate_name};
+use super::{StoreError, host, hostname, instance_dir, pidfile, unix_http};
 use crate::vm::config::{self, ConfigError, LimaYaml};
 use crate::vm::units::parse_bytes;
 
@@ -155,8 +155,7 @@ impl Instance {
 /// problem is recorded in `errors` and reflected in `status`. Reading a
 /// pid file of an exited process deletes it, as Lima does.
 pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
-    validate_name(name)?;
-    let dir = lima_home.join(name);
+    let dir = instance_dir(lima_home, name)?;
     let mut inst = Instance::new(name, dir.clone());
     inst.hostname = hostname(name);
     let mut y = match config::load_instance(&dir, lima_home) {

@@ -109,6 +109,13 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `$LIMA_HOME/<name>` once the name is known to be valid, as Lima's
+/// `InstanceDir`; whether the instance exists is not checked.
+pub fn instance_dir(lima_home: &Path, name: &str) -> Result<PathBuf, StoreError> {
+    validate_name(name)?;
+    Ok(lima_home.join(name))
+}
+
 /// The guest hostname Lima derives from an instance name.
 pub fn hostname(name: &str) -> String {
     format!("lima-{}", name.replace(['.', '_'], "-"))
