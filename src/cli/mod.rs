@@ -5,6 +5,9 @@ pub mod args;
 mod output;
 mod progress;
 mod vm_list;
+mod vm_logs;
+mod vm_status;
+mod vm_stop;
 mod vm_validate;
 
 use std::process::ExitCode;
@@ -35,6 +38,16 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         Command::Shell(_) | Command::List(_) | Command::Delete(_) | Command::DeleteAll(_) => {
             refuse_root()?;
             not_yet("environments")
+        }
+        Command::Vm(VmCommand::Status(args)) => vm_status::run(&cli.instance, &args),
+        Command::Vm(VmCommand::Logs(args)) => vm_logs::run(&cli.instance, &args),
+        Command::Vm(VmCommand::Stop(args)) => {
+            refuse_root()?;
+            vm_stop::stop(&cli.instance, &args, out)
+        }
+        Command::Vm(VmCommand::Delete(args)) => {
+            refuse_root()?;
+            vm_stop::delete(&cli.instance, &args, out)
         }
         Command::TestVm(_) | Command::Hostagent(_) | Command::Vm(_) => {
             refuse_root()?;

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod dirs;
+pub mod hostagent;
+pub mod lifecycle;
 pub mod store;
 pub mod units;
-pub mod hostagent;

@@ -4,15 +4,10 @@
 
 use std::path::Path;
 
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Info {
-    pub ssh_local_port: u16,
-}
+use crate::vm::store::Info;
 
 /// Binds `ha.sock`, replacing a stale socket file left by a crashed agent.
 pub fn bind(sock: &Path) -> std::io::Result<UnixListener> {
@@ -89,7 +84,13 @@ mod tests {
         let sock = dir.path().join("ha.sock");
         std::fs::write(&sock, b"stale").unwrap();
         let listener = bind(&sock).unwrap();
-        let server = tokio::spawn(serve(listener, Info { ssh_local_port: 41234 }));
+        let server = tokio::spawn(serve(
+            listener,
+            Info {
+                ssh_local_port: 41234,
+                ..Default::default()
+            },
+        ));
         let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
         s.write_all(b"GET /v1/info HTTP/1.1\r\nHost: lima-hostagent\r\n\r\n")
             .await

@@ -135,7 +135,10 @@ mod tests {
             exiting: true,
             ..Default::default()
         };
-        assert_eq!(serde_json::to_string(&exiting).unwrap(), r#"{"exiting":true}"#);
+        assert_eq!(
+            serde_json::to_string(&exiting).unwrap(),
+            r#"{"exiting":true}"#
+        );
     }
 
     #[test]
