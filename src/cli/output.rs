@@ -27,6 +27,10 @@ impl Output {
         }
     }
 
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// A progress or status line on stderr, hidden by `--quiet`.
     pub fn info(&self, msg: &str) {
         if !self.quiet {

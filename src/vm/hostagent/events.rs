@@ -49,13 +49,13 @@ impl Event {
     }
 }
 
-/// Writes one event line and syncs it, so a reader tailing the file never
-/// sees a partial line followed by a crash.
-pub fn emit(out: &mut std::fs::File, status: Status) -> std::io::Result<()> {
+/// Writes one event as a single line in one write, so a reader tailing the
+/// file sees whole lines only.
+pub fn emit(out: &mut impl Write, status: Status) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(&Event::now(status)).map_err(std::io::Error::other)?;
     line.push(b'\n');
     out.write_all(&line)?;
-    out.sync_data()
+    out.flush()
 }
 
 /// Parses the complete lines of `buf`, returning the events and how many

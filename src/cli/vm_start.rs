@@ -1,0 +1,67 @@
+//! `llima-box vm start`: create (first time) and boot the VM, showing
+//! download progress and boot stages with elapsed time.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::Output;
+use super::progress::Stages;
+use crate::vm::image::{BarReporter, NoProgress, Progress};
+use crate::vm::lifecycle::{self, StartUi, Started};
+use crate::vm::dirs;
+
+pub struct CliStartUi {
+    stages: Stages,
+    bar: Box<dyn Progress>,
+}
+
+impl CliStartUi {
+    pub fn new(out: &Output) -> Self {
+        CliStartUi {
+            stages: Stages::new(out.is_quiet()),
+            bar: if out.is_quiet() {
+                Box::new(NoProgress)
+            } else {
+                Box::new(BarReporter::default())
+            },
+        }
+    }
+
+    pub fn elapsed_secs(&self) -> f64 {
+        self.stages.elapsed().as_secs_f64()
+    }
+}
+
+impl StartUi for CliStartUi {
+    fn stage(&mut self, stage: &str) {
+        self.stages.stage(stage);
+    }
+
+    fn download(&self) -> &dyn Progress {
+        self.bar.as_ref()
+    }
+}
+
+/// Boots `instance` (creating it first if needed) and returns where it is.
+pub fn start(instance: &str, out: &Output) -> Result<Started> {
+    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
+    let mut ui = CliStartUi::new(out);
+    let started = lifecycle::start(&lima_home, instance, &mut ui)
+        .with_context(|| format!("cannot start instance {instance:?}"))?;
+    if started.already_running {
+        out.info(&format!("{instance} is running (SSH on 127.0.0.1:{})", started.ssh_local_port));
+    } else {
+        out.info(&format!(
+            "{instance} is ready after {:.1}s (SSH on 127.0.0.1:{}). Run `llima-box shell` in a project, or `llima-box vm shell`.",
+            ui.elapsed_secs(),
+            started.ssh_local_port
+        ));
+    }
+    Ok(started)
+}
+
+pub fn run(instance: &str, out: &Output) -> Result<ExitCode> {
+    start(instance, out)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,244 @@
+//! The agent's life: write `ha.pid`, render cidata and `ssh.config`, serve
+//! `ha.sock`, launch QEMU, wait for the guest to be ready for this boot,
+//! then hold the VM until SIGINT/SIGTERM (graceful power-down) or until the
+//! guest powers itself off. Every exit path removes `ha.pid` and `ha.sock`
+//! and ends with an `exiting` event.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+
+use super::events::{self, Status};
+use super::{HostAgentError, api, plan, readiness};
+use crate::vm::cidata;
+use crate::vm::config;
+use crate::vm::host::RealHost;
+use crate::vm::qemu;
+use crate::vm::store;
+
+/// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
+/// (events), stderr is `ha.stderr.log` (a human log).
+pub fn main(dir: &Path) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log(&format!("cannot start the async runtime: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(dir));
+    let code = match &result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log(&format!("error: {}", chain(e)));
+            std::process::ExitCode::FAILURE
+        }
+    };
+    // The pid file may only be ours to remove: `run` fails before writing
+    // it when another agent is alive.
+    if !matches!(result, Err(HostAgentError::AlreadyRunning { .. })) {
+        let _ = events::emit(
+            &mut std::io::stdout(),
+            Status {
+                exiting: true,
+                errors: result.err().map(|e| vec![chain(&e)]).unwrap_or_default(),
+                ..Default::default()
+            },
+        );
+        let _ = std::fs::remove_file(dir.join("ha.sock"));
+        let _ = std::fs::remove_file(dir.join("ha.pid"));
+    }
+    code
+}
+
+/// A line in `ha.stderr.log` with a timestamp.
+pub fn log(msg: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} {msg}",
+        events::rfc3339(SystemTime::now())
+    );
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn emit(status: Status) {
+    if let Err(e) = events::emit(&mut std::io::stdout(), status) {
+        log(&format!("cannot write an event: {e}"));
+    }
+}
+
+fn stage(port: u16, text: &str) {
+    log(text);
+    emit(Status {
+        ssh_local_port: port,
+        stage: Some(text.to_string()),
+        ..Default::default()
+    });
+}
+
+/// How long the guest may take to become ready after QEMU starts.
+fn boot_timeout() -> Duration {
+    env_secs("LLIMA_BOX_BOOT_TIMEOUT", 600)
+}
+
+/// How long the guest gets to power off after the ACPI button.
+fn shutdown_grace() -> Duration {
+    env_secs("LLIMA_BOX_SHUTDOWN_GRACE", 120)
+}
+
+fn env_secs(var: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+async fn run(dir: &Path) -> Result<(), HostAgentError> {
+    let dir = std::fs::canonicalize(dir).map_err(|source| HostAgentError::Io {
+        what: "resolve",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let lima_home = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pid_file = dir.join("ha.pid");
+    store::write_pid_file(&pid_file, std::process::id()).map_err(|e| match e {
+        store::PidFileError::StillRunning { pid, .. } => HostAgentError::AlreadyRunning { pid },
+        e => e.into(),
+    })?;
+    log(&format!("host agent for {name} started (pid {})", std::process::id()));
+
+    let cfg = config::load_instance(&dir, &lima_home)?;
+    let port = match cfg.ssh.as_ref().and_then(|s| s.local_port) {
+        Some(p) if p != 0 => p,
+        _ => qemu::free_port().map_err(|source| HostAgentError::Io {
+            what: "find a free port on",
+            path: PathBuf::from("127.0.0.1"),
+            source,
+        })?,
+    };
+    let iid = cidata::InstanceId::at(SystemTime::now());
+    let plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid.clone(), port)?;
+    plan.write_files()?;
+
+    let listener = api::bind(&dir.join("ha.sock")).map_err(|source| HostAgentError::Io {
+        what: "listen on",
+        path: dir.join("ha.sock"),
+        source,
+    })?;
+    let server = tokio::spawn(api::serve(
+        listener,
+        store::Info {
+            ssh_local_port: port,
+            ..Default::default()
+        },
+    ));
+
+    let result = supervise(&dir, &plan, port, &iid.to_string()).await;
+    server.abort();
+    result
+}
+
+/// Boots QEMU and runs it until a signal or a guest power-off.
+async fn supervise(dir: &Path, plan: &plan::Plan, port: u16, iid: &str) -> Result<(), HostAgentError> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(HostAgentError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(HostAgentError::Signal)?;
+
+    let exe = qemu::find_exe_from_env(&plan.qemu.arch)?;
+    stage(port, &format!("booting the guest ({})", plan.qemu.accel.as_str()));
+    let (spec, log_path) = (plan.qemu.clone(), dir.join("qemu.log"));
+    let launched = tokio::task::spawn_blocking(move || {
+        qemu::launch_with_fallback(&RealHost, &exe, &spec, &log_path, qemu::stuck::KVM_WINDOW)
+    })
+    .await
+    .map_err(|e| HostAgentError::Join(e.to_string()))??;
+    if let Some(why) = &launched.fell_back {
+        stage(port, &format!("{why}; running under TCG instead (slower)"));
+    }
+    let qemu::Running {
+        mut child,
+        pid: qemu_pid,
+        mut qmp,
+        ..
+    } = launched;
+
+    // The child is reaped on a thread so the async side can wait on it.
+    let (exited_tx, mut exited) = oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = exited_tx.send(child.wait().map(|s| s.to_string()));
+    });
+
+    stage(port, "waiting for SSH and cloud-init");
+    let deadline = Instant::now() + boot_timeout();
+    let ready = tokio::select! {
+        r = readiness::wait(plan, port, iid, deadline, |s| stage(port, s)) => r,
+        status = &mut exited => Err(HostAgentError::GuestExited {
+            status: status.ok().and_then(Result::ok).unwrap_or_default(),
+            serial_tail: crate::vm::lifecycle::serial_tail(dir, 20),
+        }),
+        _ = sigint.recv() => Err(HostAgentError::Interrupted),
+        _ = sigterm.recv() => Err(HostAgentError::Interrupted),
+    };
+    if let Err(e) = ready {
+        kill(qemu_pid);
+        let _ = (&mut exited).await;
+        let _ = std::fs::remove_file(dir.join("qemu.pid"));
+        return Err(e);
+    }
+    log("guest is ready");
+    emit(Status {
+        running: true,
+        ssh_local_port: port,
+        ..Default::default()
+    });
+
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+        status = &mut exited => {
+            log(&format!("QEMU exited ({}); the guest powered off", status.ok().and_then(Result::ok).unwrap_or_default()));
+            let _ = std::fs::remove_file(dir.join("qemu.pid"));
+            return Ok(());
+        }
+    }
+    log("shutting the guest down (ACPI power button)");
+    let grace = shutdown_grace();
+    let graceful = tokio::task::block_in_place(|| qmp.system_powerdown()).is_ok()
+        && tokio::time::timeout(grace, &mut exited).await.is_ok();
+    if !graceful {
+        log(&format!("the guest did not power off within {} s; killing QEMU", grace.as_secs()));
+        kill(qemu_pid);
+        let _ = exited.await;
+    }
+    let _ = std::fs::remove_file(dir.join("qemu.pid"));
+    log("stopped");
+    Ok(())
+}
+
+fn kill(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
