@@ -3,5 +3,8 @@
 
 pub mod config;
 pub mod dirs;
+pub mod disk;
+pub mod host;
+pub mod qmp;
 pub mod store;
 pub mod units;
