@@ -5,6 +5,7 @@ pub mod config;
 pub mod dirs;
 pub mod disk;
 pub mod host;
+pub mod image;
 pub mod qemu;
 pub mod qmp;
 pub mod store;
