@@ -17,6 +17,7 @@ pub use cmdline::{MountSpec, QemuSpec, cmdline, mac_address, machine_id};
 pub use firmware::find_firmware;
 
 use crate::vm::host::Host;
+use crate::vm::qmp::{Qmp, QmpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
@@ -48,6 +49,14 @@ pub enum QemuError {
         secs: u64,
         log: PathBuf,
     },
+    #[error("QEMU exited ({status}) before it was up; the end of {log}:\n{tail}")]
+    Exited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -292,10 +301,14 @@ pub fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child, QemuEr
         })
 }
 
-/// Waits until QEMU has written its pid file (it does so once the machine
-/// is set up and the QMP socket listens) and returns the pid.
+/// Waits until QEMU has written its pid file and returns the pid. QEMU
+/// writes it early, possibly before its sockets listen (see
+/// [`connect_qmp`]). Fails early,
+/// with the end of `log`, when QEMU exits first (a bad option, a missing
+/// file, an accelerator it cannot open).
 pub fn wait_for_pidfile(
     host: &dyn Host,
+    child: &mut Child,
     path: &Path,
     timeout: Duration,
     log: &Path,
@@ -307,6 +320,9 @@ pub fn wait_for_pidfile(
         {
             return Ok(pid);
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(exited(status, log));
+        }
         if host.now() >= deadline {
             return Err(QemuError::NoPidFile {
                 path: path.to_path_buf(),
@@ -316,6 +332,131 @@ pub fn wait_for_pidfile(
         }
         host.sleep(Duration::from_millis(50));
     }
+}
+
+/// Connects to `$D/qmp.sock`, retrying while QEMU is still creating it
+/// (the pid file comes first), and failing early if QEMU exits.
+pub fn connect_qmp(
+    host: &dyn Host,
+    child: &mut Child,
+    instance_dir: &Path,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Qmp, QemuError> {
+    let deadline = host.now() + timeout;
+    loop {
+        match Qmp::connect(&instance_dir.join("qmp.sock"), Duration::from_secs(5)) {
+            Ok(q) => return Ok(q),
+            Err(QmpError::Connect { .. }) if host.now() < deadline => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(exited(status, log));
+                }
+                host.sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn exited(status: std::process::ExitStatus, log: &Path) -> QemuError {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    QemuError::Exited {
+        status: status.to_string(),
+        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        log: log.to_path_buf(),
+    }
+}
+
+/// A started QEMU whose QMP socket answers.
+pub struct Running {
+    pub child: Child,
+    pub pid: u32,
+    pub qmp: Qmp,
+    /// The accelerator it actually runs with.
+    pub accel: Accel,
+    /// Why the requested accelerator was given up for TCG, if it was.
+    pub fell_back: Option<String>,
+}
+
+/// How long QEMU may take to set the machine up and write its pid file.
+const PID_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Cleans up after a previous run, starts QEMU for `spec` (stdout and
+/// stderr to `log`), waits for its pid file and connects QMP.
+pub fn launch(
+    host: &dyn Host,
+    exe: &QemuExe,
+    spec: &QemuSpec,
+    log: &Path,
+) -> Result<Running, QemuError> {
+    prepare_start(spec)?;
+    let mut child = spawn(exe, &cmdline(spec, &exe.extra_args), log)?;
+    let up = wait_for_pidfile(
+        host,
+        &mut child,
+        &spec.instance_dir.join("qemu.pid"),
+        PID_TIMEOUT,
+        log,
+    )
+    .and_then(|pid| {
+        let qmp = connect_qmp(host, &mut child, &spec.instance_dir, PID_TIMEOUT, log)?;
+        Ok((pid, qmp))
+    });
+    match up {
+        Ok((pid, qmp)) => Ok(Running {
+            child,
+            pid,
+            qmp,
+            accel: spec.accel,
+            fell_back: None,
+        }),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// [`launch`], then, under kvm/hvf, watch the first `window` (normally
+/// [`stuck::KVM_WINDOW`]) for a guest that runs. When the accelerator turns
+/// out not to run guests (see [`stuck`]), or QEMU cannot start with it,
+/// QEMU is killed and started again with TCG; `fell_back` says why.
+pub fn launch_with_fallback(
+    host: &dyn Host,
+    exe: &QemuExe,
+    spec: &QemuSpec,
+    log: &Path,
+    window: Duration,
+) -> Result<Running, QemuError> {
+    if spec.accel == Accel::Tcg {
+        return launch(host, exe, spec, log);
+    }
+    let reason = match launch(host, exe, spec, log) {
+        Ok(mut r) => {
+            let dir = &spec.instance_dir;
+            let verdict = stuck::watch(host, r.accel, window, Duration::from_millis(200), || {
+                stuck::observe(dir, &mut r.child, Some(&mut r.qmp))
+            });
+            match verdict {
+                stuck::Verdict::Stuck(reason) => {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    reason
+                }
+                _ => return Ok(r),
+            }
+        }
+        Err(e) => format!("QEMU failed under {}: {e}", spec.accel.as_str()),
+    };
+    let tcg = QemuSpec {
+        accel: Accel::Tcg,
+        ..spec.clone()
+    };
+    let mut r = launch(host, exe, &tcg, log)?;
+    r.fell_back = Some(reason);
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -390,10 +531,8 @@ mod tests {
         std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     }
 
-    /// Boots a real QEMU (TCG, no kernel) from the argv builder on a tiny
-    /// blank disk; returns the child once QMP answers.
-    fn boot(dir: &Path, firmware: Option<PathBuf>) -> (Child, crate::vm::qmp::Qmp) {
-        use crate::vm::host::RealHost;
+    /// A TCG spec without kernel for a tiny blank disk created in `dir`.
+    fn test_spec(dir: &Path, firmware: Option<PathBuf>) -> QemuSpec {
         let st = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
             .arg(dir.join("disk"))
@@ -401,8 +540,7 @@ mod tests {
             .status()
             .expect("qemu-img must be installed");
         assert!(st.success());
-        let exe = find_exe_from_env("x86_64").expect("qemu-system-x86_64 must be installed");
-        let spec = QemuSpec {
+        QemuSpec {
             name: "smoke".into(),
             arch: "x86_64".into(),
             accel: Accel::Tcg,
@@ -425,24 +563,25 @@ mod tests {
             }],
         }
         .with_instance_files()
-        .unwrap();
-        prepare_start(&spec).unwrap();
-        let log = dir.join("qemu.log");
-        let child = spawn(&exe, &cmdline(&spec, &exe.extra_args), &log).unwrap();
-        let pid = wait_for_pidfile(
-            &RealHost,
-            &dir.join("qemu.pid"),
-            Duration::from_secs(20),
-            &log,
-        )
-        .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
-        assert_eq!(pid, child.id());
-        let qmp =
-            crate::vm::qmp::Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(10)).unwrap();
-        (child, qmp)
+        .unwrap()
     }
 
-    fn quit(mut child: Child, mut qmp: crate::vm::qmp::Qmp) {
+    /// Boots a real QEMU from the argv builder; returns it once QMP answers.
+    fn boot(dir: &Path, firmware: Option<PathBuf>) -> (Child, Qmp) {
+        use crate::vm::host::RealHost;
+        let exe = find_exe_from_env("x86_64").expect("qemu-system-x86_64 must be installed");
+        let spec = test_spec(dir, firmware);
+        let r = launch(&RealHost, &exe, &spec, &dir.join("qemu.log")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("qemu.pid"))
+                .unwrap()
+                .trim(),
+            r.child.id().to_string()
+        );
+        (r.child, r.qmp)
+    }
+
+    fn quit(mut child: Child, mut qmp: Qmp) {
         qmp.quit().unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "QEMU exits cleanly after quit: {status}");
@@ -464,6 +603,7 @@ mod tests {
             || stuck::observe(dir.path(), &mut child, Some(&mut qmp)),
         );
         assert!(matches!(v, stuck::Verdict::Stuck(_)), "{v:?}");
+        qmp.system_powerdown().unwrap();
         quit(child, qmp);
         assert!(dir.path().join("share").is_dir(), "mount source created");
     }
@@ -485,5 +625,49 @@ mod tests {
         );
         assert_eq!(v, stuck::Verdict::Progress);
         quit(child, qmp);
+    }
+
+    #[test]
+    fn real_qemu_failing_early_reports_its_error() {
+        use crate::vm::host::RealHost;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = find_exe_from_env("x86_64").unwrap();
+        let log = dir.path().join("qemu.log");
+        let args = vec!["-drive".to_string(), "file=/nonexistent/disk".to_string()];
+        let mut child = spawn(&exe, &args, &log).unwrap();
+        let err = wait_for_pidfile(
+            &RealHost,
+            &mut child,
+            &dir.path().join("qemu.pid"),
+            Duration::from_secs(20),
+            &log,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/disk"), "{err}");
+    }
+
+    /// Forces kvm: here it either runs the guest (progress within the
+    /// window) or is caught (no KVM, KVM internal error, silence) and
+    /// replaced by TCG. Either way the guest ends up running.
+    #[test]
+    fn real_launch_with_fallback_ends_with_a_running_guest() {
+        use crate::vm::host::RealHost;
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::vm::dirs::home_dir().unwrap();
+        let exe = find_exe_from_env("x86_64").unwrap();
+        let fw = find_firmware("x86_64", dir.path(), &exe.path, &home).unwrap();
+        let mut spec = test_spec(dir.path(), Some(fw));
+        spec.accel = Accel::Kvm;
+        let log = dir.path().join("qemu.log");
+        let mut r = launch_with_fallback(&RealHost, &exe, &spec, &log, stuck::KVM_WINDOW).unwrap();
+        assert_eq!(
+            r.accel == Accel::Tcg,
+            r.fell_back.is_some(),
+            "{:?}",
+            r.fell_back
+        );
+        let status = r.qmp.query_status().unwrap();
+        assert_eq!(status, "running", "fell back because: {:?}", r.fell_back);
+        quit(r.child, r.qmp);
     }
 }

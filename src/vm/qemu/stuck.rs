@@ -15,6 +15,10 @@
 //!   2 s on an idle host, and KVM is faster still, so 10 s of silence is
 //!   not slowness.
 //!
+//! On a nested-virtualization host whose `/dev/kvm` opens, QEMU under kvm
+//! stops at once with a KVM internal error: state `internal-error`, no
+//! serial output; the watcher catches it on its first poll.
+//!
 //! On "stuck" the caller kills QEMU and starts again with `-accel tcg`.
 //! Under TCG nothing is ever judged stuck: slow is still working. The
 //! signal needs a guest that writes to the serial console, so direct-boot
