@@ -2,8 +2,8 @@
 //! dir, through Lima's shared download cache ([`cache`]).
 
 pub mod cache;
-pub mod compress;
-pub mod digest;
+mod compress;
+mod digest;
 pub mod progress;
 
 use std::path::{Path, PathBuf};
