@@ -3,7 +3,12 @@
 
 pub mod config;
 pub mod dirs;
+pub mod disk;
+pub mod host;
 pub mod hostagent;
+pub mod image;
 pub mod lifecycle;
+pub mod qemu;
+pub mod qmp;
 pub mod store;
 pub mod units;
