@@ -1,9 +1,7 @@
-//! Progress for slow work: a stage line with elapsed time on stderr, and
-//! an indicatif bar for downloads. Hidden with `--quiet`.
+//! Progress for slow work: a stage line with elapsed time on stderr.
 
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Prints each stage once, with the time since the command began.
 pub struct Stages {
@@ -37,25 +35,3 @@ impl Stages {
     }
 }
 
-/// A byte-counting bar with rate and ETA, or a spinner when the size is
-/// unknown.
-pub fn download_bar(what: &str, total: Option<u64>, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = match total {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}")
-                .expect("valid template"),
-        ),
-    };
-    bar.set_message(what.to_string());
-    bar
-}
