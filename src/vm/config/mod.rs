@@ -61,14 +61,15 @@ pub fn load(mut y: LimaYaml, lima_home: &Path, cx: &FillContext) -> Result<LimaY
 }
 
 /// Embeds the bases of a template for a new instance (with
-/// `_config/base.yaml` first, template search from the environment) and
-/// returns the text to write to `$D/lima.yaml`.
+/// `_config/base.yaml` first; pass `TemplateSearch::from_env(lima_home)`)
+/// and returns the text to write to `$D/lima.yaml`.
 pub fn instance_yaml_from_template(
     template: &Path,
     lima_home: &Path,
+    search: &TemplateSearch,
 ) -> Result<String, ConfigError> {
     let base = crate::vm::dirs::config_dir(lima_home).join("base.yaml");
-    let doc = embed_file(template, &TemplateSearch::from_env(lima_home), Some(&base))?;
+    let doc = embed_file(template, search, Some(&base))?;
     serde_yaml::to_string(&doc).map_err(|e| ConfigError::syntax(template, &e))
 }
 
