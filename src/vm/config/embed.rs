@@ -31,10 +31,19 @@ impl TemplateSearch {
     }
 
     fn find(&self, name: &str) -> Result<PathBuf, String> {
-        let file = if name.ends_with(".yaml") || name.ends_with(".yml") {
-            name.to_string()
-        } else {
+        if name.contains("..") {
+            return Err(format!("template name {name:?} must not contain `..`"));
+        }
+        // Lima appends `.yaml` unless the name has a real extension
+        // (`alpine-3.21` has none: a digit starts it).
+        let ext = Path::new(name)
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = if ext.is_empty() || ext.starts_with(|c: char| c.is_ascii_digit()) {
             format!("{name}.yaml")
+        } else {
+            name.to_string()
         };
         self.dirs
             .iter()

@@ -361,6 +361,18 @@ pub fn fill_default(
             p.permissions.get_or_insert_with(|| "644".into());
         }
         p.script.get_or_insert_with(String::new);
+        for text in [
+            &mut p.script,
+            &mut p.content,
+            &mut p.expression,
+            &mut p.owner,
+            &mut p.path,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            expand_script(text, &guest_vars(&user));
+        }
     }
 
     pick_or(
@@ -412,7 +424,7 @@ pub fn fill_default(
         if p.description.as_deref().unwrap_or("").is_empty() {
             p.description = Some(format!("user probe {}/{nprobes}", i + 1));
         }
-        p.script.get_or_insert_with(String::new);
+        expand_script(p.script.get_or_insert_with(String::new), &guest_vars(&user));
     }
     y.port_forwards = concat(&o.port_forwards, &y.port_forwards, &d.port_forwards);
     y.copy_to_host = concat(&o.copy_to_host, &y.copy_to_host, &d.copy_to_host);
@@ -590,6 +602,15 @@ pub fn fill_default(
         );
     }
     Ok(())
+}
+
+/// Scripts may use full Go templates (`{{if}}`, `{{range}}`) that only
+/// Lima's template engine runs; those stay as written, as Lima leaves a
+/// script it cannot expand. Simple `{{.Var}}` forms are expanded here.
+fn expand_script(text: &mut String, vars: &Vars) {
+    if let Ok(out) = template::expand(text, vars) {
+        *text = out;
+    }
 }
 
 /// A later mount with the same mount point overrides these fields only.

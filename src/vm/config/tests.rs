@@ -504,3 +504,26 @@ fn versions() {
     assert!(!valid_identifier("a..b"));
     assert!(!valid_identifier(""));
 }
+
+#[test]
+fn simple_templates_in_scripts_expand_and_complex_ones_stay() {
+    let home = tempfile::tempdir().unwrap();
+    let y = fill_str(
+        &format!(
+            "{MINIMAL}param: {{k: v}}\nprovision:\n- script: 'echo {{{{.User}}}} {{{{.Home}}}} {{{{.Param.k}}}}'\n\
+             - script: '{{{{if .Param.k}}}}x{{{{end}}}}'\n\
+             - {{mode: data, path: '{{{{.Home}}}}/f', content: '{{{{.UID}}}}'}}\n"
+        ),
+        home.path(),
+        &test_host(),
+    )
+    .unwrap();
+    let p = &y.provision;
+    assert_eq!(
+        p[0].script.as_deref(),
+        Some("echo alice /home/alice.guest v")
+    );
+    assert_eq!(p[1].script.as_deref(), Some("{{if .Param.k}}x{{end}}"));
+    assert_eq!(p[2].path.as_deref(), Some("/home/alice.guest/f"));
+    assert_eq!(p[2].content.as_deref(), Some("1234"));
+}
