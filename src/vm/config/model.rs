@@ -209,6 +209,8 @@ pub struct Kernel {
     pub file: File,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 /// `additionalDisks[]`: a bare disk name or a map.
@@ -286,6 +288,8 @@ pub struct Sshfs {
     pub follow_symlinks: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sftp_driver: Option<String>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -299,6 +303,8 @@ pub struct NineP {
     pub msize: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -306,6 +312,8 @@ pub struct NineP {
 pub struct Virtiofs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<u32>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -349,6 +357,8 @@ pub struct FirmwareImage {
     pub file: File,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm_type: Option<String>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -419,6 +429,8 @@ pub struct Containerd {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub archives: Vec<File>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -434,6 +446,8 @@ pub struct Probe {
     pub file: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -451,6 +465,8 @@ pub struct Network {
     pub interface: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<u32>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -466,6 +482,8 @@ pub struct HostResolver {
         skip_serializing_if = "Option::is_none"
     )]
     pub hosts: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -485,6 +503,8 @@ pub struct CaCerts {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub certs: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -502,6 +522,8 @@ pub struct User {
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub passwordless_sudo: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Mapping,
 }
 
 /// Lists and maps written as `key:` (null) in templates mean "empty".

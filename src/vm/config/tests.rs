@@ -309,7 +309,9 @@ pub(crate) fn tree_digest(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
 fn unknown_keys_survive_a_round_trip() {
     let text = "futureField: {a: [1, 2]}\nimages:\n- location: /x\n  variant: server\n\
                 mounts:\n- location: /m\n  futureMountOption: 7\nssh:\n  futureSsh: true\n\
-                provision:\n- script: s\n  futureProvision: p\n";
+                provision:\n- script: s\n  futureProvision: p\n\
+                user: {name: u, futureUser: 1}\ncontainerd: {user: false, futureCtr: x}\n\
+                networks: [{lima: shared, futureNet: 2}]\n";
     let y = parse(text, Path::new("x.yaml")).unwrap();
     let again = parse(&serde_yaml::to_string(&y).unwrap(), Path::new("x.yaml")).unwrap();
     assert_eq!(y, again);
@@ -383,6 +385,30 @@ fn validation_names_the_field() {
             .to_string();
         assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
     }
+    // Every problem is reported, the first one names the error's field.
+    let e = fill_str(
+        &format!("{MINIMAL}cpus: 0\nmemory: x\n"),
+        home.path(),
+        &test_host(),
+    );
+    match e {
+        Err(ConfigError::Invalid { field, message, .. }) => {
+            assert_eq!(field, "memory");
+            assert!(message.contains("got \"x\""), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = fill_str(
+        &format!("{MINIMAL}arch: mips\nos: Plan9\n"),
+        home.path(),
+        &test_host(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("field `os`") && e.contains("and field `arch`"),
+        "{e}"
+    );
     // The boundaries that must pass.
     for ok in [
         "minimumLimaVersion: 2.2.0\n",

@@ -20,20 +20,25 @@ const PROVISION_MODES: [&str; 7] = [
     "ansible",
 ];
 
-/// Checks a filled config; the error is the first problem found.
+/// Checks a filled config. The error names the first problem's field; any
+/// further problems are listed in its message, so one run shows them all.
 pub fn validate(y: &LimaYaml, file: &Path) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     check(y, &mut |field: String, message: String| {
         problems.push((field, message))
     });
-    match problems.into_iter().next() {
-        None => Ok(()),
-        Some((field, message)) => Err(ConfigError::Invalid {
-            path: file.to_path_buf(),
-            field,
-            message,
-        }),
+    let mut problems = problems.into_iter();
+    let Some((field, mut message)) = problems.next() else {
+        return Ok(());
+    };
+    for (f, m) in problems {
+        message.push_str(&format!("; and field `{f}` {m}"));
     }
+    Err(ConfigError::Invalid {
+        path: file.to_path_buf(),
+        field,
+        message,
+    })
 }
 
 fn one_of(list: &[&str]) -> String {
