@@ -153,6 +153,7 @@ fn embed_all(
         field: "base".into(),
         message,
     };
+    inline_scripts(doc, path, search)?;
     // Bases are merged one at a time, first entry first, as Lima does.
     let locators = base_locators(doc.remove("base").as_ref());
     for loc in locators {
@@ -182,6 +183,64 @@ fn embed_all(
         let mut base = as_mapping(parse_value(&text, &base_path)?, &base_path)?;
         embed_all(&mut base, &base_path, search, seen)?;
         merge_base(doc, base);
+    }
+    Ok(())
+}
+
+/// `provision[].file` and `probes[].file` are read (relative to the template
+/// that names them) and stored as the entry's script, or as `content` for
+/// `data` and `expression` for `yq` provisioning.
+fn inline_scripts(
+    doc: &mut Mapping,
+    path: &Path,
+    search: &TemplateSearch,
+) -> Result<(), ConfigError> {
+    for list in ["provision", "probes"] {
+        let Some(Value::Sequence(entries)) = doc.get_mut(list) else {
+            continue;
+        };
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let Some(m) = entry.as_mapping_mut() else {
+                continue;
+            };
+            let invalid = |message: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: format!("{list}[{i}].file"),
+                message,
+            };
+            let locator = match m.get("file") {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Mapping(f)) => {
+                    if f.get("digest").is_some_and(|d| !d.is_null()) {
+                        return Err(invalid("a `digest` is not supported yet; remove it".into()));
+                    }
+                    f.get("url")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| invalid("must be a path or {url: ...}".into()))?
+                        .to_string()
+                }
+                Some(_) => return Err(invalid("must be a path or {url: ...}".into())),
+            };
+            let target = match m.get("mode").and_then(Value::as_str) {
+                Some("data") if list == "provision" => "content",
+                Some("yq") if list == "provision" => "expression",
+                _ => "script",
+            };
+            if m.get(target)
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+            {
+                continue;
+            }
+            let file = resolve_locator(&locator, path, search).map_err(&invalid)?;
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            m.remove("file");
+            m.insert(target.into(), Value::String(text));
+        }
     }
     Ok(())
 }
@@ -501,6 +560,28 @@ mod tests {
                  mounts: [{location: '~'}]\ncpus: 3\n"
             )
         );
+    }
+
+    #[test]
+    fn external_scripts_are_inlined_relative_to_their_template() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "lib/setup.sh", "#!/bin/sh\necho hi\n");
+        write(dir.path(), "lib/conf.txt", "x=1\n");
+        write(
+            dir.path(),
+            "lib/base.yaml",
+            "provision:\n- file: setup.sh\n- {mode: data, path: /etc/c, file: {url: conf.txt}}\n\
+             probes: [{file: setup.sh}]\n",
+        );
+        let top = write(dir.path(), "top.yaml", "base: lib/base.yaml\n");
+        let out = embed_file(&top, &TemplateSearch::default(), None).unwrap();
+        let want: Value = serde_yaml::from_str(
+            "{provision: [{script: \"#!/bin/sh\\necho hi\\n\"}, \
+             {mode: data, path: /etc/c, content: \"x=1\\n\"}], \
+             probes: [{script: \"#!/bin/sh\\necho hi\\n\"}]}",
+        )
+        .unwrap();
+        assert_eq!(Value::Mapping(out), want);
     }
 
     #[test]
