@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use super::{ConfigError, parse_value, version_less};
+use super::{ConfigError, parse, parse_value, version_less};
 
 /// Where `template:NAME` locators are searched, in order.
 #[derive(Debug, Clone, Default)]
@@ -109,7 +109,7 @@ pub fn embed_str(
     search: &TemplateSearch,
     default_base: Option<&Path>,
 ) -> Result<Mapping, ConfigError> {
-    let mut doc = as_mapping(parse_value(text, path)?, path)?;
+    let mut doc = as_mapping(typed_check(text, path)?, path)?;
     if let Some(b) = default_base.filter(|b| b.is_file()) {
         let mut list = vec![Value::String(b.to_string_lossy().into_owned())];
         list.extend(base_locators(doc.get("base")));
@@ -119,6 +119,17 @@ pub fn embed_str(
     embed_all(&mut doc, path, search, &mut seen)?;
     combine_lists(&mut doc);
     Ok(doc)
+}
+
+/// The document as YAML nodes, after checking it also reads as lima.yaml
+/// fields so type errors point at the right file, line and column (the
+/// merged document has no positions).
+fn typed_check(text: &str, path: &Path) -> Result<Value, ConfigError> {
+    let v = parse_value(text, path)?;
+    if v.is_mapping() {
+        parse(text, path)?;
+    }
+    Ok(v)
 }
 
 fn as_mapping(v: Value, path: &Path) -> Result<Mapping, ConfigError> {
@@ -180,7 +191,7 @@ fn embed_all(
             )));
         }
         let (base_path, text) = read_template(&base_path)?;
-        let mut base = as_mapping(parse_value(&text, &base_path)?, &base_path)?;
+        let mut base = as_mapping(typed_check(&text, &base_path)?, &base_path)?;
         embed_all(&mut base, &base_path, search, seen)?;
         merge_base(doc, base);
     }

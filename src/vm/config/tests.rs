@@ -277,7 +277,18 @@ fn syntax_errors_have_line_and_column_and_nothing_is_written() {
     }
     assert_eq!(tree_digest(home.path()), before);
 
-    // Type errors carry a position too.
+    // Type errors carry a position too, also in a base.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("b.yaml");
+    std::fs::write(&base, "images: []\n\ncpus: many\n").unwrap();
+    let t = dir.path().join("t.yaml");
+    std::fs::write(&t, "base: b.yaml\n").unwrap();
+    let e = embed_file(&t, &TemplateSearch::default(), None).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:3:7: invalid YAML", base.display())),
+        "{e}"
+    );
     let e = parse("images: []\ncpus: many\n", Path::new("x.yaml")).unwrap_err();
     assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e:?}");
 }
