@@ -71,7 +71,15 @@ fn fill_gives_limas_defaults() {
     let y: Value = serde_yaml::from_str(&stdout).unwrap();
 
     let u = user();
-    let ncpu = std::thread::available_parallelism().unwrap().get() as u64;
+    // Lima counts CPUs as Go's runtime.NumCPU does: the affinity mask.
+    let ncpu = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set) as u64
+    };
     // SAFETY: sysconf reads constants.
     let ram = unsafe {
         libc::sysconf(libc::_SC_PHYS_PAGES) as u64 * libc::sysconf(libc::_SC_PAGESIZE) as u64

@@ -32,9 +32,7 @@ impl Host {
         Host {
             arch: lima_arch(std::env::consts::ARCH).to_string(),
             is_macos: cfg!(target_os = "macos"),
-            ncpu: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1),
+            ncpu: host_cpus(),
             memory_bytes: physical_memory(),
             user: user.unwrap_or_else(|| uid.to_string()),
             uid,
@@ -56,6 +54,29 @@ fn lima_arch(rust: &str) -> &str {
         "s390x" => "s390x",
         other => other,
     }
+}
+
+/// CPUs this process may run on, as Go's `runtime.NumCPU` counts them
+/// (the affinity mask; cgroup quotas do not count, unlike Rust's
+/// `available_parallelism`).
+#[cfg(target_os = "linux")]
+fn host_cpus() -> u32 {
+    // SAFETY: a zeroed cpu_set_t is valid, and the kernel fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let n = libc::CPU_COUNT(&set);
+            if n > 0 {
+                return n as u32;
+            }
+        }
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 fn physical_memory() -> u64 {
