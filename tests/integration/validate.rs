@@ -61,6 +61,25 @@ fn every_lima_template_validates() {
     }
 }
 
+/// CPUs as Go's runtime.NumCPU counts them (the affinity mask on Linux).
+#[cfg(target_os = "linux")]
+fn host_cpus() -> u64 {
+    // SAFETY: a zeroed cpu_set_t is valid; the kernel fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set) as u64
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn host_cpus() -> u64 {
+    std::thread::available_parallelism().unwrap().get() as u64
+}
+
 #[test]
 fn fill_gives_limas_defaults() {
     let home = TestDir::new();
@@ -71,15 +90,7 @@ fn fill_gives_limas_defaults() {
     let y: Value = serde_yaml::from_str(&stdout).unwrap();
 
     let u = user();
-    // Lima counts CPUs as Go's runtime.NumCPU does: the affinity mask.
-    let ncpu = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
-            0
-        );
-        libc::CPU_COUNT(&set) as u64
-    };
+    let ncpu = host_cpus();
     // SAFETY: sysconf reads constants.
     let ram = unsafe {
         libc::sysconf(libc::_SC_PHYS_PAGES) as u64 * libc::sysconf(libc::_SC_PAGESIZE) as u64
