@@ -9,7 +9,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}:{line}:{column}: invalid YAML: {message}", path.display())]
+    #[error("{}{}: invalid YAML: {message}", path.display(), position(*line, *column))]
     Syntax {
         path: PathBuf,
         line: usize,
@@ -22,6 +22,15 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+}
+
+/// `:LINE:COLUMN`, or nothing when the parser did not say (0:0).
+fn position(line: usize, column: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
 }
 
 impl ConfigError {
