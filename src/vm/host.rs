@@ -7,6 +7,23 @@ use std::io;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Lima's name for this host's architecture (`x86_64`, `aarch64`, ...).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "arm" => "armv7l",
+        "powerpc64" => "ppc64le",
+        arch => arch,
+    }
+}
+
+/// Go's `GOOS` for this host (`linux`, `darwin`), as `limactl` prints it.
+pub fn host_os() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "darwin",
+        os => os,
+    }
+}
+
 /// What a finished helper program left behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Output {

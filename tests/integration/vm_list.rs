@@ -60,7 +60,7 @@ const ALWAYS: &[&str] = &[
     "IdentityFile",
 ];
 
-const SIZED: &str = "cpus: 2\nmemory: 2GiB\ndisk: 10GiB\n";
+const SIZED: &str = "images:\n- location: /images/guest.img\ncpus: 2\nmemory: 2GiB\ndisk: 10GiB\n";
 
 fn json_type(v: &Value) -> &'static str {
     match v {
@@ -542,7 +542,9 @@ fn vm_list_runs_as_root_too() {
 fn snapshot_home(home: &Home) {
     home.inst(
         "alpha",
-        "vmType: qemu\narch: x86_64\ncpus: 2\nmemory: 2GiB\ndisk: 10GiB\n\
+        "images:\n- location: /images/guest.img\n\
+         vmType: qemu\narch: x86_64\ncpus: 2\nmemory: 2GiB\ndisk: 10GiB\n\
+         provision:\n- script: \"#!/bin/sh\\necho $PARAM_b $PARAM_greeting\"\n\
          additionalDisks:\n- data\n- name: scratch\n  format: false\n  fsType: ext4\n\
          networks:\n- lima: user-v2\n- socket: /var/run/x.sock\n  macAddress: \"52:55:55:00:00:01\"\n\
          param:\n  greeting: hi\n  b: \"2\"\n\
@@ -552,11 +554,14 @@ fn snapshot_home(home: &Home) {
     home.file("alpha/protected", "");
     home.file("alpha/disk", "");
     home.file("alpha/ssh.config", "Host lima-alpha\n  Port 60022\n");
-    home.inst("plain", "cpus: 1\nmemory: 1536MiB\ndisk: 5GiB\n");
+    home.inst(
+        "plain",
+        "images:\n- location: /images/guest.img\ncpus: 1\nmemory: 1536MiB\ndisk: 5GiB\n",
+    );
     home.dir.mkdir("noyaml");
     home.inst(
         "z.vz",
-        "vmType: vz\narch: aarch64\ncpus: 4\nmemory: 4GiB\ndisk: 100GiB\n",
+        "images:\n- location: /images/guest.img\nvmType: vz\narch: aarch64\ncpus: 4\nmemory: 4GiB\ndisk: 100GiB\n",
     );
 }
 
@@ -598,12 +603,12 @@ fn table_matches_limactl() {
     let lima = home.dir.mkdir("h/.lima");
     home.file(
         "h/.lima/alpha/lima.yaml",
-        "arch: x86_64\ncpus: 2\nmemory: 2GiB\ndisk: 10GiB\n",
+        "images:\n- location: /images/guest.img\narch: x86_64\ncpus: 2\nmemory: 2GiB\ndisk: 10GiB\n",
     );
     home.file("h/.lima/alpha/ssh.config", "Port 60022\n");
     home.file(
         "h/.lima/b/lima.yaml",
-        "vmType: vz\narch: aarch64\ncpus: 4\nmemory: 4096000000\ndisk: 100GiB\n",
+        "images:\n- location: /images/guest.img\nvmType: vz\narch: aarch64\ncpus: 4\nmemory: 4096000000\ndisk: 100GiB\n",
     );
     home.dir.mkdir("h/.lima/c");
     let out = llima_box(&lima)

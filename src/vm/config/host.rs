@@ -30,7 +30,7 @@ impl Host {
             .or(pw_home)
             .unwrap_or_else(|| PathBuf::from("/"));
         Host {
-            arch: lima_arch(std::env::consts::ARCH).to_string(),
+            arch: crate::vm::host::host_arch().to_string(),
             is_macos: cfg!(target_os = "macos"),
             ncpu: host_cpus(),
             memory_bytes: physical_memory(),
@@ -40,19 +40,6 @@ impl Host {
             home,
             timezone: host_timezone(Path::new("/etc")),
         }
-    }
-}
-
-/// Rust's architecture names as Lima spells them.
-fn lima_arch(rust: &str) -> &str {
-    match rust {
-        "x86_64" => "x86_64",
-        "aarch64" => "aarch64",
-        "arm" => "armv7l",
-        "powerpc64" => "ppc64le",
-        "riscv64" => "riscv64",
-        "s390x" => "s390x",
-        other => other,
     }
 }
 

@@ -103,7 +103,7 @@ impl Plan {
             dns: vec![cidata::SLIRP_DNS.to_string()],
             debug: false,
         };
-        let arch = cfg.arch.clone().unwrap_or_else(|| qemu::host_arch().to_string());
+        let arch = cfg.arch.clone().unwrap_or_else(|| crate::vm::host::host_arch().to_string());
         let accel = qemu::detect_accel(&arch)?;
         let qemu = QemuSpec {
             name: name.to_string(),

@@ -74,15 +74,6 @@ pub fn qemu_arch(arch: &str) -> Result<&'static str, QemuError> {
     })
 }
 
-/// The host's arch in Lima's names.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "arm" => "armv7l",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
 /// The QEMU program, plus extra leading arguments from the
 /// `QEMU_SYSTEM_<ARCH>` override (a debugging aid, as in Lima).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +205,7 @@ pub fn choose_accel(
 pub fn host_facts() -> HostFacts<'static> {
     HostFacts {
         os: std::env::consts::OS,
-        arch: host_arch(),
+        arch: crate::vm::host::host_arch(),
         kvm_usable: cfg!(target_os = "linux")
             && OpenOptions::new()
                 .read(true)

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::host::{host_arch, host_os};
 use super::instance::Instance;
+use crate::vm::host::{host_arch, host_os};
 use crate::vm::units::format_bytes;
 
 /// The deprecated host-wide fields limactl still adds to every entry.

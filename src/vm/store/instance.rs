@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::format::Globals;
 use super::message::{self, Rendered};
-use super::{StoreError, host, hostname, instance_dir, pidfile, unix_http};
+use super::{StoreError, hostname, instance_dir, pidfile, unix_http};
 use crate::vm::config::{self, ConfigError, LimaYaml};
 use crate::vm::units::parse_bytes;
 
@@ -158,7 +158,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
     let dir = instance_dir(lima_home, name)?;
     let mut inst = Instance::new(name, dir.clone());
     inst.hostname = hostname(name);
-    let mut y = match config::load_instance(&dir, lima_home) {
+    let y = match config::load_instance(&dir, lima_home) {
         Ok(y) => y,
         Err(source @ ConfigError::Read { .. }) if is_not_found(&source) => {
             return Err(StoreError::NotFound {
@@ -172,7 +172,6 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
             return Ok(inst);
         }
     };
-    host::fill_unset(&mut y);
     let vm_type = y.vm_type.clone().unwrap_or_default();
     inst.vm_type = vm_type.clone();
     inst.arch = y.arch.clone().unwrap_or_default();

@@ -3,14 +3,13 @@
 //! reader derives it from pid files and the host agent's socket.
 
 mod format;
-mod host;
 mod instance;
 mod message;
 mod pidfile;
 mod unix_http;
 
+pub use crate::vm::host::{host_arch, host_os};
 pub use format::{Globals, list_json, table};
-pub use host::{host_arch, host_os};
 pub use instance::{DiskLayout, Instance, Status, inspect, inspect_for_list};
 pub use pidfile::{PidFileError, read_pid_file, write_pid_file};
 pub use unix_http::{
