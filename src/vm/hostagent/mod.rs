@@ -4,4 +4,50 @@
 
 pub mod api;
 pub mod events;
+mod plan;
+mod readiness;
+mod run;
 pub mod ssh_config;
+
+pub use run::main;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostAgentError {
+    #[error("another host agent (pid {pid}) is already running for this instance")]
+    AlreadyRunning { pid: u32 },
+    #[error(transparent)]
+    PidFile(#[from] crate::vm::store::PidFileError),
+    #[error(transparent)]
+    Config(#[from] crate::vm::config::ConfigError),
+    #[error(transparent)]
+    Cidata(#[from] crate::vm::cidata::CidataError),
+    #[error(transparent)]
+    Qemu(#[from] crate::vm::qemu::QemuError),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
+    #[error("provision mode {mode:?} is not supported by llima-box; use system, user, boot, dependency or data")]
+    UnsupportedProvision { mode: String },
+    #[error("cannot {what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch for signals")]
+    Signal(#[source] std::io::Error),
+    #[error("internal task failed: {0}")]
+    Join(String),
+    #[error("the guest did not become ready within {secs} s ({waiting_for}); last serial console lines:\n{serial_tail}")]
+    NotReady {
+        secs: u64,
+        waiting_for: String,
+        serial_tail: String,
+    },
+    #[error("QEMU exited while the guest was booting ({status}); last serial console lines:\n{serial_tail}")]
+    GuestExited { status: String, serial_tail: String },
+    #[error("interrupted while the guest was booting")]
+    Interrupted,
+}
