@@ -1,0 +1,3 @@
+//! The cloud-init NoCloud seed (`cidata.iso`) for a Linux guest.
+
+pub mod iso9660;
