@@ -36,7 +36,7 @@ pub(super) fn user_data(
         Yaml::Seq(vec![Yaml::Map(vec![
             ("name", u.name.as_str().into()),
             ("uid", u.uid.to_string().into()),
-            ("gecos", u.comment.as_str().into()),
+            ("gecos", gecos(&u.comment).into()),
             ("homedir", u.home.as_str().into()),
             ("shell", u.shell.as_str().into()),
             ("sudo", "ALL=(ALL) NOPASSWD:ALL".into()),
@@ -110,6 +110,15 @@ pub(super) fn user_data(
     ))
 }
 
+/// The comment as useradd accepts it: it refuses control characters and
+/// the passwd/GECOS separators `:`, `,` and `=`, and then creates no user.
+fn gecos(comment: &str) -> String {
+    comment
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, ':' | ',' | '='))
+        .collect()
+}
+
 fn bootcmd(input: &CidataInput) -> Result<Vec<String>, CidataError> {
     let quote = |s: &str| {
         shlex::try_quote(s)
@@ -135,12 +144,14 @@ fn bootcmd(input: &CidataInput) -> Result<Vec<String>, CidataError> {
             });
         }
         // A subshell keeps one script's exports and `exit` from leaking into
-        // the next item; the file keeps the script's own shebang working.
+        // the next item. /run is often noexec, so the script's interpreter is
+        // started by hand: its shebang line, else /bin/sh.
         let file = format!("/run/lima-boot-provision-{}", provision_index(i));
         let newline = if script.ends_with('\n') { "" } else { "\n" };
         items.push(format!(
-            "(\n{exports}cat > {file} <<'{BOOT_SCRIPT_EOF}'\n{script}{newline}{BOOT_SCRIPT_EOF}\n\
-             chmod 700 {file}\n{file}\n)\n"
+            "(\numask 077\n{exports}cat > {file} <<'{BOOT_SCRIPT_EOF}'\n{script}{newline}{BOOT_SCRIPT_EOF}\n\
+             read -r first < {file} || :\n\
+             case $first in\n'#!'*) ${{first#??}} {file} ;;\n*) /bin/sh {file} ;;\nesac\n)\n"
         ));
     }
     Ok(items)
@@ -180,7 +191,8 @@ mod tests {
         assert_eq!(u["name"].as_str(), Some("alice"));
         // Quoted: cloud-init wants the uid as a string.
         assert_eq!(u["uid"], Value::from("501"));
-        assert_eq!(u["gecos"].as_str(), Some("Alice \"A\"\tExample"));
+        assert_eq!(u["gecos"].as_str(), Some("Alice \"A\"Example"));
+        assert_eq!(gecos("A, B: C=D\u{7}"), "A B CD");
         assert_eq!(u["homedir"].as_str(), Some("/home/alice.guest"));
         assert_eq!(u["shell"].as_str(), Some("/bin/bash"));
         assert_eq!(u["sudo"].as_str(), Some("ALL=(ALL) NOPASSWD:ALL"));
