@@ -41,7 +41,9 @@ pub(super) fn user_data(
             ("shell", u.shell.as_str().into()),
             ("sudo", "ALL=(ALL) NOPASSWD:ALL".into()),
             ("lock_passwd", Yaml::Bool(true)),
-            ("ssh-authorized-keys", strings(&input.ssh_authorized_keys)),
+            // The underscore spelling: cloud-init's schema rejects the
+            // hyphenated one that Lima writes (it still works at runtime).
+            ("ssh_authorized_keys", strings(&input.ssh_authorized_keys)),
         ])]),
     ));
     if !input.mounts.is_empty() {
@@ -66,9 +68,10 @@ pub(super) fn user_data(
         doc.push(("mounts", Yaml::Seq(rows.collect())));
     }
     // Replace the image's host keys with the one the host generated and
-    // pinned, and generate none of our own.
+    // pinned. cloud-init generates only missing keys of the listed types, so
+    // listing ed25519 (the schema wants a non-empty list) generates nothing.
     doc.push(("ssh_deletekeys", Yaml::Bool(true)));
-    doc.push(("ssh_genkeytypes", Yaml::Seq(vec![])));
+    doc.push(("ssh_genkeytypes", Yaml::Seq(vec!["ed25519".into()])));
     doc.push((
         "ssh_keys",
         Yaml::Map(vec![
@@ -197,7 +200,7 @@ mod tests {
         assert_eq!(u["shell"].as_str(), Some("/bin/bash"));
         assert_eq!(u["sudo"].as_str(), Some("ALL=(ALL) NOPASSWD:ALL"));
         assert_eq!(u["lock_passwd"], Value::from(true));
-        let keys: Vec<&str> = u["ssh-authorized-keys"]
+        let keys: Vec<&str> = u["ssh_authorized_keys"]
             .as_sequence()
             .unwrap()
             .iter()
@@ -211,7 +214,8 @@ mod tests {
         let (_, v) = parsed(true);
         let input = sample();
         assert_eq!(v["ssh_deletekeys"], Value::from(true));
-        assert_eq!(v["ssh_genkeytypes"].as_sequence().map(Vec::len), Some(0));
+        let genkeytypes = v["ssh_genkeytypes"].as_sequence().unwrap();
+        assert_eq!(genkeytypes, &[Value::from("ed25519")]);
         assert_eq!(
             v["ssh_keys"]["ed25519_private"].as_str(),
             Some(input.host_key.private_openssh.as_str())
