@@ -4,9 +4,10 @@
 //! not depend on how lima.yaml is loaded. The layout follows Lima's seed
 //! (`user-data`, `meta-data`, `network-config`, `lima.env`, `param.env`,
 //! `etc_environment`, `provision.<mode>/<index>`), but `boot.sh` is our own
-//! small driver: it writes provisioned data files, runs provision scripts and
-//! finally writes the instance id into `/run/lima-ssh-ready` and
-//! `/run/lima-boot-done`, which the host polls to know that *this* boot is done.
+//! small driver: it updates `/etc/environment`, writes the instance id into
+//! `/run/lima-ssh-ready`, writes provisioned data files, runs provision
+//! scripts and finally writes the instance id into `/run/lima-boot-done`. The
+//! host polls both markers for the id of *this* boot.
 
 mod env;
 mod host_key;
