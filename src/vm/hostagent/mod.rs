@@ -4,12 +4,7 @@
 
 pub mod api;
 pub mod events;
-mod plan;
-mod readiness;
-mod run;
 pub mod ssh_config;
-
-pub use run::main;
 
 use std::path::PathBuf;
 
@@ -25,8 +20,6 @@ pub enum HostAgentError {
     Cidata(#[from] crate::vm::cidata::CidataError),
     #[error(transparent)]
     Qemu(#[from] crate::vm::qemu::QemuError),
-    #[error(transparent)]
-    Ssh(#[from] crate::ssh::SshError),
     #[error("provision mode {mode:?} is not supported by llima-box; use system, user, boot, dependency or data")]
     UnsupportedProvision { mode: String },
     #[error("cannot {what} {}", path.display())]

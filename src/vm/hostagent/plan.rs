@@ -85,7 +85,7 @@ impl Plan {
             })
             .collect();
         let provisions = cfg.provision.iter().map(provision).collect::<Result<_, _>>()?;
-        let mac = qemu::mac_address(&qemu::machine_id(), dir);
+        let mac = cidata::instance_mac_address(dir);
         let home = crate::vm::dirs::home_dir().unwrap_or_default();
         let cidata = CidataInput {
             name: name.to_string(),

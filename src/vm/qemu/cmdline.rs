@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 
 use super::Accel;
 
@@ -41,7 +40,7 @@ pub struct QemuSpec {
     pub kernel_cmdline: Option<String>,
     /// Host port forwarded to the guest's port 22.
     pub ssh_local_port: u16,
-    /// From [`mac_address`].
+    /// From [`crate::vm::cidata::instance_mac_address`], shared with network-config.
     pub mac: String,
     pub mounts: Vec<MountSpec>,
 }
@@ -229,56 +228,6 @@ pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
     a.0
 }
 
-/// Lima's per-instance MAC: `52:55:55:` and the first three bytes of
-/// sha256(machine id + instance dir), so it is stable for an instance on
-/// one host and differs between instances and hosts.
-pub fn mac_address(machine_id: &str, instance_dir: &Path) -> String {
-    let mut h = Sha256::new();
-    h.update(machine_id.as_bytes());
-    h.update(instance_dir.to_string_lossy().as_bytes());
-    let sum = h.finalize();
-    format!("52:55:55:{:02x}:{:02x}:{:02x}", sum[0], sum[1], sum[2])
-}
-
-/// The host's identity for [`mac_address`]: `/etc/machine-id` (or dbus's)
-/// on Linux, the IOPlatformUUID on macOS, else the hostname.
-pub fn machine_id() -> String {
-    #[cfg(target_os = "linux")]
-    for p in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
-        if let Ok(s) = std::fs::read_to_string(p)
-            && !s.trim().is_empty()
-        {
-            return s.trim().to_string();
-        }
-    }
-    #[cfg(target_os = "macos")]
-    if let Ok(out) = std::process::Command::new("ioreg")
-        .args(["-rd1", "-c", "IOPlatformExpertDevice"])
-        .output()
-    {
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(uuid) = text
-            .lines()
-            .find(|l| l.contains("IOPlatformUUID"))
-            .and_then(|l| l.split('"').nth(3))
-        {
-            return uuid.to_string();
-        }
-    }
-    hostname()
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,18 +339,4 @@ mod tests {
         assert_eq!(args.iter().filter(|a| *a == "-device").count(), 8);
     }
 
-    #[test]
-    fn mac_is_stable_and_per_instance() {
-        let a = mac_address("id", Path::new("/l/a"));
-        assert_eq!(a, mac_address("id", Path::new("/l/a")));
-        assert_ne!(a, mac_address("id", Path::new("/l/b")));
-        assert_ne!(a, mac_address("other", Path::new("/l/a")));
-        assert!(a.starts_with("52:55:55:") && a.len() == 17, "{a}");
-        // sha256("id/l/a") starts with these bytes.
-        let sum = Sha256::digest(b"id/l/a");
-        assert_eq!(
-            &a[9..],
-            format!("{:02x}:{:02x}:{:02x}", sum[0], sum[1], sum[2])
-        );
-    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub use cmdline::{MountSpec, QemuSpec, cmdline, mac_address, machine_id};
+pub use cmdline::{MountSpec, QemuSpec, cmdline};
 pub use firmware::find_firmware;
 
 use crate::vm::host::Host;
@@ -546,7 +546,7 @@ mod tests {
             initrd: None,
             kernel_cmdline: None,
             ssh_local_port: free_port().unwrap(),
-            mac: mac_address(&machine_id(), dir),
+            mac: crate::vm::cidata::instance_mac_address(dir),
             mounts: vec![MountSpec {
                 tag: "m0".into(),
                 host_path: dir.join("share"),
