@@ -4,6 +4,7 @@
 pub mod args;
 mod output;
 mod vm_list;
+mod vm_shell;
 mod vm_validate;
 
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
     match cli.command {
         Command::Vm(VmCommand::List(args)) => vm_list::run(&args, out),
         Command::Vm(VmCommand::Validate(args)) => vm_validate::run(&args, out),
+        Command::Vm(VmCommand::Shell(args)) => {
+            refuse_root()?;
+            vm_shell::run(&cli.instance, &args, out)
+        }
         Command::Shell(_) | Command::List(_) | Command::Delete(_) | Command::DeleteAll(_) => {
             refuse_root()?;
             not_yet("environments")
