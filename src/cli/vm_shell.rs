@@ -73,7 +73,12 @@ fn is_running(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("ha.pid")) else {
         return false;
     };
-    let Some(pid) = text.trim().parse().ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = text
+        .trim()
+        .parse()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
     // EPERM means it exists but belongs to someone else.
@@ -151,7 +156,9 @@ fn deadline() -> Result<Duration> {
             .parse::<f64>()
             .ok()
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .with_context(|| format!("LLIMA_BOX_SSH_DEADLINE_SECS={v:?} is not a number of seconds")),
+            .with_context(|| {
+                format!("LLIMA_BOX_SSH_DEADLINE_SECS={v:?} is not a number of seconds")
+            }),
         Err(_) => Ok(DEFAULT_DEADLINE),
     }
 }
@@ -180,7 +187,8 @@ mod tests {
 
     #[test]
     fn port_is_read_from_the_ssh_config_lines() {
-        let cfg = "# comment\nHost lima-x\n  IdentityFile \"/k\"\n  Hostname 127.0.0.1\n  Port 60022\n";
+        let cfg =
+            "# comment\nHost lima-x\n  IdentityFile \"/k\"\n  Hostname 127.0.0.1\n  Port 60022\n";
         assert_eq!(parse_port(cfg), Some(60022));
         assert_eq!(parse_port("Host x\n  Port nope\n"), None);
         assert_eq!(parse_port("Host x\n"), None);
@@ -199,7 +207,10 @@ mod tests {
     #[test]
     fn scripts_cd_then_exec_a_login_shell() {
         let s = remote_script(None, Some(Path::new("/home/u/my proj")), &[]).unwrap();
-        assert_eq!(s, r#"cd '/home/u/my proj' 2>/dev/null || cd; exec "$SHELL" -l"#);
+        assert_eq!(
+            s,
+            r#"cd '/home/u/my proj' 2>/dev/null || cd; exec "$SHELL" -l"#
+        );
         let s = remote_script(Some("/tmp"), None, &["echo".into(), "a b".into()]).unwrap();
         assert_eq!(s, r#"cd /tmp || exit 1; exec "$SHELL" -l -c "echo 'a b'""#);
     }

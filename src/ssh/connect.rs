@@ -218,7 +218,10 @@ impl From<russh::Error> for HandlerError {
 impl client::Handler for Client {
     type Error = HandlerError;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         match key {
             // Comments differ between the pinned file and the wire; compare
             // the key material only.
@@ -244,7 +247,11 @@ impl client::Handler for Client {
     ) -> Result<(), Self::Error> {
         match &self.agent_socket {
             Some(socket) => agent::proxy(channel, reply, socket.clone()),
-            None => reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await,
+            None => {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
         }
         Ok(())
     }
@@ -270,11 +277,14 @@ mod tests {
             Failure::Transient(_)
         ));
         assert!(matches!(
-            classify(addr, russh::Error::NoCommonAlgo {
-                kind: russh::AlgorithmKind::Kex,
-                ours: vec![],
-                theirs: vec![],
-            }),
+            classify(
+                addr,
+                russh::Error::NoCommonAlgo {
+                    kind: russh::AlgorithmKind::Kex,
+                    ours: vec![],
+                    theirs: vec![],
+                }
+            ),
             Failure::Fatal(Error::Handshake { .. })
         ));
     }

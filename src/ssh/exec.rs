@@ -255,7 +255,9 @@ where
         match msg {
             Some(ChannelMsg::Data { data }) => write(stdout, &data).await?,
             Some(ChannelMsg::ExtendedData { data, ext: 1 }) => write(stderr, &data).await?,
-            Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(RemoteExit::Code(exit_status)),
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                exit = Some(RemoteExit::Code(exit_status))
+            }
             Some(ChannelMsg::ExitSignal {
                 signal_name,
                 core_dumped,

@@ -96,12 +96,14 @@ fn write_new_key(config: &Path, path: &Path) -> Result<(), Error> {
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(Error::KeyGenerate)?;
     key.set_comment(KEY_COMMENT);
     let private = key.to_openssh(LineEnding::LF).map_err(Error::KeyGenerate)?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(Error::KeyGenerate)?;
+    let public = key.public_key().to_openssh().map_err(Error::KeyGenerate)?;
     // The public half first: once `user` exists, `user.pub` exists too.
-    write_atomically(config, &path.with_extension("pub"), public.as_bytes(), 0o644)?;
+    write_atomically(
+        config,
+        &path.with_extension("pub"),
+        public.as_bytes(),
+        0o644,
+    )?;
     write_atomically(config, path, private.as_bytes(), 0o600)?;
     Ok(())
 }

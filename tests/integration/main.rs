@@ -2,3 +2,5 @@
 
 mod cli;
 mod common;
+mod ssh;
+mod ssh_support;
