@@ -61,6 +61,11 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
     runtime.shutdown_background();
     match result {
         Ok(exit) => Ok(ExitCode::from(exit.code())),
+        // The reader of our output went away (`| head`): end quietly with
+        // the status of a process killed by SIGPIPE, as the pipeline expects.
+        Err(ssh::Error::LocalIo(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(ExitCode::from(128 + 13))
+        }
         Err(e) => {
             out.error(&anyhow::Error::new(e));
             Ok(ExitCode::from(SSH_FAILURE))

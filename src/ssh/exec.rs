@@ -237,8 +237,13 @@ where
     E: AsyncWrite + Unpin,
 {
     let mut exit = None;
+    let mut unflushed = false;
     loop {
         let msg = tokio::select! {
+            // Output is flushed only when no more is waiting: interactive
+            // output appears at once, and bulk output overlaps writing
+            // with receiving.
+            biased;
             msg = rx.wait() => msg,
             event = async { tty.as_mut().unwrap().event().await }, if tty.is_some() => {
                 match event {
@@ -251,10 +256,21 @@ where
                     }
                 }
             }
+            flushed = flush(stdout, stderr), if unflushed => {
+                flushed?;
+                unflushed = false;
+                continue;
+            }
         };
         match msg {
-            Some(ChannelMsg::Data { data }) => write(stdout, &data).await?,
-            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => write(stderr, &data).await?,
+            Some(ChannelMsg::Data { data }) => {
+                stdout.write_all(&data).await.map_err(Error::LocalIo)?;
+                unflushed = true;
+            }
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                stderr.write_all(&data).await.map_err(Error::LocalIo)?;
+                unflushed = true;
+            }
             Some(ChannelMsg::ExitStatus { exit_status }) => {
                 exit = Some(RemoteExit::Code(exit_status))
             }
@@ -272,13 +288,17 @@ where
             Some(_) => {}
         }
     }
+    flush(stdout, stderr).await?;
     exit.ok_or(Error::NoExitStatus)
 }
 
-async fn write<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> Result<(), Error> {
-    w.write_all(data).await.map_err(Error::LocalIo)?;
-    // Interactive output must appear now, not when a buffer fills.
-    w.flush().await.map_err(Error::LocalIo)
+async fn flush<O, E>(stdout: &mut O, stderr: &mut E) -> Result<(), Error>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    stdout.flush().await.map_err(Error::LocalIo)?;
+    stderr.flush().await.map_err(Error::LocalIo)
 }
 
 #[cfg(test)]
