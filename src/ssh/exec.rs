@@ -126,7 +126,9 @@ impl Session {
         if pty {
             let (cols, rows) = terminal::window_size().unwrap_or((80, 24));
             let term = std::env::var("TERM").unwrap_or_default();
-            tx.request_pty(false, &term, cols, rows, 0, 0, &[]).await?;
+            let modes = terminal::pty_modes();
+            tx.request_pty(false, &term, cols, rows, 0, 0, &modes)
+                .await?;
             if terminal::stdin_is_tty() {
                 tty = Some(Tty::enter()?);
             }

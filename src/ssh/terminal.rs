@@ -4,7 +4,11 @@
 use std::io::IsTerminal;
 use std::sync::{Mutex, Once};
 
-use rustix::termios::{OptionalActions, Termios, tcgetattr, tcgetwinsize, tcsetattr};
+use russh::Pty;
+use rustix::termios::{
+    InputModes, LocalModes, OptionalActions, OutputModes, SpecialCodeIndex as C, Termios,
+    tcgetattr, tcgetwinsize, tcsetattr,
+};
 
 use super::Error;
 
@@ -20,6 +24,69 @@ pub fn stdin_is_tty() -> bool {
 pub(super) fn window_size() -> Option<(u32, u32)> {
     let ws = tcgetwinsize(std::io::stdin()).ok()?;
     (ws.ws_col > 0 && ws.ws_row > 0).then(|| (u32::from(ws.ws_col), u32::from(ws.ws_row)))
+}
+
+/// The local terminal's line settings for the remote PTY, as `ssh -t`
+/// sends them, so that e.g. the erase key and UTF-8 line editing match.
+/// Call it before entering raw mode.
+pub(super) fn pty_modes() -> Vec<(Pty, u32)> {
+    let Ok(t) = tcgetattr(std::io::stdin()) else {
+        return Vec::new();
+    };
+    let chars = [
+        (Pty::VINTR, C::VINTR),
+        (Pty::VQUIT, C::VQUIT),
+        (Pty::VERASE, C::VERASE),
+        (Pty::VKILL, C::VKILL),
+        (Pty::VEOF, C::VEOF),
+        (Pty::VEOL, C::VEOL),
+        (Pty::VEOL2, C::VEOL2),
+        (Pty::VSTART, C::VSTART),
+        (Pty::VSTOP, C::VSTOP),
+        (Pty::VSUSP, C::VSUSP),
+        (Pty::VREPRINT, C::VREPRINT),
+        (Pty::VWERASE, C::VWERASE),
+        (Pty::VLNEXT, C::VLNEXT),
+        (Pty::VDISCARD, C::VDISCARD),
+    ];
+    let input = [
+        (Pty::ICRNL, InputModes::ICRNL),
+        (Pty::IXON, InputModes::IXON),
+        (Pty::IXANY, InputModes::IXANY),
+        (Pty::IXOFF, InputModes::IXOFF),
+        (Pty::IMAXBEL, InputModes::IMAXBEL),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        (Pty::IUTF8, InputModes::IUTF8),
+    ];
+    let local = [
+        (Pty::ISIG, LocalModes::ISIG),
+        (Pty::ICANON, LocalModes::ICANON),
+        (Pty::ECHO, LocalModes::ECHO),
+        (Pty::ECHOE, LocalModes::ECHOE),
+        (Pty::ECHOK, LocalModes::ECHOK),
+        (Pty::ECHONL, LocalModes::ECHONL),
+        (Pty::NOFLSH, LocalModes::NOFLSH),
+        (Pty::TOSTOP, LocalModes::TOSTOP),
+        (Pty::IEXTEN, LocalModes::IEXTEN),
+        (Pty::ECHOCTL, LocalModes::ECHOCTL),
+        (Pty::ECHOKE, LocalModes::ECHOKE),
+    ];
+    let output = [
+        (Pty::OPOST, OutputModes::OPOST),
+        (Pty::ONLCR, OutputModes::ONLCR),
+    ];
+    let mut modes: Vec<(Pty, u32)> = chars
+        .into_iter()
+        // The protocol says "disabled" with 255, whatever the local value.
+        .map(|(p, i)| match t.special_codes[i] {
+            libc::_POSIX_VDISABLE => (p, 255),
+            c => (p, u32::from(c)),
+        })
+        .collect();
+    modes.extend(input.map(|(p, f)| (p, u32::from(t.input_modes.contains(f)))));
+    modes.extend(local.map(|(p, f)| (p, u32::from(t.local_modes.contains(f)))));
+    modes.extend(output.map(|(p, f)| (p, u32::from(t.output_modes.contains(f)))));
+    modes
 }
 
 /// Raw mode on stdin for as long as this value lives.

@@ -319,12 +319,16 @@ fn pty_shell(inst: &Instance, pty: &Pty, env: &[(&str, &str)]) -> std::process::
 fn pty_session_gets_size_resizes_and_ctrl_c_and_restores_the_terminal() {
     let inst = Instance::new();
     let pty = Pty::open(33, 101);
+    pty.set_erase(0x08);
     let before = modes(&pty.termios());
     let mut child = pty_shell(&inst, &pty, &[]);
     let t = Duration::from_secs(20);
     pty.send(b"echo \"T=$(tty) S=$(stty size) E=$TERM\"\r");
     let at = pty.expect(0, "T=/dev/pts/", t);
     let at = pty.expect(at, "S=33 101 E=xterm-test", t);
+    // The local line settings travel with the PTY request.
+    pty.send(b"stty -a | grep -o 'erase = [^;]*' | sed 's/^/M-/'\r");
+    let at = pty.expect(at, "M-erase = ^H", t);
     pty.resize(50, 132);
     std::thread::sleep(Duration::from_millis(300));
     pty.send(b"echo \"R=$(stty size)\"\r");

@@ -304,6 +304,14 @@ impl Pty {
         t
     }
 
+    /// Sets the erase character, as a terminal that sends ^H would.
+    pub fn set_erase(&self, c: u8) {
+        let mut t = self.termios();
+        t.c_cc[libc::VERASE] = c;
+        let rc = unsafe { libc::tcsetattr(self.slave.as_raw_fd(), libc::TCSANOW, &t) };
+        assert_eq!(rc, 0);
+    }
+
     pub fn resize(&self, rows: u16, cols: u16) {
         let ws = winsize(rows, cols);
         // The kernel sends SIGWINCH to the terminal's foreground group.
