@@ -396,3 +396,81 @@ fn a_closed_local_reader_ends_the_session_quietly() {
     assert_eq!(st.code(), Some(141), "{stderr}");
     assert_eq!(stderr, "");
 }
+
+/// The library API other modules use (host agent readiness checks).
+#[test]
+fn library_api_connects_and_captures() {
+    use llima_box::ssh::{ConnectOptions, HostKeyPolicy, KeyPair, RemoteExit, Session, keys};
+    let inst = Instance::new();
+    let opts = ConnectOptions {
+        addr: ([127, 0, 0, 1], inst.sshd.port).into(),
+        user: user().name.clone(),
+        key: KeyPair::load(&inst.lima_home().join("_config/user")).unwrap(),
+        host_key: HostKeyPolicy::Pinned(
+            keys::load_host_public_key(&inst.sshd.dir.join("host_key.pub")).unwrap(),
+        ),
+        deadline: Duration::from_secs(5),
+        agent_forwarding: None,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let session = Session::connect(opts).await.unwrap();
+        let out = session
+            .exec_capture(&[
+                "sh",
+                "-c",
+                "printf 'a b'; printf err >&2; exit 3",
+                "ignored",
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out.exit, RemoteExit::Code(3));
+        assert_eq!(out.stdout, b"a b");
+        assert_eq!(out.stderr, b"err");
+        // Several commands over one connection.
+        let out = session.exec_capture(&["echo", "again"]).await.unwrap();
+        assert!(out.exit.success());
+        assert_eq!(out.stdout, b"again\n");
+        session.close().await.unwrap();
+    });
+}
+
+/// A port forwarder whose guest is not listening yet accepts and closes
+/// at once; that is retried until the deadline, not reported at once.
+#[test]
+fn connections_closed_before_the_banner_are_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let dir = TestDir::new();
+    let key = llima_box::ssh::keys::ensure_user_key(dir.path()).unwrap();
+    let some_host_key = key.public_key().clone();
+    let opts = llima_box::ssh::ConnectOptions {
+        addr: ([127, 0, 0, 1], port).into(),
+        user: user().name.clone(),
+        key,
+        host_key: llima_box::ssh::HostKeyPolicy::Pinned(some_host_key),
+        deadline: Duration::from_secs(2),
+        agent_forwarding: None,
+    };
+    let start = Instant::now();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = match rt.block_on(llima_box::ssh::Session::connect(opts)) {
+        Ok(_) => panic!("connected to a port without sshd"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, llima_box::ssh::Error::Deadline { .. }),
+        "{err}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    assert!(accepted.load(Ordering::SeqCst) > 3, "it did not retry");
+}
