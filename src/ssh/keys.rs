@@ -18,10 +18,20 @@ use super::Error;
 const KEY_COMMENT: &str = "lima";
 
 /// The private key llima-box (or limactl) logs into the guest with.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KeyPair {
     pub(crate) private: Arc<PrivateKey>,
     path: PathBuf,
+}
+
+/// Never prints key material, only where the key is and which it is.
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("path", &self.path)
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
 }
 
 impl KeyPair {
