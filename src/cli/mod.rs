@@ -6,6 +6,7 @@ mod output;
 mod progress;
 mod vm_list;
 mod vm_logs;
+mod vm_shell;
 mod vm_status;
 mod vm_stop;
 mod vm_validate;
@@ -35,6 +36,10 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
     match cli.command {
         Command::Vm(VmCommand::List(args)) => vm_list::run(&args, out),
         Command::Vm(VmCommand::Validate(args)) => vm_validate::run(&args, out),
+        Command::Vm(VmCommand::Shell(args)) => {
+            refuse_root()?;
+            vm_shell::run(&cli.instance, &args, out)
+        }
         Command::Shell(_) | Command::List(_) | Command::Delete(_) | Command::DeleteAll(_) => {
             refuse_root()?;
             not_yet("environments")

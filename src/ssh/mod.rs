@@ -1,1 +1,22 @@
+//! The SSH client that carries every byte into the guest.
+//!
+//! All russh types stay behind this module (russh breaks its API about every
+//! month): callers see [`Session`], [`ConnectOptions`], [`RemoteExit`] and the
+//! key helpers in [`keys`]. The guest's host key is pinned rather than
+//! trusted on first use, because llima-box generates it and injects it
+//! through cloud-init.
 
+mod agent;
+mod connect;
+mod error;
+mod exec;
+pub mod keys;
+mod quote;
+mod terminal;
+
+pub use connect::{ConnectOptions, HostKeyPolicy, Session};
+pub use error::Error;
+pub use exec::{Captured, RemoteExit};
+pub use keys::{KeyPair, PublicKey};
+pub use quote::quote_argv;
+pub use terminal::stdin_is_tty;

@@ -2,5 +2,7 @@
 
 mod cli;
 mod common;
+mod ssh;
+mod ssh_support;
 mod validate;
 mod vm_list;

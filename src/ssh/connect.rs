@@ -1,0 +1,291 @@
+//! Connecting while the guest boots: retry what a booting guest does
+//! (refused, reset, silent port, closed before the banner) with backoff and
+//! jitter until a deadline; fail at once on what retrying cannot fix (a
+//! wrong host key, a rejected user key).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use russh::client::{self, Handle, Msg};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure};
+
+use super::keys::{KeyPair, PublicKey, fingerprint};
+use super::{Error, agent};
+
+/// How the guest's host key is verified.
+#[derive(Clone, Debug)]
+pub enum HostKeyPolicy {
+    /// Only this key is accepted (llima-box generates the guest's host key
+    /// and injects it, so there is nothing to learn on first use).
+    Pinned(PublicKey),
+}
+
+/// Everything needed to open a session to the guest.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub addr: SocketAddr,
+    pub user: String,
+    pub key: KeyPair,
+    pub host_key: HostKeyPolicy,
+    /// How long to keep retrying while sshd is not up yet.
+    pub deadline: Duration,
+    /// The local agent socket to offer to the guest (`$SSH_AUTH_SOCK`);
+    /// `None` forwards nothing.
+    pub agent_forwarding: Option<PathBuf>,
+}
+
+/// An authenticated connection to the guest's sshd.
+pub struct Session {
+    pub(super) handle: Handle<Client>,
+    pub(super) agent_forwarding: bool,
+}
+
+/// One attempt may not hang on a port that accepts but never answers.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(2);
+/// Idle shells survive NAT/port-forwarder timeouts, and a dead guest is
+/// noticed after about a minute, like `ServerAliveInterval 15`.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_MAX: usize = 4;
+
+impl Session {
+    /// Connects and authenticates, retrying transient failures until
+    /// `opts.deadline` has passed.
+    pub async fn connect(opts: ConnectOptions) -> Result<Session, Error> {
+        let config = Arc::new(client_config(&opts.host_key));
+        let start = Instant::now();
+        let deadline = start + opts.deadline;
+        let mut delay = FIRST_DELAY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Always one real try, even with a zero deadline.
+            let limit = left.clamp(Duration::from_millis(500), ATTEMPT_TIMEOUT);
+            let last = match tokio::time::timeout(limit, attempt(&opts, config.clone())).await {
+                Ok(Ok(session)) => return Ok(session),
+                Ok(Err(Failure::Fatal(e))) => return Err(e),
+                Ok(Err(Failure::Transient(why))) => why,
+                Err(_) => format!("no SSH banner within {}s", limit.as_secs_f32()),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Deadline {
+                    addr: opts.addr,
+                    waited: now - start,
+                    last,
+                });
+            }
+            tokio::time::sleep(jitter(delay).min(deadline - now)).await;
+            delay = (delay * 2).min(MAX_DELAY);
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) -> Result<(), Error> {
+        self.handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn open_channel(&self) -> Result<Channel<Msg>, Error> {
+        Ok(self.handle.channel_open_session().await?)
+    }
+}
+
+/// Half to all of `delay`, so that many clients do not retry in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+fn client_config(policy: &HostKeyPolicy) -> client::Config {
+    let HostKeyPolicy::Pinned(expected) = policy;
+    let mut preferred = russh::Preferred::default();
+    // A guest has several host keys; ask for the pinned kind first so that
+    // the comparison is against the right one.
+    let mut key_algos = preferred.key.to_vec();
+    key_algos.sort_by_key(|a| !same_family(a, &expected.algorithm()));
+    preferred.key = key_algos.into();
+    // AES-GCM is much faster than ChaCha20 where the CPU has AES
+    // instructions (every host llima-box targets), as Lima also prefers.
+    let mut ciphers = preferred.cipher.to_vec();
+    ciphers.sort_by_key(|c| *c != russh::cipher::AES_256_GCM);
+    preferred.cipher = ciphers.into();
+    client::Config {
+        preferred,
+        keepalive_interval: Some(KEEPALIVE),
+        keepalive_max: KEEPALIVE_MAX,
+        nodelay: true,
+        window_size: 8 << 20,
+        ..Default::default()
+    }
+}
+
+fn same_family(a: &russh::keys::Algorithm, b: &russh::keys::Algorithm) -> bool {
+    a == b || (a.clone().is_rsa() && b.clone().is_rsa())
+}
+
+enum Failure {
+    Fatal(Error),
+    Transient(String),
+}
+
+async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<Session, Failure> {
+    let stream = tokio::net::TcpStream::connect(opts.addr)
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let HostKeyPolicy::Pinned(expected) = &opts.host_key;
+    let handler = Client {
+        expected: expected.clone(),
+        agent_socket: opts.agent_forwarding.clone(),
+    };
+    let mut handle = client::connect_stream(config, stream, handler)
+        .await
+        .map_err(|e| match e {
+            HandlerError::HostKey { got } => Failure::Fatal(Error::HostKeyMismatch {
+                addr: opts.addr,
+                expected: fingerprint(expected),
+                got,
+            }),
+            HandlerError::Ssh(e) => classify(opts.addr, e),
+        })?;
+    let rsa_hash = if opts.key.public_key().algorithm().is_rsa() {
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| classify(opts.addr, e))?
+            .flatten()
+    } else {
+        None
+    };
+    let key = PrivateKeyWithHashAlg::new(opts.key.private.clone(), rsa_hash);
+    let auth = handle
+        .authenticate_publickey(opts.user.clone(), key)
+        .await
+        .map_err(|e| classify(opts.addr, e))?;
+    if !auth.success() {
+        return Err(Failure::Fatal(Error::AuthRejected {
+            addr: opts.addr,
+            user: opts.user.clone(),
+            fingerprint: opts.key.fingerprint(),
+        }));
+    }
+    Ok(Session {
+        handle,
+        agent_forwarding: opts.agent_forwarding.is_some(),
+    })
+}
+
+/// Connection-level trouble is what a booting guest looks like; anything
+/// else (no common algorithm, a broken key) will not get better.
+fn classify(addr: SocketAddr, e: russh::Error) -> Failure {
+    use russh::Error as E;
+    match e {
+        E::IO(_)
+        | E::Disconnect
+        | E::HUP
+        | E::ConnectionTimeout
+        | E::Version
+        | E::SendError
+        | E::RecvError => Failure::Transient(e.to_string()),
+        e => Failure::Fatal(Error::Handshake { addr, source: e }),
+    }
+}
+
+/// The russh handler: host-key pinning and agent channels.
+pub(super) struct Client {
+    expected: PublicKey,
+    agent_socket: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub(super) enum HandlerError {
+    Ssh(russh::Error),
+    HostKey { got: String },
+}
+
+impl From<russh::Error> for HandlerError {
+    fn from(e: russh::Error) -> Self {
+        HandlerError::Ssh(e)
+    }
+}
+
+impl client::Handler for Client {
+    type Error = HandlerError;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        match key {
+            // Comments differ between the pinned file and the wire; compare
+            // the key material only.
+            PublicKeyOrCertificate::PublicKey { key, .. }
+                if key.key_data() == self.expected.key_data() =>
+            {
+                Ok(true)
+            }
+            PublicKeyOrCertificate::PublicKey { key, .. } => Err(HandlerError::HostKey {
+                got: fingerprint(key),
+            }),
+            PublicKeyOrCertificate::Certificate(_) => Err(HandlerError::HostKey {
+                got: "a host certificate".into(),
+            }),
+        }
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        match &self.agent_socket {
+            Some(socket) => agent::proxy(channel, reply, socket.clone()),
+            None => {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full_delay() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(1000));
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000));
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retried_and_others_are_not() {
+        let addr: SocketAddr = "127.0.0.1:22".parse().unwrap();
+        assert!(matches!(
+            classify(addr, russh::Error::HUP),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(
+                addr,
+                russh::Error::NoCommonAlgo {
+                    kind: russh::AlgorithmKind::Kex,
+                    ours: vec![],
+                    theirs: vec![],
+                }
+            ),
+            Failure::Fatal(Error::Handshake { .. })
+        ));
+    }
+}

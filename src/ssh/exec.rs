@@ -1,0 +1,326 @@
+//! Running commands: stdout and stderr kept apart and streamed, stdin
+//! forwarded byte for byte with its EOF, the remote exit status returned.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use russh::client::Msg;
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::terminal::{self, RawMode};
+use super::{Error, Session, quote_argv};
+
+/// How a remote command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteExit {
+    /// It exited with this status.
+    Code(u32),
+    /// A signal killed it (`TERM`, `KILL`, … without the `SIG`).
+    Signal { name: String, core_dumped: bool },
+}
+
+impl RemoteExit {
+    pub fn success(&self) -> bool {
+        *self == RemoteExit::Code(0)
+    }
+
+    /// The status a local shell would report: the exit code, or 128+n for
+    /// signal n (the guest is Linux, so Linux numbers).
+    pub fn code(&self) -> u8 {
+        match self {
+            RemoteExit::Code(c) => (*c & 0xff) as u8,
+            RemoteExit::Signal { name, .. } => linux_signal_number(name).map_or(255, |n| 128 + n),
+        }
+    }
+}
+
+fn linux_signal_number(name: &str) -> Option<u8> {
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    NAMES.iter().position(|n| *n == name).map(|i| i as u8 + 1)
+}
+
+fn sig_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name,
+    }
+    .to_string()
+}
+
+/// A finished command's status and complete output.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub exit: RemoteExit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// The local environment that the remote side should see, as `ssh` sends
+/// it with `SendEnv`; sshd applies what its `AcceptEnv` allows.
+fn forwarded_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            matches!(k.as_str(), "TERM" | "LANG" | "COLORTERM") || k.starts_with("LC_")
+        })
+        .collect()
+}
+
+impl Session {
+    /// Runs `argv` (quoted so that the remote sees exactly these words)
+    /// with empty stdin and returns its status and output.
+    pub async fn exec_capture<S: AsRef<str>>(&self, argv: &[S]) -> Result<Captured, Error> {
+        let command = quote_argv(argv)?;
+        let channel = self.open_channel().await?;
+        let (mut rx, tx) = channel.split();
+        tx.exec(false, command).await?;
+        tx.eof().await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let exit = pump(&mut rx, &tx, &mut stdout, &mut stderr, None).await?;
+        Ok(Captured {
+            exit,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs a remote shell command line (build one from an argv with
+    /// [`quote_argv`]) attached to this process's stdin, stdout and stderr.
+    ///
+    /// With `pty`, the remote side gets a terminal of the local size and
+    /// `TERM`, the local terminal is put in raw mode (so Ctrl-C and Ctrl-Z
+    /// reach the remote as bytes) and resizes are passed on. Without it,
+    /// the streams stay binary-safe pipes, like `ssh -T`.
+    pub async fn run_interactive_or_piped(
+        &self,
+        command: &str,
+        pty: bool,
+    ) -> Result<RemoteExit, Error> {
+        let channel = self.open_channel().await?;
+        let (mut rx, tx) = channel.split();
+        if self.agent_forwarding {
+            tx.agent_forward(false).await?;
+        }
+        for (k, v) in forwarded_env() {
+            tx.set_env(false, k, v).await?;
+        }
+        let mut tty = None;
+        if pty {
+            let (cols, rows) = terminal::window_size().unwrap_or((80, 24));
+            let term = std::env::var("TERM").unwrap_or_default();
+            let modes = terminal::pty_modes();
+            tx.request_pty(false, &term, cols, rows, 0, 0, &modes)
+                .await?;
+            if terminal::stdin_is_tty() {
+                tty = Some(Tty::enter()?);
+            }
+        }
+        tx.exec(false, command).await?;
+
+        let tx = Arc::new(tx);
+        let forward = tokio::spawn(forward_stdin(tx.clone()));
+        let result = pump(
+            &mut rx,
+            &tx,
+            &mut tokio::io::stdout(),
+            &mut tokio::io::stderr(),
+            tty.as_mut(),
+        )
+        .await;
+        forward.abort();
+        drop(tty);
+        result
+    }
+}
+
+/// What an interactive session watches besides the channel.
+struct Tty {
+    _raw: RawMode,
+    winch: Signal,
+    /// SIGHUP, SIGINT, SIGTERM: end the session with the terminal restored.
+    stop: [(Signal, &'static str); 3],
+}
+
+impl Tty {
+    fn enter() -> Result<Tty, Error> {
+        let sig = |kind| {
+            signal(kind).map_err(|source| Error::Terminal {
+                what: "watch signals for",
+                source,
+            })
+        };
+        let tty = Tty {
+            winch: sig(SignalKind::window_change())?,
+            stop: [
+                (sig(SignalKind::hangup())?, "SIGHUP"),
+                (sig(SignalKind::interrupt())?, "SIGINT"),
+                (sig(SignalKind::terminate())?, "SIGTERM"),
+            ],
+            _raw: RawMode::enable()?,
+        };
+        // Lets tests prove the terminal comes back after a panic.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("LLIMA_BOX_TEST_PANIC").is_some_and(|v| v == "after-raw") {
+            panic!("LLIMA_BOX_TEST_PANIC=after-raw");
+        }
+        Ok(tty)
+    }
+
+    /// Resolves on a resize (`None`) or a stop signal (its name).
+    async fn event(&mut self) -> Option<&'static str> {
+        let [(hup, a), (int, b), (term, c)] = &mut self.stop;
+        tokio::select! {
+            _ = self.winch.recv() => None,
+            _ = hup.recv() => Some(*a),
+            _ = int.recv() => Some(*b),
+            _ = term.recv() => Some(*c),
+        }
+    }
+}
+
+/// Copies local stdin to the channel and then sends EOF. A plain thread
+/// reads stdin because a blocking read cannot be cancelled, and a tokio
+/// blocking task would keep the runtime from shutting down.
+async fn forward_stdin(tx: Arc<ChannelWriteHalf<Msg>>) -> Result<(), Error> {
+    let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        loop {
+            let mut buf = vec![0; 64 * 1024];
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if sender.blocking_send(buf).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    while let Some(buf) = chunks.recv().await {
+        tx.data_bytes(buf).await?;
+    }
+    tx.eof().await?;
+    Ok(())
+}
+
+/// Moves remote output to the local writers until the channel closes and
+/// returns how the command ended.
+async fn pump<O, E>(
+    rx: &mut ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    stdout: &mut O,
+    stderr: &mut E,
+    mut tty: Option<&mut Tty>,
+) -> Result<RemoteExit, Error>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let mut exit = None;
+    let mut unflushed = false;
+    loop {
+        let msg = tokio::select! {
+            // Output is flushed only when no more is waiting: interactive
+            // output appears at once, and bulk output overlaps writing
+            // with receiving.
+            biased;
+            msg = rx.wait() => msg,
+            event = async { tty.as_mut().unwrap().event().await }, if tty.is_some() => {
+                match event {
+                    Some(signal) => return Err(Error::Interrupted { signal }),
+                    None => {
+                        if let Some((cols, rows)) = terminal::window_size() {
+                            tx.window_change(cols, rows, 0, 0).await?;
+                        }
+                        continue;
+                    }
+                }
+            }
+            flushed = flush(stdout, stderr), if unflushed => {
+                flushed?;
+                unflushed = false;
+                continue;
+            }
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                stdout.write_all(&data).await.map_err(Error::LocalIo)?;
+                unflushed = true;
+            }
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                stderr.write_all(&data).await.map_err(Error::LocalIo)?;
+                unflushed = true;
+            }
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                exit = Some(RemoteExit::Code(exit_status))
+            }
+            Some(ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                ..
+            }) => {
+                exit = Some(RemoteExit::Signal {
+                    name: sig_name(&signal_name),
+                    core_dumped,
+                })
+            }
+            Some(ChannelMsg::Close) | None => break,
+            Some(_) => {}
+        }
+    }
+    flush(stdout, stderr).await?;
+    exit.ok_or(Error::NoExitStatus)
+}
+
+async fn flush<O, E>(stdout: &mut O, stderr: &mut E) -> Result<(), Error>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    stdout.flush().await.map_err(Error::LocalIo)?;
+    stderr.flush().await.map_err(Error::LocalIo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(RemoteExit::Code(42).code(), 42);
+        let sig = |n: &str| RemoteExit::Signal {
+            name: n.into(),
+            core_dumped: false,
+        };
+        assert_eq!(sig("TERM").code(), 143);
+        assert_eq!(sig("KILL").code(), 137);
+        assert_eq!(sig("INT").code(), 130);
+        assert_eq!(sig("SYS").code(), 159);
+        assert_eq!(sig("USR2").code(), 140);
+        assert_eq!(sig("NOPE").code(), 255);
+        assert!(RemoteExit::Code(0).success());
+        assert!(!sig("HUP").success());
+    }
+}
