@@ -7,6 +7,7 @@ mod progress;
 mod vm_list;
 mod vm_logs;
 mod vm_shell;
+mod vm_start;
 mod vm_status;
 mod vm_stop;
 mod vm_validate;
@@ -54,9 +55,17 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             refuse_root()?;
             vm_stop::delete(&cli.instance, &args, out)
         }
-        Command::TestVm(_) | Command::Hostagent(_) | Command::Vm(_) => {
+        Command::Vm(VmCommand::Start) => {
             refuse_root()?;
-            not_yet("the VM lifecycle")
+            vm_start::run(&cli.instance, out)
+        }
+        Command::Hostagent(args) => {
+            refuse_root()?;
+            Ok(crate::vm::hostagent::main(&args.dir))
+        }
+        Command::TestVm(_) => {
+            refuse_root()?;
+            not_yet("the VM self-test")
         }
     }
 }

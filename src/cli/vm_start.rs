@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 
 use super::Output;
 use super::progress::Stages;
+use crate::vm::dirs;
 use crate::vm::image::{BarReporter, NoProgress, Progress};
 use crate::vm::lifecycle::{self, StartUi, Started};
-use crate::vm::dirs;
 
 pub struct CliStartUi {
     stages: Stages,
@@ -50,7 +50,10 @@ pub fn start(instance: &str, out: &Output) -> Result<Started> {
     let started = lifecycle::start(&lima_home, instance, &mut ui)
         .with_context(|| format!("cannot start instance {instance:?}"))?;
     if started.already_running {
-        out.info(&format!("{instance} is running (SSH on 127.0.0.1:{})", started.ssh_local_port));
+        out.info(&format!(
+            "{instance} is running (SSH on 127.0.0.1:{})",
+            started.ssh_local_port
+        ));
     } else {
         out.info(&format!(
             "{instance} is ready after {:.1}s (SSH on 127.0.0.1:{}). Run `llima-box shell` in a project, or `llima-box vm shell`.",

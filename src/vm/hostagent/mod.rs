@@ -4,7 +4,12 @@
 
 pub mod api;
 pub mod events;
+mod plan;
+mod readiness;
+mod run;
 pub mod ssh_config;
+
+pub use run::main;
 
 use std::path::PathBuf;
 
@@ -20,7 +25,12 @@ pub enum HostAgentError {
     Cidata(#[from] crate::vm::cidata::CidataError),
     #[error(transparent)]
     Qemu(#[from] crate::vm::qemu::QemuError),
-    #[error("provision mode {mode:?} is not supported by llima-box; use system, user, boot, dependency or data")]
+    // Boxed: russh's error types are large and this enum travels a lot.
+    #[error(transparent)]
+    Ssh(Box<crate::ssh::Error>),
+    #[error(
+        "provision mode {mode:?} is not supported by llima-box; use system, user, boot, dependency or data"
+    )]
     UnsupportedProvision { mode: String },
     #[error("cannot {what} {}", path.display())]
     Io {
@@ -33,14 +43,24 @@ pub enum HostAgentError {
     Signal(#[source] std::io::Error),
     #[error("internal task failed: {0}")]
     Join(String),
-    #[error("the guest did not become ready within {secs} s ({waiting_for}); last serial console lines:\n{serial_tail}")]
+    #[error(
+        "the guest did not become ready within {secs} s ({waiting_for}); last serial console lines:\n{serial_tail}"
+    )]
     NotReady {
         secs: u64,
         waiting_for: String,
         serial_tail: String,
     },
-    #[error("QEMU exited while the guest was booting ({status}); last serial console lines:\n{serial_tail}")]
+    #[error(
+        "QEMU exited while the guest was booting ({status}); last serial console lines:\n{serial_tail}"
+    )]
     GuestExited { status: String, serial_tail: String },
     #[error("interrupted while the guest was booting")]
     Interrupted,
+}
+
+impl From<crate::ssh::Error> for HostAgentError {
+    fn from(e: crate::ssh::Error) -> Self {
+        HostAgentError::Ssh(Box::new(e))
+    }
 }

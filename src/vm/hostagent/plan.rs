@@ -45,7 +45,14 @@ impl Plan {
             private_openssh: read(HOST_KEY)?,
             public_openssh: read(HOST_KEY_PUB)?.trim().to_string(),
         };
-        let user_pub = crate::ssh::keys::ensure_user_key(lima_home)?.public_openssh;
+        let user_pub = crate::ssh::keys::ensure_user_key(lima_home)?
+            .public_key()
+            .to_openssh()
+            .map_err(|e| HostAgentError::Io {
+                what: "encode the public key of",
+                path: crate::vm::dirs::config_dir(lima_home).join("user"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let mut authorized = vec![user_pub];
         let ssh = cfg.ssh.clone().unwrap_or_default();
         if ssh.load_dot_ssh_pub_keys == Some(true) {
@@ -84,7 +91,11 @@ impl Plan {
                 }
             })
             .collect();
-        let provisions = cfg.provision.iter().map(provision).collect::<Result<_, _>>()?;
+        let provisions = cfg
+            .provision
+            .iter()
+            .map(provision)
+            .collect::<Result<_, _>>()?;
         let mac = cidata::instance_mac_address(dir);
         let home = crate::vm::dirs::home_dir().unwrap_or_default();
         let cidata = CidataInput {
@@ -103,7 +114,10 @@ impl Plan {
             dns: vec![cidata::SLIRP_DNS.to_string()],
             debug: false,
         };
-        let arch = cfg.arch.clone().unwrap_or_else(|| crate::vm::host::host_arch().to_string());
+        let arch = cfg
+            .arch
+            .clone()
+            .unwrap_or_else(|| crate::vm::host::host_arch().to_string());
         let accel = qemu::detect_accel(&arch)?;
         let qemu = QemuSpec {
             name: name.to_string(),
@@ -111,7 +125,11 @@ impl Plan {
             accel,
             cpu_type: None,
             cpus: cfg.cpus.unwrap_or(1),
-            memory_bytes: cfg.memory.as_deref().and_then(parse_bytes).unwrap_or(4 << 30),
+            memory_bytes: cfg
+                .memory
+                .as_deref()
+                .and_then(parse_bytes)
+                .unwrap_or(4 << 30),
             instance_dir: dir.to_path_buf(),
             firmware: None,
             iso: None,
@@ -167,15 +185,15 @@ impl Plan {
             port: self.qemu.ssh_local_port,
         };
         write(&d.join("ssh.config"), &config.render(), 0o600)?;
-        self.qemu = self
-            .qemu
-            .clone()
-            .with_instance_files()
-            .map_err(|source| HostAgentError::Io {
-                what: "read the boot files in",
-                path: d.clone(),
-                source,
-            })?;
+        self.qemu =
+            self.qemu
+                .clone()
+                .with_instance_files()
+                .map_err(|source| HostAgentError::Io {
+                    what: "read the boot files in",
+                    path: d.clone(),
+                    source,
+                })?;
         Ok(())
     }
 }
@@ -219,7 +237,10 @@ fn dot_ssh_pub_keys() -> Vec<String> {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".pub"))
         .filter_map(|e| {
             let text = std::fs::read_to_string(e.path()).ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), text.trim().to_string()))
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                text.trim().to_string(),
+            ))
         })
         .filter(|(_, k)| k.starts_with("ssh-") || k.starts_with("ecdsa-"))
         .collect();

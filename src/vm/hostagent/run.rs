@@ -128,7 +128,10 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         store::PidFileError::StillRunning { pid, .. } => HostAgentError::AlreadyRunning { pid },
         e => e.into(),
     })?;
-    log(&format!("host agent for {name} started (pid {})", std::process::id()));
+    log(&format!(
+        "host agent for {name} started (pid {})",
+        std::process::id()
+    ));
 
     let cfg = config::load_instance(&dir, &lima_home)?;
     let port = match cfg.ssh.as_ref().and_then(|s| s.local_port) {
@@ -140,7 +143,7 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         })?,
     };
     let iid = cidata::InstanceId::at(SystemTime::now());
-    let plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid.clone(), port)?;
+    let mut plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid, port)?;
     plan.write_files()?;
 
     let listener = api::bind(&dir.join("ha.sock")).map_err(|source| HostAgentError::Io {
@@ -162,12 +165,20 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
 }
 
 /// Boots QEMU and runs it until a signal or a guest power-off.
-async fn supervise(dir: &Path, plan: &plan::Plan, port: u16, iid: &str) -> Result<(), HostAgentError> {
+async fn supervise(
+    dir: &Path,
+    plan: &plan::Plan,
+    port: u16,
+    iid: &str,
+) -> Result<(), HostAgentError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(HostAgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(HostAgentError::Signal)?;
 
     let exe = qemu::find_exe_from_env(&plan.qemu.arch)?;
-    stage(port, &format!("booting the guest ({})", plan.qemu.accel.as_str()));
+    stage(
+        port,
+        &format!("booting the guest ({})", plan.qemu.accel.as_str()),
+    );
     let (spec, log_path) = (plan.qemu.clone(), dir.join("qemu.log"));
     let launched = tokio::task::spawn_blocking(move || {
         qemu::launch_with_fallback(&RealHost, &exe, &spec, &log_path, qemu::stuck::KVM_WINDOW)
@@ -228,7 +239,10 @@ async fn supervise(dir: &Path, plan: &plan::Plan, port: u16, iid: &str) -> Resul
     let graceful = tokio::task::block_in_place(|| qmp.system_powerdown()).is_ok()
         && tokio::time::timeout(grace, &mut exited).await.is_ok();
     if !graceful {
-        log(&format!("the guest did not power off within {} s; killing QEMU", grace.as_secs()));
+        log(&format!(
+            "the guest did not power off within {} s; killing QEMU",
+            grace.as_secs()
+        ));
         kill(qemu_pid);
         let _ = exited.await;
     }

@@ -39,7 +39,10 @@ pub fn create(
     let dir = crate::vm::store::instance_dir(lima_home, name)?;
     let sock_len = dir.join("ssh.sock.1234567890123456").as_os_str().len();
     if sock_len >= UNIX_PATH_MAX {
-        return Err(LifecycleError::PathTooLong { dir, max: UNIX_PATH_MAX });
+        return Err(LifecycleError::PathTooLong {
+            dir,
+            max: UNIX_PATH_MAX,
+        });
     }
     let staging = lima_home.join(format!(".{name}.creating"));
     // Left by an interrupted create; we hold the lock, so nobody is using it.
@@ -105,7 +108,9 @@ fn image_spec(i: &config::Image) -> image::ImageSpec {
 /// The embedded config with resources sized for several agents at once but
 /// never beyond this host: at most its CPU count and half its memory.
 fn instance_yaml() -> String {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
     let memory = (crate::vm::config::Host::current().memory_bytes / 2).min(8 << 30);
     config::default_instance_yaml()
         .replace("cpus: null", &format!("cpus: {cpus}"))

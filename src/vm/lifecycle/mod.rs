@@ -2,10 +2,14 @@
 //! Status is never stored; every step re-reads it from the store, as Lima
 //! does, so crashes and concurrent commands see the truth.
 
+mod create;
 mod lock;
+mod start;
 mod stop;
 
+pub use create::{HOST_KEY, HOST_KEY_PUB, LIMA_VERSION};
 pub use lock::InstanceLock;
+pub use start::{StartUi, Started, serial_tail, start};
 pub use stop::{STOP_TIMEOUT, delete, force_stop, stop};
 
 use std::path::PathBuf;
@@ -36,6 +40,32 @@ pub enum LifecycleError {
         "the host agent of {name:?} did not stop within {secs} s; use `llima-box vm stop --force`"
     )]
     StopTimeout { name: String, secs: u64 },
+    #[error(transparent)]
+    Config(#[from] crate::vm::config::ConfigError),
+    #[error(transparent)]
+    Image(#[from] crate::vm::image::ImageError),
+    #[error(transparent)]
+    Disk(#[from] crate::vm::disk::DiskError),
+    #[error(transparent)]
+    Cidata(#[from] crate::vm::cidata::CidataError),
+    #[error(transparent)]
+    Qemu(#[from] crate::vm::qemu::QemuError),
+    #[error("the instance directory {} is too long for the SSH control socket (unix sockets allow {max} bytes); use a shorter $LIMA_HOME or instance name", dir.display())]
+    PathTooLong { dir: PathBuf, max: usize },
+    #[error("instance {name:?} has an invalid lima.yaml: {errors}")]
+    InvalidConfig { name: String, errors: String },
+    #[error("{errors}\nlast serial console lines:\n{serial_tail}\nlogs: {}/ha.stderr.log, {}/serial.log", dir.display(), dir.display())]
+    StartFailed {
+        errors: String,
+        serial_tail: String,
+        dir: PathBuf,
+    },
+    #[error("the guest did not report ready within {secs} s; last serial console lines:\n{serial_tail}\nlogs: {}/ha.stderr.log, {}/serial.log", dir.display(), dir.display())]
+    StartTimeout {
+        secs: u64,
+        serial_tail: String,
+        dir: PathBuf,
+    },
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,

@@ -36,7 +36,11 @@ pub fn start_timeout() -> Duration {
         .map_or(Duration::from_secs(600), Duration::from_secs)
 }
 
-pub fn start(lima_home: &Path, name: &str, ui: &mut dyn StartUi) -> Result<Started, LifecycleError> {
+pub fn start(
+    lima_home: &Path,
+    name: &str,
+    ui: &mut dyn StartUi,
+) -> Result<Started, LifecycleError> {
     let _lock = super::InstanceLock::acquire(lima_home, name)?;
     let (inst, created) = match store::inspect(lima_home, name) {
         Ok(inst) => (inst, false),

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use super::Accel;
 
 /// One host directory shared with the guest over 9p.
@@ -338,5 +337,4 @@ mod tests {
         assert_eq!(args.iter().filter(|a| *a == "-m").count(), 1);
         assert_eq!(args.iter().filter(|a| *a == "-device").count(), 8);
     }
-
 }
