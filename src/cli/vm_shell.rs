@@ -1,17 +1,16 @@
 //! `llima-box vm shell`: a shell or one command in the VM as its admin user,
 //! like `limactl shell`.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::Output;
 use super::args::VmShellArgs;
-use crate::ssh::{self, ConnectOptions, HostKeyPolicy, Session};
-use crate::vm::dirs;
+use crate::ssh::{self, Session};
+use crate::vm::{access, dirs};
 
 /// How long to wait for sshd when the VM was just started.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
@@ -21,28 +20,12 @@ const SSH_FAILURE: u8 = 255;
 
 pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode> {
     let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
-    let dir = lima_home.join(instance);
-    if !dir.is_dir() {
-        bail!(
-            "instance {instance:?} does not exist in {}; create it with `llima-box vm start`",
-            lima_home.display()
-        );
-    }
-    if !is_running(&dir) {
-        bail!("instance {instance:?} is not running; start it with `llima-box vm start`");
-    }
-    let port = ssh_port(&dir.join("ssh.config"))?;
-    let host_key = ssh::keys::load_host_public_key(&dir.join("ssh_host_key.pub"))
-        .context("the instance has no pinned host key; was it created by llima-box?")?;
-    let key = ssh::keys::ensure_user_key(&lima_home)?;
-    let opts = ConnectOptions {
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        user: guest_user(&dir)?,
-        key,
-        host_key: HostKeyPolicy::Pinned(host_key),
-        deadline: deadline()?,
-        agent_forwarding: agent_socket(args.no_agent),
-    };
+    let (opts, _) = access::connect_options(
+        &lima_home,
+        instance,
+        deadline()?,
+        agent_socket(args.no_agent),
+    )?;
     let cwd = std::env::current_dir().ok();
     let script = remote_script(args.workdir.as_deref(), cwd.as_deref(), &args.command)?;
     out.debug(&format!("ssh {}@{}: {script}", opts.user, opts.addr));
@@ -71,79 +54,6 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
             Ok(ExitCode::from(SSH_FAILURE))
         }
     }
-}
-
-/// Lima's rule: an instance runs while the host agent in `ha.pid` lives.
-fn is_running(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("ha.pid")) else {
-        return false;
-    };
-    let Some(pid) = text
-        .trim()
-        .parse()
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    // EPERM means it exists but belongs to someone else.
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
-    }
-}
-
-/// The `Port N` line of `$D/ssh.config`.
-fn ssh_port(path: &Path) -> Result<u16> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}; is the instance running?", path.display()))?;
-    parse_port(&text).with_context(|| format!("{} has no valid `Port N` line", path.display()))
-}
-
-fn parse_port(ssh_config: &str) -> Option<u16> {
-    ssh_config.lines().find_map(|l| {
-        let mut words = l.split_whitespace();
-        (words.next()? == "Port").then(|| words.next()?.parse().ok())?
-    })
-}
-
-/// `user.name` from lima.yaml, else Lima's default.
-fn guest_user(dir: &Path) -> Result<String> {
-    #[derive(serde::Deserialize)]
-    struct Yaml {
-        user: Option<User>,
-    }
-    #[derive(serde::Deserialize)]
-    struct User {
-        name: Option<String>,
-    }
-    let path = dir.join("lima.yaml");
-    let configured = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_yaml::from_str::<Yaml>(&text)
-            .with_context(|| format!("cannot parse {}", path.display()))?
-            .user
-            .and_then(|u| u.name),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    Ok(configured.unwrap_or_else(|| default_user(&host_user())))
-}
-
-fn host_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_default()
-}
-
-/// Lima uses the host's user name when it is a valid Linux user name
-/// (`^[a-z_][a-z0-9_-]*$`), else `lima`.
-fn default_user(host: &str) -> String {
-    let mut chars = host.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if valid { host } else { "lima" }.to_string()
 }
 
 fn agent_socket(disabled: bool) -> Option<PathBuf> {
@@ -189,25 +99,6 @@ fn remote_script(workdir: Option<&str>, cwd: Option<&Path>, command: &[String]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_is_read_from_the_ssh_config_lines() {
-        let cfg =
-            "# comment\nHost lima-x\n  IdentityFile \"/k\"\n  Hostname 127.0.0.1\n  Port 60022\n";
-        assert_eq!(parse_port(cfg), Some(60022));
-        assert_eq!(parse_port("Host x\n  Port nope\n"), None);
-        assert_eq!(parse_port("Host x\n"), None);
-    }
-
-    #[test]
-    fn default_user_follows_lima() {
-        assert_eq!(default_user("alice"), "alice");
-        assert_eq!(default_user("_svc-1"), "_svc-1");
-        assert_eq!(default_user("Alice"), "lima");
-        assert_eq!(default_user("1abc"), "lima");
-        assert_eq!(default_user("a.b"), "lima");
-        assert_eq!(default_user(""), "lima");
-    }
 
     #[test]
     fn scripts_cd_then_exec_a_login_shell() {

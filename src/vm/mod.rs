@@ -1,6 +1,7 @@
 //! The VM side: Lima's on-disk store, the lima.yaml model and the VM
 //! lifecycle (images, disks, cidata, QEMU, host agent).
 
+pub mod access;
 pub mod cidata;
 pub mod config;
 pub mod dirs;

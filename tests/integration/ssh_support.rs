@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,6 +177,9 @@ impl Instance {
     }
 }
 
+/// Lays out an instance that the store sees as Running: live pids in
+/// `ha.pid` and `qemu.pid` (this test process) and a real host agent API on
+/// `ha.sock` reporting `port`, with the pinned host key beside it.
 pub fn write_instance(home: &TestDir, port: u16, host_pub: &str) {
     let i = INSTANCE;
     home.write(
@@ -185,9 +189,41 @@ pub fn write_instance(home: &TestDir, port: u16, host_pub: &str) {
     home.write(&format!("{i}/ssh_host_key.pub"), host_pub);
     home.write(&format!("{i}/ha.pid"), &format!("{}\n", std::process::id()));
     home.write(
-        &format!("{i}/lima.yaml"),
-        &format!("user:\n  name: {}\n", user().name),
+        &format!("{i}/qemu.pid"),
+        &format!("{}\n", std::process::id()),
     );
+    home.write(
+        &format!("{i}/lima.yaml"),
+        &format!(
+            "images:\n- location: /unused/disk.img\nuser:\n  name: {}\n",
+            user().name
+        ),
+    );
+    serve_host_agent_api(&home.path().join(i).join("ha.sock"), port);
+}
+
+/// The product's own `ha.sock` server on a thread of this test process.
+fn serve_host_agent_api(sock: &Path, port: u16) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sock = sock.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = llima_box::vm::hostagent::api::bind(&sock).unwrap();
+            // The test user must be able to connect when the suite runs as root.
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+            ready_tx.send(()).unwrap();
+            let info = llima_box::vm::store::Info {
+                ssh_local_port: port,
+                ..Default::default()
+            };
+            llima_box::vm::hostagent::api::serve(listener, info).await;
+        });
+    });
+    ready_rx.recv().unwrap();
 }
 
 /// An ssh-agent of the test user holding one fresh key.
