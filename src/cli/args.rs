@@ -125,8 +125,10 @@ pub struct TestVmArgs {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Create (if needed) and boot the VM.
-    #[command(after_help = "Example:\n  llima-box vm start")]
-    Start,
+    #[command(
+        after_help = "Examples:\n  llima-box vm start\n  llima-box vm start --template ./my-lima.yaml   # first start only"
+    )]
+    Start(StartArgs),
     /// Shut the VM down.
     #[command(after_help = "Examples:\n  llima-box vm stop\n  llima-box vm stop --force")]
     Stop(ForceArg),
@@ -150,6 +152,15 @@ pub enum VmCommand {
     /// A shell or command in the VM as the admin user, like `limactl shell`.
     #[command(after_help = "Examples:\n  llima-box vm shell\n  llima-box vm shell -- uname -a")]
     Shell(VmShellArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Create the instance from this lima.yaml (its `base:` templates are
+    /// embedded) instead of the built-in config. Only used when the instance
+    /// does not exist yet.
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 pub mod args;
 mod output;
 mod progress;
+mod test_vm;
 mod vm_list;
 mod vm_logs;
 mod vm_shell;
@@ -55,17 +56,17 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             refuse_root()?;
             vm_stop::delete(&cli.instance, &args, out)
         }
-        Command::Vm(VmCommand::Start) => {
+        Command::Vm(VmCommand::Start(args)) => {
             refuse_root()?;
-            vm_start::run(&cli.instance, out)
+            vm_start::run(&cli.instance, &args, out)
         }
         Command::Hostagent(args) => {
             refuse_root()?;
             Ok(crate::vm::hostagent::main(&args.dir))
         }
-        Command::TestVm(_) => {
+        Command::TestVm(args) => {
             refuse_root()?;
-            not_yet("the VM self-test")
+            test_vm::run(&args, out)
         }
     }
 }

@@ -1,12 +1,15 @@
 //! `llima-box vm start`: create (first time) and boot the VM, showing
 //! download progress and boot stages with elapsed time.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
 use super::Output;
+use super::args::StartArgs;
 use super::progress::Stages;
+use crate::vm::config::{self, TemplateSearch};
 use crate::vm::dirs;
 use crate::vm::image::{BarReporter, NoProgress, Progress};
 use crate::vm::lifecycle::{self, StartUi, Started};
@@ -43,11 +46,23 @@ impl StartUi for CliStartUi {
     }
 }
 
-/// Boots `instance` (creating it first if needed) and returns where it is.
-pub fn start(instance: &str, out: &Output) -> Result<Started> {
+/// Boots `instance` (creating it first, from `template` or the built-in
+/// config, if needed) and returns where it is.
+pub fn start(instance: &str, template: Option<&Path>, out: &Output) -> Result<Started> {
     let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
+    let yaml = match template {
+        Some(t) => Some(
+            config::instance_yaml_from_template(
+                t,
+                &lima_home,
+                &TemplateSearch::from_env(&lima_home),
+            )
+            .with_context(|| format!("cannot use {} as the instance config", t.display()))?,
+        ),
+        None => None,
+    };
     let mut ui = CliStartUi::new(out);
-    let started = lifecycle::start(&lima_home, instance, &mut ui)
+    let started = lifecycle::start(&lima_home, instance, yaml.as_deref(), &mut ui)
         .with_context(|| format!("cannot start instance {instance:?}"))?;
     if started.already_running {
         out.info(&format!(
@@ -64,7 +79,7 @@ pub fn start(instance: &str, out: &Output) -> Result<Started> {
     Ok(started)
 }
 
-pub fn run(instance: &str, out: &Output) -> Result<ExitCode> {
-    start(instance, out)?;
+pub fn run(instance: &str, args: &StartArgs, out: &Output) -> Result<ExitCode> {
+    start(instance, args.template.as_deref(), out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -29,11 +29,13 @@ const UNIX_PATH_MAX: usize = 108;
 pub const HOST_KEY: &str = "ssh_host_key";
 pub const HOST_KEY_PUB: &str = "ssh_host_key.pub";
 
-/// Creates `$LIMA_HOME/<name>` from the embedded default config, fetching
-/// the image and making the disk. The caller holds the instance lock.
+/// Creates `$LIMA_HOME/<name>` from `template` (bases already embedded)
+/// or the built-in config, fetching the image and making the disk. The
+/// caller holds the instance lock.
 pub fn create(
     lima_home: &Path,
     name: &str,
+    template: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<PathBuf, LifecycleError> {
     let dir = crate::vm::store::instance_dir(lima_home, name)?;
@@ -54,7 +56,8 @@ pub fn create(
         .map_err(io("create", &staging))?;
     let guard = RemoveOnDrop(Some(staging.clone()));
 
-    write(&staging.join("lima.yaml"), &instance_yaml(), 0o644)?;
+    let yaml = template.map_or_else(default_instance_yaml, str::to_string);
+    write(&staging.join("lima.yaml"), &yaml, 0o644)?;
     write(&staging.join("lima-version"), LIMA_VERSION, 0o444)?;
     let key = cidata::generate_host_key()?;
     write(&staging.join(HOST_KEY), &key.private_openssh, 0o600)?;
@@ -107,7 +110,7 @@ fn image_spec(i: &config::Image) -> image::ImageSpec {
 
 /// The embedded config with resources sized for several agents at once but
 /// never beyond this host: at most its CPU count and half its memory.
-fn instance_yaml() -> String {
+fn default_instance_yaml() -> String {
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);

@@ -36,17 +36,22 @@ pub fn start_timeout() -> Duration {
         .map_or(Duration::from_secs(600), Duration::from_secs)
 }
 
+/// Boots `name`, creating it first from `template` (a lima.yaml with its
+/// bases embedded) or the built-in config when it does not exist.
 pub fn start(
     lima_home: &Path,
     name: &str,
+    template: Option<&str>,
     ui: &mut dyn StartUi,
 ) -> Result<Started, LifecycleError> {
     let _lock = super::InstanceLock::acquire(lima_home, name)?;
     let (inst, created) = match store::inspect(lima_home, name) {
         Ok(inst) => (inst, false),
         Err(store::StoreError::NotFound { .. }) => {
+            // Fail before fetching gigabytes when QEMU is not installed.
+            crate::vm::qemu::find_exe_from_env(crate::vm::host::host_arch())?;
             ui.stage("creating the instance (first start)");
-            create::create(lima_home, name, ui.download())?;
+            create::create(lima_home, name, template, ui.download())?;
             (store::inspect(lima_home, name)?, true)
         }
         Err(e) => return Err(e.into()),
@@ -73,8 +78,11 @@ pub fn start(
         Status::Broken => force_stop(&inst)?,
         Status::Stopped => {}
     }
+    let cfg = crate::vm::config::load_instance(&inst.dir, lima_home)?;
+    crate::vm::qemu::find_exe_from_env(
+        cfg.arch.as_deref().unwrap_or(crate::vm::host::host_arch()),
+    )?;
     if !created {
-        let cfg = crate::vm::config::load_instance(&inst.dir, lima_home)?;
         create::prepare_disk(&inst.dir, &cfg, ui.download())?;
     }
     ui.stage("starting the host agent");
