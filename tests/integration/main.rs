@@ -5,4 +5,6 @@ mod common;
 mod ssh;
 mod ssh_support;
 mod validate;
+mod vm;
+mod vm_failures;
 mod vm_list;

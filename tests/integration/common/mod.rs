@@ -114,6 +114,17 @@ impl TestDir {
         TestDir { dir }
     }
 
+    /// A scratch directory inside `parent` (for example the test user's
+    /// home, which the VM mounts).
+    pub fn new_in(parent: &Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("llb-")
+            .tempdir_in(parent)
+            .unwrap();
+        chown(dir.path());
+        TestDir { dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -169,7 +180,7 @@ pub fn chown_r(p: &Path) {
 pub fn as_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let u = user();
     let mut cmd = if is_root() {
-        let mut c = Command::new("setpriv");
+        let mut c = Command::new("/usr/bin/setpriv");
         c.args([
             "--reuid",
             &u.uid.to_string(),

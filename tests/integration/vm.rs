@@ -1,0 +1,278 @@
+//! End to end: real QEMU (TCG here), real cloud-init, the local Debian test
+//! guest from tests/guest/build-image. These tests boot VMs, so they are
+//! `#[ignore]`d for a plain `cargo test`; tests/run includes them. The main
+//! scenario shares one instance across its steps to keep boots few.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// The override.yaml printed by tests/guest/build-image.
+fn guest_override() -> String {
+    let path = std::env::var("LLIMA_BOX_TEST_OVERRIDE").expect(
+        "LLIMA_BOX_TEST_OVERRIDE is not set: run tests/run, or set it to the path \
+         printed by tests/guest/build-image",
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// A `$LIMA_HOME` for one test, with the test guest as `override.yaml`.
+struct VmHome {
+    dir: TestDir,
+}
+
+impl VmHome {
+    fn new(override_yaml: &str) -> VmHome {
+        let dir = TestDir::new();
+        dir.write("_config/override.yaml", override_yaml);
+        VmHome { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.path()).unwrap()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = llima_box(&self.path());
+        c.args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success, returning stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
+        stdout
+    }
+
+    fn status(&self, name: &str) -> Value {
+        let out = self.ok(&["--instance", name, "vm", "status", "--json"]);
+        serde_json::from_str(out.trim()).unwrap()
+    }
+}
+
+fn pid_of(v: &Value, key: &str) -> u32 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}")) as u32
+}
+
+fn kill9(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+#[ignore = "boots VMs: run through tests/run"]
+fn lifecycle_end_to_end() {
+    let home = VmHome::new(&guest_override());
+    let name = "e2e";
+    let dir = home.path().join(name);
+
+    // Three concurrent first starts: one boots, all succeed.
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            home.cmd(&["--instance", name, "vm", "start"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = starts
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let mut booted = 0;
+    for out in &outs {
+        let (stdout, stderr) = text(out);
+        assert!(
+            out.status.success(),
+            "concurrent start failed:\n{stdout}\n{stderr}"
+        );
+        if stderr.contains("is ready after") {
+            booted += 1;
+        } else {
+            assert!(stderr.contains("is running"), "{stderr}");
+        }
+    }
+    assert_eq!(booted, 1, "exactly one start boots the VM");
+
+    // Running, with an SSH port, reachable through ha.sock as limactl would.
+    let st = home.status(name);
+    assert_eq!(st["status"], "Running", "{st}");
+    let port = st["sshLocalPort"].as_u64().unwrap();
+    assert!(port > 0);
+    let info = llima_box::vm::store::hostagent_info(&dir.join("ha.sock")).unwrap();
+    assert_eq!(u64::from(info.ssh_local_port), port);
+    let listed = home.ok(&["vm", "list", "--json"]);
+    let entry: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["name"], name);
+    assert_eq!(entry["status"], "Running");
+    assert_eq!(entry["sshLocalPort"].as_u64(), Some(port));
+
+    // SSH exec through our client and through plain OpenSSH.
+    let uname = home.ok(&["--instance", name, "vm", "shell", "--", "uname", "-a"]);
+    assert!(uname.starts_with("Linux lima-e2e "), "{uname}");
+    let out = as_user("ssh")
+        .args([
+            "-F",
+            dir.join("ssh.config").to_str().unwrap(),
+            "lima-e2e",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh -F: {:?}", text(&out));
+
+    // A file written by the guest on the mounted home appears on the host,
+    // owned by the host user.
+    let shared = TestDir::new_in(&user().home);
+    let target = shared.path().join("from-guest.txt");
+    home.ok(&[
+        "--instance",
+        name,
+        "vm",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        &format!("printf 'hello from the guest\\n' > '{}'", target.display()),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "hello from the guest\n"
+    );
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), user().uid);
+
+    // Stop: Stopped, no stale pid or socket files.
+    home.ok(&[
+        "--instance",
+        name,
+        "vm",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > ~/persist",
+    ]);
+    home.ok(&["--instance", name, "vm", "stop"]);
+    assert_eq!(home.status(name)["status"], "Stopped");
+    for f in ["ha.pid", "qemu.pid", "ha.sock", "qmp.sock"] {
+        assert!(!dir.join(f).exists(), "{f} left after stop");
+    }
+
+    // Start again: the guest home survived.
+    home.ok(&["--instance", name, "vm", "start"]);
+    let kept = home.ok(&["--instance", name, "vm", "shell", "--", "cat", "persist"]);
+    assert_eq!(kept.trim(), "kept");
+
+    // kill -9 of QEMU: the agent notices, the status is truthful, and the
+    // next start recovers.
+    let st = home.status(name);
+    kill9(pid_of(&st, "driverPID"));
+    wait_until(
+        "the agent to notice QEMU died",
+        Duration::from_secs(30),
+        || home.status(name)["status"] != "Running",
+    );
+    assert_eq!(home.status(name)["status"], "Stopped");
+    home.ok(&["--instance", name, "vm", "start"]);
+    assert_eq!(home.status(name)["status"], "Running");
+
+    // kill -9 of the host agent: QEMU is orphaned, the status says Broken,
+    // and a forced delete cleans everything up.
+    let st = home.status(name);
+    let qemu = pid_of(&st, "driverPID");
+    kill9(pid_of(&st, "hostAgentPID"));
+    wait_until("the agent to die", Duration::from_secs(10), || {
+        home.status(name)["status"] == "Broken"
+    });
+    let st = home.status(name);
+    assert!(
+        st["errors"].to_string().contains("host agent is not"),
+        "{st}"
+    );
+
+    // delete refuses a Broken instance without --force, then removes it.
+    let out = home.run(&["--instance", name, "vm", "delete"]);
+    assert!(!out.status.success());
+    home.ok(&["--instance", name, "vm", "delete", "--force"]);
+    assert!(!dir.exists());
+    wait_until("QEMU to be killed", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{qemu}")).exists()
+    });
+}
+
+#[test]
+#[ignore = "boots a VM: run through tests/run"]
+fn test_vm_self_test_passes() {
+    let home = VmHome::new(&guest_override());
+    let out = home.run(&["test-vm"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for step in [
+        "create and boot: ok",
+        "SSH exec `uname -a`: ok",
+        "stop: ok",
+        "delete: ok",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?}:\n{stdout}");
+    }
+    assert!(stdout.contains("all steps passed"), "{stdout}");
+    // Nothing is left behind.
+    let names = home.ok(&["vm", "list", "--names-only"]);
+    assert!(names.trim().is_empty(), "{names}");
+}
+
+/// The test guest with its kernel told to boot from a disk that does not
+/// exist: QEMU runs, the guest never comes up.
+fn unbootable_override() -> String {
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&guest_override()).unwrap();
+    v["images"][0]["kernel"]["cmdline"] =
+        serde_yaml::Value::from("root=/dev/nonexistent console=ttyS0 panic=0 rootwait");
+    serde_yaml::to_string(&v).unwrap()
+}
+
+#[test]
+#[ignore = "boots a VM: run through tests/run"]
+fn a_guest_that_never_comes_up_times_out_with_the_serial_tail() {
+    let home = VmHome::new(&unbootable_override());
+    let out = home
+        .cmd(&["--instance", "never", "vm", "start"])
+        .env("LLIMA_BOX_BOOT_TIMEOUT", "45")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not become ready within 45 s"),
+        "{stderr}"
+    );
+    // The kernel's own words from the serial console are in the error.
+    assert!(stderr.contains("last serial console lines"), "{stderr}");
+    assert!(stderr.contains("nonexistent"), "{stderr}");
+    assert!(stderr.contains("serial.log"), "{stderr}");
+    // The agent shut QEMU down and cleaned up.
+    let st = home.status("never");
+    assert_eq!(st["status"], "Stopped", "{st}");
+}

@@ -1,0 +1,142 @@
+//! `vm start` failures that need no guest: each gives a clear error and
+//! leaves no instance behind, so the next attempt starts clean.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+
+use crate::common::*;
+
+/// Serves `body` for every GET (and HEAD) on 127.0.0.1 until the test ends.
+fn serve(body: Vec<u8>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            if request.starts_with("GET") {
+                let _ = conn.write_all(&body);
+            }
+        }
+    });
+    port
+}
+
+fn template(dir: &TestDir, location: &str, digest: Option<&str>) -> std::path::PathBuf {
+    let digest = digest
+        .map(|d| format!("  digest: {d}\n"))
+        .unwrap_or_default();
+    dir.write(
+        "template.yaml",
+        &format!(
+            "images:\n- location: {location}\n  arch: {}\n{digest}",
+            llima_box::vm::host::host_arch()
+        ),
+    )
+}
+
+/// `vm start --template` with a private cache; returns (success, stderr).
+fn start(home: &TestDir, template: &Path, path_env: Option<&str>) -> (bool, String) {
+    let mut cmd = llima_box(home.path());
+    cmd.args(["--instance", "fail", "vm", "start", "--template"])
+        .arg(template)
+        .env("XDG_CACHE_HOME", home.path().join("cache"));
+    if let Some(p) = path_env {
+        cmd.env("PATH", p);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.success(), text(&out).1)
+}
+
+fn assert_nothing_left(home: &TestDir) {
+    let left: Vec<_> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| {
+            !["cache", "template.yaml", "bin"].contains(&n.as_str()) && !n.ends_with(".lock")
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bad_image_digest_is_refused_and_nothing_is_cached() {
+    let home = TestDir::new();
+    let port = serve(vec![7u8; 64 * 1024]);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let t = template(
+        &home,
+        &format!("http://127.0.0.1:{port}/disk.img"),
+        Some(&wrong),
+    );
+    let (ok, stderr) = start(&home, &t, None);
+    assert!(!ok);
+    assert!(stderr.contains("expected digest"), "{stderr}");
+    assert_nothing_left(&home);
+    // The download cache holds no data file for that URL.
+    let cached = walk(&home.path().join("cache"));
+    assert!(
+        !cached.iter().any(|p| p.ends_with("data")),
+        "cached: {cached:?}"
+    );
+}
+
+#[test]
+fn unreachable_image_location_fails_clearly() {
+    let home = TestDir::new();
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/disk.img");
+    let t = template(&home, &url, None);
+    let (ok, stderr) = start(&home, &t, None);
+    assert!(!ok);
+    assert!(stderr.contains(&url), "{stderr}");
+    assert_nothing_left(&home);
+}
+
+#[test]
+fn missing_qemu_is_reported_before_any_download() {
+    let home = TestDir::new();
+    let bin = home.mkdir("bin");
+    // qemu-img is there, qemu-system-* is not.
+    std::os::unix::fs::symlink("/usr/bin/qemu-img", bin.join("qemu-img")).unwrap();
+    let port = serve(vec![0u8; 1024]);
+    let t = template(&home, &format!("http://127.0.0.1:{port}/disk.img"), None);
+    let (ok, stderr) = start(&home, &t, Some(bin.to_str().unwrap()));
+    assert!(!ok);
+    assert!(stderr.contains("qemu-system-"), "{stderr}");
+    assert!(stderr.contains("install"), "{stderr}");
+    assert_nothing_left(&home);
+    assert!(walk(&home.path().join("cache")).is_empty());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
