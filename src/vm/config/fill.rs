@@ -660,19 +660,7 @@ fn unique(v: Vec<String>) -> Vec<String> {
 /// of an instance that already has runtime files ("" when that file is
 /// missing), otherwise ours (a new instance).
 pub fn existing_version(dir: &Path) -> String {
-    const MARKERS: [&str; 8] = [
-        "ha.stdout.log",
-        "ha.stderr.log",
-        "vz-identifier",
-        "image",
-        "disk",
-        "basedisk",
-        "diffdisk",
-        "cidata.iso",
-    ];
-    let exists = MARKERS
-        .iter()
-        .any(|f| std::fs::symlink_metadata(dir.join(f)).is_ok());
+    let exists = crate::vm::store::is_existing_instance_dir(dir);
     if !exists {
         return COMPAT_VERSION.to_string();
     }

@@ -19,9 +19,10 @@ pub async fn wait(
     plan: &Plan,
     port: u16,
     iid: &str,
-    deadline: Instant,
+    timeout: Duration,
     on_stage: impl Fn(&str),
 ) -> Result<(), HostAgentError> {
+    let deadline = Instant::now() + timeout;
     let key = ssh::keys::ensure_user_key(&plan.lima_home)?;
     let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim()).map_err(|e| {
         HostAgentError::Io {
@@ -36,7 +37,7 @@ pub async fn wait(
         waiting_for: waiting_for.to_string(),
         serial_tail: crate::vm::lifecycle::serial_tail(&plan.dir, 20),
     };
-    let total = deadline.saturating_duration_since(Instant::now()).as_secs();
+    let total = timeout.as_secs();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
@@ -37,7 +37,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
     let code = match &result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("error: {}", chain(e)));
+            log(&format!("error: {}", store::error_chain(e)));
             std::process::ExitCode::FAILURE
         }
     };
@@ -48,7 +48,10 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
             &mut std::io::stdout(),
             Status {
                 exiting: true,
-                errors: result.err().map(|e| vec![chain(&e)]).unwrap_or_default(),
+                errors: result
+                    .err()
+                    .map(|e| vec![store::error_chain(&e)])
+                    .unwrap_or_default(),
                 ..Default::default()
             },
         );
@@ -65,17 +68,6 @@ pub fn log(msg: &str) {
         "{} {msg}",
         events::rfc3339(SystemTime::now())
     );
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn emit(status: Status) {
@@ -202,9 +194,8 @@ async fn supervise(
     });
 
     stage(port, "waiting for SSH and cloud-init");
-    let deadline = Instant::now() + boot_timeout();
     let ready = tokio::select! {
-        r = readiness::wait(plan, port, iid, deadline, |s| stage(port, s)) => r,
+        r = readiness::wait(plan, port, iid, boot_timeout(), |s| stage(port, s)) => r,
         status = &mut exited => Err(HostAgentError::GuestExited {
             status: status.ok().and_then(Result::ok).unwrap_or_default(),
             serial_tail: crate::vm::lifecycle::serial_tail(dir, 20),

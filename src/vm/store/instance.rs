@@ -416,8 +416,8 @@ fn is_not_found(e: &ConfigError) -> bool {
     matches!(e, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
-/// An error and its causes on one line, for `errors`.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line, for `errors` and logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
