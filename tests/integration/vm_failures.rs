@@ -52,7 +52,7 @@ fn start(home: &TestDir, template: &Path, path_env: Option<&str>) -> (bool, Stri
     let mut cmd = llima_box(home.path());
     cmd.args(["--instance", "fail", "vm", "start", "--template"])
         .arg(template)
-        .env("XDG_CACHE_HOME", home.path().join("cache"));
+        .env("XDG_CACHE_HOME", home.path().join("_cache"));
     if let Some(p) = path_env {
         cmd.env("PATH", p);
     }
@@ -65,7 +65,7 @@ fn assert_nothing_left(home: &TestDir) {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| {
-            !["cache", "template.yaml", "bin"].contains(&n.as_str()) && !n.ends_with(".lock")
+            !["_cache", "template.yaml", "bin"].contains(&n.as_str()) && !n.ends_with(".lock")
         })
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -86,7 +86,7 @@ fn bad_image_digest_is_refused_and_nothing_is_cached() {
     assert!(stderr.contains("expected digest"), "{stderr}");
     assert_nothing_left(&home);
     // The download cache holds no data file for that URL.
-    let cached = walk(&home.path().join("cache"));
+    let cached = walk(&home.path().join("_cache"));
     assert!(
         !cached.iter().any(|p| p.ends_with("data")),
         "cached: {cached:?}"
@@ -123,7 +123,7 @@ fn missing_qemu_is_reported_before_any_download() {
     assert!(stderr.contains("qemu-system-"), "{stderr}");
     assert!(stderr.contains("install"), "{stderr}");
     assert_nothing_left(&home);
-    assert!(walk(&home.path().join("cache")).is_empty());
+    assert!(walk(&home.path().join("_cache")).is_empty());
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -139,4 +139,85 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Serves a large body slowly, so that a download is still running when
+/// the test interrupts it.
+fn serve_slowly() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let total = 64 << 20;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+                let _ = conn.write_all(head.as_bytes());
+                for _ in 0..(total / 4096) {
+                    if conn.write_all(&[1u8; 4096]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn ctrl_c_during_a_first_start_leaves_nothing_that_breaks_the_next() {
+    let home = TestDir::new();
+    let port = serve_slowly();
+    let t = template(&home, &format!("http://127.0.0.1:{port}/disk.img"), None);
+    let mut child = llima_box(home.path())
+        .args(["--instance", "fail", "vm", "start", "--template"])
+        .arg(&t)
+        .env("XDG_CACHE_HOME", home.path().join("_cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Interrupt once the download is under way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !walk(&home.path().join("_cache")).iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("data.tmp"))
+    }) {
+        assert!(std::time::Instant::now() < deadline, "download never began");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SIGINT to the whole process group, as a terminal's Ctrl-C does.
+    let pid = child.id();
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // No instance: listing shows none, and the next start is not blocked by
+    // leftovers (it fails only on its own bad digest, and cleans up).
+    assert!(!home.path().join("fail").exists());
+    let names = llima_box(home.path())
+        .args(["vm", "list", "--names-only"])
+        .output()
+        .unwrap();
+    assert!(text(&names).0.trim().is_empty());
+    let fast = serve(vec![3u8; 1024]);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let t = template(
+        &home,
+        &format!("http://127.0.0.1:{fast}/disk.img"),
+        Some(&wrong),
+    );
+    let (ok, stderr) = start(&home, &t, None);
+    assert!(!ok);
+    assert!(stderr.contains("expected digest"), "{stderr}");
+    assert_nothing_left(&home);
 }
