@@ -185,7 +185,16 @@ fn lifecycle_end_to_end() {
 
     // Start again: the guest home survived.
     home.ok(&["--instance", name, "vm", "start"]);
-    let kept = home.ok(&["--instance", name, "vm", "shell", "--", "cat", "persist"]);
+    let kept = home.ok(&[
+        "--instance",
+        name,
+        "vm",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "cat ~/persist",
+    ]);
     assert_eq!(kept.trim(), "kept");
 
     // kill -9 of QEMU: the agent notices, the status is truthful, and the
