@@ -96,13 +96,30 @@ fn signal(pid: u32, sig: Signal) {
 }
 
 fn wait_gone(pid: u32, limit: Duration) {
-    let Some(pid) = Pid::from_raw(pid as i32) else {
-        return;
-    };
     let deadline = Instant::now() + limit;
-    while test_kill_process(pid).is_ok() && Instant::now() < deadline {
+    while alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `pid` still runs. A killed orphan stays a zombie until its new
+/// parent reaps it, and some inits never do: a zombie counts as gone.
+fn alive(pid: u32) -> bool {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    if test_kill_process(p).is_err() {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        return !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    }
+    true
 }
 
 /// Lima's `TmpFileSuffixes`: what a crashed run can leave behind that
