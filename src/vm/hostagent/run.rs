@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::events::{self, Status};
 use super::{HostAgentError, api, plan, readiness};
+use crate::ssh;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::host::RealHost;
@@ -56,6 +57,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
             },
         );
         let _ = std::fs::remove_file(dir.join("ha.sock"));
+        let _ = std::fs::remove_file(dir.join(ssh::mux::SOCKET));
         let _ = std::fs::remove_file(dir.join("ha.pid"));
     }
     code
@@ -215,6 +217,7 @@ async fn supervise(
         ssh_local_port: port,
         ..Default::default()
     });
+    let _mux = serve_mux(dir, plan, port).map(AbortOnDrop);
 
     tokio::select! {
         _ = sigint.recv() => {}
@@ -240,6 +243,39 @@ async fn supervise(
     let _ = std::fs::remove_file(dir.join("qemu.pid"));
     log("stopped");
     Ok(())
+}
+
+/// Serves `mux.sock` (see [`ssh::mux`]); without it the CLI connects
+/// directly, so a failure here is only logged.
+fn serve_mux(dir: &Path, plan: &plan::Plan, port: u16) -> Option<tokio::task::JoinHandle<()>> {
+    let path = dir.join(ssh::mux::SOCKET);
+    let opts = ssh::PublicKey::from_openssh(plan.host_key_public.trim())
+        .map_err(|e| e.to_string())
+        .and_then(|host_key| {
+            Ok(ssh::ConnectOptions {
+                addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+                user: plan.user.clone(),
+                key: ssh::keys::ensure_user_key(&plan.lima_home).map_err(|e| e.to_string())?,
+                host_key: ssh::HostKeyPolicy::Pinned(host_key),
+                deadline: Duration::from_secs(10),
+                agent_forwarding: None,
+            })
+        });
+    match opts.and_then(|o| Ok((ssh::mux::bind(&path).map_err(|e| e.to_string())?, o))) {
+        Ok((listener, opts)) => Some(tokio::spawn(ssh::mux::serve(listener, opts))),
+        Err(e) => {
+            log(&format!("not serving {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn kill(pid: u32) {
