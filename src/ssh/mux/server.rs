@@ -45,7 +45,8 @@ pub fn bind(path: &Path) -> Result<Listener, Error> {
 pub async fn serve(listener: Listener, opts: ConnectOptions) {
     let held = Arc::new(Held {
         opts,
-        session: Mutex::new(None),
+        plain: Mutex::new(None),
+        with_agent: Mutex::new(None),
     });
     loop {
         let Ok((stream, _)) = listener.inner.accept().await else {
@@ -55,15 +56,22 @@ pub async fn serve(listener: Listener, opts: ConnectOptions) {
     }
 }
 
-/// The connection to the guest that every command shares.
+/// The connections to the guest that commands share. sshd offers a
+/// forwarded agent to every later session of a connection once one asked
+/// for it, so commands without agent forwarding get a connection that
+/// never asked.
 struct Held {
     opts: ConnectOptions,
-    session: Mutex<Option<Arc<Session>>>,
+    plain: Mutex<Option<Arc<Session>>>,
+    with_agent: Mutex<Option<Arc<Session>>>,
 }
 
 impl Held {
-    async fn session(&self, fresh: bool) -> Result<Arc<Session>, Error> {
-        let mut slot = self.session.lock().await;
+    async fn session(&self, agent: bool, fresh: bool) -> Result<Arc<Session>, Error> {
+        let mut slot = match agent {
+            true => self.with_agent.lock().await,
+            false => self.plain.lock().await,
+        };
         if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
             return Ok(s.clone());
         }
@@ -81,7 +89,7 @@ impl Held {
     ) -> Result<(Arc<Session>, exec::Started), Error> {
         let mut fresh = false;
         loop {
-            let session = self.session(fresh).await?;
+            let session = self.session(setup.agent, fresh).await?;
             if setup.agent {
                 // Agent channels carry no reference to the command that
                 // caused them; the latest requester's agent serves them all.
