@@ -170,3 +170,58 @@ fn pty_session_through_the_mux_gets_size_resizes_and_restores_the_terminal() {
     assert_eq!(modes(&pty.termios()), before, "terminal modes changed");
     assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
 }
+
+#[test]
+fn a_closed_local_reader_ends_the_session_quietly() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    let mut child = inst
+        .shell(&["--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"y\ny\n");
+    drop(stdout);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(st.code(), Some(141), "{stderr}");
+    assert_eq!(stderr, "");
+    // The held connection is still good for the next command.
+    assert_eq!(code(&mut inst.shell(&["--", "true"])).0, 0);
+    assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
+}
+
+#[test]
+fn a_broken_held_connection_is_replaced() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    assert_eq!(code(&mut inst.shell(&["--", "true"])).0, 0);
+    // Kill sshd's per-connection processes (the whole tree, so that the
+    // TCP connection drops), as a guest reboot does.
+    let pid = std::fs::read_to_string(inst.sshd.dir.join("sshd.pid")).unwrap();
+    let sessions = descendants(pid.trim().parse().unwrap());
+    assert!(!sessions.is_empty(), "no sshd session process");
+    for p in sessions {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let (c, stdout, e) = code(&mut inst.shell(&["--", "echo", "again"]));
+    assert_eq!((c, stdout.as_str()), (0, "again\n"), "{e}");
+    assert_eq!(logins(&inst.sshd), 2, "sshd: {}", inst.sshd.log());
+}
+
+fn descendants(pid: i32) -> Vec<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut all = Vec::new();
+    for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        all.extend(descendants(c));
+        all.push(c);
+    }
+    all
+}
