@@ -225,3 +225,91 @@ fn descendants(pid: i32) -> Vec<i32> {
     }
     all
 }
+
+/// Not a test: `tests/bench/ssh-bench` runs it (with `--ignored`) as a
+/// stand-in host agent of its instance until it is killed, serving with
+/// the host agent's library calls either the API on `ha.sock`
+/// (`LLIMA_BOX_BENCH_SERVE=api`, reporting `LLIMA_BOX_BENCH_PORT`) or
+/// `mux.sock` (`=mux`).
+#[test]
+#[ignore = "a stand-in host agent for tests/bench/ssh-bench"]
+fn bench_server() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("not a test: {k} is unset"));
+    let home = std::path::PathBuf::from(var("LLIMA_BOX_BENCH_HOME"));
+    let name = var("LLIMA_BOX_BENCH_INSTANCE");
+    let dir = home.join(&name);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match var("LLIMA_BOX_BENCH_SERVE").as_str() {
+            "api" => {
+                use llima_box::vm::{hostagent::api, store::Info};
+                let listener = api::bind(&dir.join("ha.sock")).unwrap();
+                let port = var("LLIMA_BOX_BENCH_PORT").parse().unwrap();
+                api::serve(
+                    listener,
+                    Info {
+                        ssh_local_port: port,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            }
+            "mux" => {
+                let (opts, _) = llima_box::vm::access::connect_options(
+                    &home,
+                    &name,
+                    Duration::from_secs(10),
+                    None,
+                )
+                .unwrap();
+                let path = dir.join(llima_box::ssh::mux::SOCKET);
+                let listener = llima_box::ssh::mux::bind(&path).unwrap();
+                llima_box::ssh::mux::serve(listener, opts).await;
+            }
+            other => panic!("LLIMA_BOX_BENCH_SERVE={other:?}: expected api or mux"),
+        }
+    });
+}
+
+fn descendants(pid: i32) -> Vec<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut all = Vec::new();
+    for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        all.extend(descendants(c));
+        all.push(c);
+    }
+    all
+}
+
+/// Not a test: `tests/bench/ssh-bench` runs it (with `--ignored`) as the
+/// mux server of its instance, with the host agent's library calls, until
+/// it is killed.
+#[test]
+#[ignore = "the mux server of tests/bench/ssh-bench"]
+fn bench_mux_server() {
+    let (Some(home), Ok(name)) = (
+        std::env::var_os("LLIMA_BOX_BENCH_HOME"),
+        std::env::var("LLIMA_BOX_BENCH_INSTANCE"),
+    ) else {
+        panic!("not a test: tests/bench/ssh-bench runs it with LLIMA_BOX_BENCH_HOME set");
+    };
+    let home = std::path::PathBuf::from(home);
+    let (opts, _) =
+        llima_box::vm::access::connect_options(&home, &name, Duration::from_secs(10), None)
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let path = home.join(&name).join(llima_box::ssh::mux::SOCKET);
+        let listener = llima_box::ssh::mux::bind(&path).unwrap();
+        llima_box::ssh::mux::serve(listener, opts).await;
+    });
+}

@@ -425,6 +425,7 @@ pub fn serve_mux(inst: &Instance) -> PathBuf {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let path = sock.clone();
     std::thread::spawn(move || {
+        #[cfg(target_os = "linux")]
         if is_root() {
             become_test_user_on_this_thread();
         }
@@ -445,6 +446,7 @@ pub fn serve_mux(inst: &Instance) -> PathBuf {
 /// Linux credentials are per thread at the system-call level (libc's
 /// setuid changes all threads, the raw call only this one), and threads
 /// started from here inherit them.
+#[cfg(target_os = "linux")]
 fn become_test_user_on_this_thread() {
     let u = user();
     unsafe {

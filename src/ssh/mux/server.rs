@@ -50,6 +50,8 @@ pub async fn serve(listener: Listener, opts: ConnectOptions) {
     });
     loop {
         let Ok((stream, _)) = listener.inner.accept().await else {
+            // Out of descriptors, most likely: let some commands finish.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         tokio::spawn(handle(stream, held.clone()));
