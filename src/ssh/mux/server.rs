@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::event::{PollFd, PollFlags, poll};
+use tokio::fs::File;
+use tokio::io::BufWriter;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
@@ -146,8 +148,10 @@ async fn run(conn: &mut Conn, held: &Held) -> Result<RemoteExit, Error> {
     let (_session, (rx, tx)) = held.start(&setup, agent_socket).await?;
     conn.send(&ToClient::Started).await.map_err(lost)?;
     let (stdin, cancel) = CancellableFd::new(stdin).map_err(lost)?;
-    let mut stdout = tokio::fs::File::from_std(stdout.into());
-    let mut stderr = tokio::fs::File::from_std(stderr.into());
+    // Each write to a file goes through a blocking thread: batch the
+    // channel's small packets (output is flushed whenever none is waiting).
+    let mut stdout = BufWriter::with_capacity(1 << 20, File::from_std(stdout.into()));
+    let mut stderr = File::from_std(stderr.into());
     let result = exec::attach(
         rx,
         tx.clone(),
