@@ -36,7 +36,20 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let dir = lima_home.join(instance);
     let result = runtime.block_on(async {
+        // The host agent's held connection saves the handshake; without
+        // it (older agent, guest not ready, stale socket) connect directly.
+        let agent = opts.agent_forwarding.clone();
+        match ssh::mux::run_via_mux(&dir, &script, pty, agent).await {
+            ssh::mux::Outcome::Ran(result) => return result,
+            ssh::mux::Outcome::Unavailable(why) => {
+                out.debug(&format!(
+                    "connecting directly: {:#}",
+                    anyhow::Error::new(why)
+                ));
+            }
+        }
         let session = Session::connect(opts).await?;
         session.run_interactive_or_piped(&script, pty).await
     });

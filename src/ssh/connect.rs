@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
@@ -41,8 +41,13 @@ pub struct ConnectOptions {
 /// An authenticated connection to the guest's sshd.
 pub struct Session {
     pub(super) handle: Handle<Client>,
-    pub(super) agent_forwarding: bool,
+    /// Where agent channels opened by the guest go; the mux server points
+    /// it at the socket of the client it serves.
+    pub(super) agent_socket: AgentSocket,
 }
+
+/// The local agent socket, shared between a session and its handler.
+pub(super) type AgentSocket = Arc<Mutex<Option<PathBuf>>>;
 
 /// One attempt may not hang on a port that accepts but never answers.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +100,23 @@ impl Session {
     pub(super) async fn open_channel(&self) -> Result<Channel<Msg>, Error> {
         Ok(self.handle.channel_open_session().await?)
     }
+
+    /// The agent socket that the guest's agent channels are proxied to.
+    pub(super) fn agent_socket(&self) -> Option<PathBuf> {
+        self.agent_socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_agent_socket(&self, socket: Option<PathBuf>) {
+        *self.agent_socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
+    }
+
+    /// Whether the connection is gone (sshd restarted, guest rebooted).
+    pub(super) fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
 }
 
 /// Half to all of `delay`, so that many clients do not retry in lockstep.
@@ -140,9 +162,10 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
         .map_err(|e| Failure::Transient(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let HostKeyPolicy::Pinned(expected) = &opts.host_key;
+    let agent_socket: AgentSocket = Arc::new(Mutex::new(opts.agent_forwarding.clone()));
     let handler = Client {
         expected: expected.clone(),
-        agent_socket: opts.agent_forwarding.clone(),
+        agent_socket: agent_socket.clone(),
     };
     let mut handle = client::connect_stream(config, stream, handler)
         .await
@@ -177,7 +200,7 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
     }
     Ok(Session {
         handle,
-        agent_forwarding: opts.agent_forwarding.is_some(),
+        agent_socket,
     })
 }
 
@@ -200,7 +223,7 @@ fn classify(addr: SocketAddr, e: russh::Error) -> Failure {
 /// The russh handler: host-key pinning and agent channels.
 pub(super) struct Client {
     expected: PublicKey,
-    agent_socket: Option<PathBuf>,
+    agent_socket: AgentSocket,
 }
 
 #[derive(Debug)]
@@ -245,8 +268,13 @@ impl client::Handler for Client {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        match &self.agent_socket {
-            Some(socket) => agent::proxy(channel, reply, socket.clone()),
+        let socket = self
+            .agent_socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match socket {
+            Some(socket) => agent::proxy(channel, reply, socket),
             None => {
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)

@@ -93,4 +93,18 @@ pub enum Error {
 
     #[error("the session was ended by {signal}")]
     Interrupted { signal: &'static str },
+
+    #[error("cannot {what} the host agent's connection socket {}", path.display())]
+    MuxSocket {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the connection to the host agent broke during the command")]
+    MuxLost(#[source] std::io::Error),
+
+    #[error("the host agent's connection to the guest failed: {0}")]
+    MuxRemote(String),
 }

@@ -5,7 +5,8 @@ use std::io::Read;
 use std::sync::Arc;
 
 use russh::client::Msg;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -76,13 +77,76 @@ pub struct Captured {
 
 /// The local environment that the remote side should see, as `ssh` sends
 /// it with `SendEnv`; sshd applies what its `AcceptEnv` allows.
-fn forwarded_env() -> Vec<(String, String)> {
+pub(super) fn forwarded_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
             matches!(k.as_str(), "TERM" | "LANG" | "COLORTERM") || k.starts_with("LC_")
         })
         .collect()
 }
+
+/// Everything a command's channel asks for before the command starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Setup {
+    pub command: String,
+    pub pty: Option<PtyRequest>,
+    pub env: Vec<(String, String)>,
+    /// Whether the guest may open agent channels for this command.
+    pub agent: bool,
+}
+
+/// A remote terminal like the local one: `TERM`, size and line settings
+/// (as SSH mode opcodes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct PtyRequest {
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+    pub modes: Vec<(u8, u32)>,
+}
+
+impl Setup {
+    /// The setup `ssh` would send from this process's terminal and
+    /// environment. Read the terminal before it is put in raw mode.
+    pub(super) fn local(command: &str, pty: bool, agent: bool) -> Setup {
+        let pty = pty.then(|| {
+            let (cols, rows) = terminal::window_size().unwrap_or((80, 24));
+            PtyRequest {
+                term: std::env::var("TERM").unwrap_or_default(),
+                cols,
+                rows,
+                modes: terminal::pty_modes()
+                    .into_iter()
+                    .map(|(p, v)| (p as u8, v))
+                    .collect(),
+            }
+        });
+        Setup {
+            command: command.to_string(),
+            pty,
+            env: forwarded_env(),
+            agent,
+        }
+    }
+}
+
+/// Something besides the channel that an attached command reacts to: the
+/// local terminal's signals, or a mux client's messages.
+pub(super) trait Control {
+    fn event(&mut self) -> impl Future<Output = Event> + Send;
+}
+
+pub(super) enum Event {
+    /// The terminal is now this many columns and rows.
+    Resize(u32, u32),
+    /// End the session (the reason, for the error message).
+    Stop(&'static str),
+}
+
+/// The write side of a running command's channel.
+pub(super) type Writer = Arc<ChannelWriteHalf<Msg>>;
+/// A started command's channel.
+pub(super) type Started = (ChannelReadHalf, Writer);
 
 impl Session {
     /// Runs `argv` (quoted so that the remote sees exactly these words)
@@ -94,7 +158,7 @@ impl Session {
         tx.exec(false, command).await?;
         tx.eof().await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let exit = pump(&mut rx, &tx, &mut stdout, &mut stderr, None).await?;
+        let exit = pump(&mut rx, &tx, &mut stdout, &mut stderr, None::<&mut Tty>).await?;
         Ok(Captured {
             exit,
             stdout,
@@ -114,45 +178,74 @@ impl Session {
         command: &str,
         pty: bool,
     ) -> Result<RemoteExit, Error> {
-        let channel = self.open_channel().await?;
-        let (mut rx, tx) = channel.split();
-        if self.agent_forwarding {
-            tx.agent_forward(false).await?;
-        }
-        for (k, v) in forwarded_env() {
-            tx.set_env(false, k, v).await?;
-        }
-        let mut tty = None;
-        if pty {
-            let (cols, rows) = terminal::window_size().unwrap_or((80, 24));
-            let term = std::env::var("TERM").unwrap_or_default();
-            let modes = terminal::pty_modes();
-            tx.request_pty(false, &term, cols, rows, 0, 0, &modes)
-                .await?;
-            if terminal::stdin_is_tty() {
-                tty = Some(Tty::enter()?);
-            }
-        }
-        tx.exec(false, command).await?;
-
-        let tx = Arc::new(tx);
-        let forward = tokio::spawn(forward_stdin(tx.clone()));
-        let result = pump(
-            &mut rx,
-            &tx,
+        let setup = Setup::local(command, pty, self.agent_socket().is_some());
+        let (rx, tx) = self.start(&setup).await?;
+        let mut tty = match pty && terminal::stdin_is_tty() {
+            true => Some(Tty::enter()?),
+            false => None,
+        };
+        let result = attach(
+            rx,
+            tx,
+            std::io::stdin(),
             &mut tokio::io::stdout(),
             &mut tokio::io::stderr(),
             tty.as_mut(),
         )
         .await;
-        forward.abort();
         drop(tty);
         result
     }
+
+    /// Opens a channel and starts `setup.command` in it.
+    pub(super) async fn start(&self, setup: &Setup) -> Result<Started, Error> {
+        let channel = self.open_channel().await?;
+        let (rx, tx) = channel.split();
+        if setup.agent {
+            tx.agent_forward(false).await?;
+        }
+        for (k, v) in &setup.env {
+            tx.set_env(false, k.as_str(), v.as_str()).await?;
+        }
+        if let Some(p) = &setup.pty {
+            let modes: Vec<(Pty, u32)> = p
+                .modes
+                .iter()
+                .filter_map(|&(op, v)| Some((Pty::from_u8(op)?, v)))
+                .collect();
+            tx.request_pty(false, &p.term, p.cols, p.rows, 0, 0, &modes)
+                .await?;
+        }
+        tx.exec(false, setup.command.as_str()).await?;
+        Ok((rx, Arc::new(tx)))
+    }
+}
+
+/// Connects a started command to `stdin` (read on a thread until EOF,
+/// which is passed on), `stdout` and `stderr` until it ends; `control`
+/// events resize the remote terminal or end the session early.
+pub(super) async fn attach<I, O, E, C>(
+    mut rx: ChannelReadHalf,
+    tx: Writer,
+    stdin: I,
+    stdout: &mut O,
+    stderr: &mut E,
+    control: Option<&mut C>,
+) -> Result<RemoteExit, Error>
+where
+    I: Read + Send + 'static,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+    C: Control,
+{
+    let forward = tokio::spawn(forward_stdin(stdin, tx.clone()));
+    let result = pump(&mut rx, &tx, stdout, stderr, control).await;
+    forward.abort();
+    result
 }
 
 /// What an interactive session watches besides the channel.
-struct Tty {
+pub(super) struct Tty {
     _raw: RawMode,
     winch: Signal,
     /// SIGHUP, SIGINT, SIGTERM: end the session with the terminal restored.
@@ -160,7 +253,7 @@ struct Tty {
 }
 
 impl Tty {
-    fn enter() -> Result<Tty, Error> {
+    pub(super) fn enter() -> Result<Tty, Error> {
         let sig = |kind| {
             signal(kind).map_err(|source| Error::Terminal {
                 what: "watch signals for",
@@ -183,26 +276,32 @@ impl Tty {
         }
         Ok(tty)
     }
+}
 
-    /// Resolves on a resize (`None`) or a stop signal (its name).
-    async fn event(&mut self) -> Option<&'static str> {
-        let [(hup, a), (int, b), (term, c)] = &mut self.stop;
-        tokio::select! {
-            _ = self.winch.recv() => None,
-            _ = hup.recv() => Some(*a),
-            _ = int.recv() => Some(*b),
-            _ = term.recv() => Some(*c),
+impl Control for Tty {
+    async fn event(&mut self) -> Event {
+        loop {
+            let [(hup, a), (int, b), (term, c)] = &mut self.stop;
+            tokio::select! {
+                _ = self.winch.recv() => {
+                    if let Some((cols, rows)) = terminal::window_size() {
+                        return Event::Resize(cols, rows);
+                    }
+                }
+                _ = hup.recv() => return Event::Stop(a),
+                _ = int.recv() => return Event::Stop(b),
+                _ = term.recv() => return Event::Stop(c),
+            }
         }
     }
 }
 
-/// Copies local stdin to the channel and then sends EOF. A plain thread
-/// reads stdin because a blocking read cannot be cancelled, and a tokio
-/// blocking task would keep the runtime from shutting down.
-async fn forward_stdin(tx: Arc<ChannelWriteHalf<Msg>>) -> Result<(), Error> {
+/// Copies `stdin` to the channel and then sends EOF. A plain thread reads
+/// because a blocking read cannot be cancelled, and a tokio blocking task
+/// would keep the runtime from shutting down.
+async fn forward_stdin<I: Read + Send + 'static>(mut stdin: I, tx: Writer) -> Result<(), Error> {
     let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(4);
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
         loop {
             let mut buf = vec![0; 64 * 1024];
             match stdin.read(&mut buf) {
@@ -227,16 +326,17 @@ async fn forward_stdin(tx: Arc<ChannelWriteHalf<Msg>>) -> Result<(), Error> {
 
 /// Moves remote output to the local writers until the channel closes and
 /// returns how the command ended.
-async fn pump<O, E>(
+async fn pump<O, E, C>(
     rx: &mut ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
     stdout: &mut O,
     stderr: &mut E,
-    mut tty: Option<&mut Tty>,
+    mut control: Option<&mut C>,
 ) -> Result<RemoteExit, Error>
 where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
+    C: Control,
 {
     let mut exit = None;
     let mut unflushed = false;
@@ -247,13 +347,16 @@ where
             // with receiving.
             biased;
             msg = rx.wait() => msg,
-            event = async { tty.as_mut().unwrap().event().await }, if tty.is_some() => {
+            event = async {
+                match control.as_mut() {
+                    Some(c) => c.event().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 match event {
-                    Some(signal) => return Err(Error::Interrupted { signal }),
-                    None => {
-                        if let Some((cols, rows)) = terminal::window_size() {
-                            tx.window_change(cols, rows, 0, 0).await?;
-                        }
+                    Event::Stop(signal) => return Err(Error::Interrupted { signal }),
+                    Event::Resize(cols, rows) => {
+                        tx.window_change(cols, rows, 0, 0).await?;
                         continue;
                     }
                 }

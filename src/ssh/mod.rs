@@ -11,6 +11,7 @@ mod connect;
 mod error;
 mod exec;
 pub mod keys;
+pub mod mux;
 mod quote;
 mod terminal;
 

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod ssh;
+mod ssh_mux;
 mod ssh_support;
 mod validate;
 mod vm;

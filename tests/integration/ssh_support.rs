@@ -412,3 +412,54 @@ pub fn modes(t: &libc::termios) -> ([libc::tcflag_t; 4], Vec<libc::cc_t>) {
         t.c_cc.to_vec(),
     )
 }
+
+/// Serves `mux.sock` for `inst` with the product's mux server on a thread
+/// of this test process, as the test user (so that the peer check accepts
+/// the CLI): the same library calls the host agent makes.
+pub fn serve_mux(inst: &Instance) -> PathBuf {
+    let home = inst.lima_home();
+    let (opts, _) =
+        llima_box::vm::access::connect_options(home, INSTANCE, Duration::from_secs(10), None)
+            .unwrap();
+    let sock = home.join(INSTANCE).join(llima_box::ssh::mux::SOCKET);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = sock.clone();
+    std::thread::spawn(move || {
+        #[cfg(target_os = "linux")]
+        if is_root() {
+            become_test_user_on_this_thread();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = llima_box::ssh::mux::bind(&path).unwrap();
+            ready_tx.send(()).unwrap();
+            llima_box::ssh::mux::serve(listener, opts).await;
+        });
+    });
+    ready_rx.recv().unwrap();
+    sock
+}
+
+/// Linux credentials are per thread at the system-call level (libc's
+/// setuid changes all threads, the raw call only this one), and threads
+/// started from here inherit them.
+#[cfg(target_os = "linux")]
+fn become_test_user_on_this_thread() {
+    let u = user();
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            0
+        );
+        assert_eq!(libc::syscall(libc::SYS_setresgid, u.gid, u.gid, u.gid), 0);
+        assert_eq!(libc::syscall(libc::SYS_setresuid, u.uid, u.uid, u.uid), 0);
+    }
+}
+
+/// How many times sshd let a client log in.
+pub fn logins(sshd: &Sshd) -> usize {
+    sshd.log().matches("Accepted publickey").count()
+}

@@ -1,8 +1,9 @@
 //! The agent's life: write `ha.pid`, render cidata and `ssh.config`, serve
 //! `ha.sock`, launch QEMU, wait for the guest to be ready for this boot,
 //! then hold the VM until SIGINT/SIGTERM (graceful power-down) or until the
-//! guest powers itself off. Every exit path removes `ha.pid` and `ha.sock`
-//! and ends with an `exiting` event.
+//! guest powers itself off. Once the guest is ready it also serves
+//! `mux.sock`, the CLI's warm path into the guest. Every exit path removes
+//! `ha.pid`, `ha.sock` and `mux.sock` and ends with an `exiting` event.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::events::{self, Status};
 use super::{HostAgentError, api, plan, readiness};
+use crate::ssh;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::host::RealHost;
@@ -56,6 +58,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
             },
         );
         let _ = std::fs::remove_file(dir.join("ha.sock"));
+        let _ = std::fs::remove_file(dir.join(ssh::mux::SOCKET));
         let _ = std::fs::remove_file(dir.join("ha.pid"));
     }
     code
@@ -215,6 +218,7 @@ async fn supervise(
         ssh_local_port: port,
         ..Default::default()
     });
+    let _mux = serve_mux(dir, plan, port);
 
     tokio::select! {
         _ = sigint.recv() => {}
@@ -240,6 +244,38 @@ async fn supervise(
     let _ = std::fs::remove_file(dir.join("qemu.pid"));
     log("stopped");
     Ok(())
+}
+
+/// Serves `mux.sock` (see [`ssh::mux`]) until dropped; without it the CLI
+/// connects directly, so a failure here is only logged.
+fn serve_mux(dir: &Path, plan: &plan::Plan, port: u16) -> Option<AbortOnDrop> {
+    let path = dir.join(ssh::mux::SOCKET);
+    let served = || -> Result<AbortOnDrop, String> {
+        let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim())
+            .map_err(|e| format!("cannot parse the pinned host key: {e}"))?;
+        let key = ssh::keys::ensure_user_key(&plan.lima_home).map_err(|e| e.to_string())?;
+        let listener = ssh::mux::bind(&path).map_err(|e| e.to_string())?;
+        let opts = ssh::ConnectOptions {
+            addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+            user: plan.user.clone(),
+            key,
+            host_key: ssh::HostKeyPolicy::Pinned(host_key),
+            deadline: Duration::from_secs(10),
+            agent_forwarding: None,
+        };
+        Ok(AbortOnDrop(tokio::spawn(ssh::mux::serve(listener, opts))))
+    };
+    served()
+        .inspect_err(|e| log(&format!("not serving {}: {e}", path.display())))
+        .ok()
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn kill(pid: u32) {

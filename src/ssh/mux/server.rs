@@ -1,0 +1,234 @@
+//! The host agent's side: one held session, a command per connection.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::event::{PollFd, PollFlags, poll};
+use tokio::fs::File;
+use tokio::io::BufWriter;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+use super::super::exec::{self, Control, Event, Setup};
+use super::super::{ConnectOptions, Error, RemoteExit, Session};
+use super::wire::Conn;
+use super::{ToAgent, ToClient};
+
+/// A bound `mux.sock`, ready for [`serve`].
+pub struct Listener {
+    inner: UnixListener,
+}
+
+/// Binds `path` (replacing a stale socket) for the current user only.
+/// Call it inside a tokio runtime.
+pub fn bind(path: &Path) -> Result<Listener, Error> {
+    let err = |what, source| Error::MuxSocket {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err("remove", e)),
+        _ => {}
+    }
+    let inner = UnixListener::bind(path).map_err(|e| err("listen on", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err("restrict", e))?;
+    Ok(Listener { inner })
+}
+
+/// Serves clients until the task is dropped, connecting to the guest with
+/// `opts` when the first command comes and again whenever the connection
+/// is found broken.
+pub async fn serve(listener: Listener, opts: ConnectOptions) {
+    let held = Arc::new(Held {
+        opts,
+        plain: Mutex::new(None),
+        with_agent: Mutex::new(None),
+    });
+    loop {
+        let Ok((stream, _)) = listener.inner.accept().await else {
+            // Out of descriptors, most likely: let some commands finish.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        tokio::spawn(handle(stream, held.clone()));
+    }
+}
+
+/// The connections to the guest that commands share. sshd offers a
+/// forwarded agent to every later session of a connection once one asked
+/// for it, so commands without agent forwarding get a connection that
+/// never asked.
+struct Held {
+    opts: ConnectOptions,
+    plain: Mutex<Option<Arc<Session>>>,
+    with_agent: Mutex<Option<Arc<Session>>>,
+}
+
+impl Held {
+    async fn session(&self, agent: bool, fresh: bool) -> Result<Arc<Session>, Error> {
+        let mut slot = match agent {
+            true => self.with_agent.lock().await,
+            false => self.plain.lock().await,
+        };
+        if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Session::connect(self.opts.clone()).await?);
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Starts the command, once more on a new connection if the held one
+    /// turns out to be dead (the guest's sshd restarted).
+    async fn start(
+        &self,
+        setup: &Setup,
+        agent_socket: Option<PathBuf>,
+    ) -> Result<(Arc<Session>, exec::Started), Error> {
+        let mut fresh = false;
+        loop {
+            let session = self.session(setup.agent, fresh).await?;
+            if setup.agent {
+                // Agent channels carry no reference to the command that
+                // caused them; the latest requester's agent serves them all.
+                session.set_agent_socket(agent_socket.clone());
+            }
+            match session.start(setup).await {
+                Ok(started) => return Ok((session, started)),
+                Err(e) if fresh => return Err(e),
+                Err(_) => fresh = true,
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, held: Arc<Held>) {
+    let mut conn = Conn::new(stream);
+    if !same_user(&conn) {
+        return;
+    }
+    let reply = match run(&mut conn, &held).await {
+        Ok(RemoteExit::Code(code)) => ToClient::Exit { code },
+        Ok(RemoteExit::Signal { name, core_dumped }) => ToClient::Signal { name, core_dumped },
+        Err(e) => ToClient::Failed {
+            broken_pipe: matches!(&e, Error::LocalIo(io) if io.kind() == io::ErrorKind::BrokenPipe),
+            message: chain(&e),
+        },
+    };
+    let _ = conn.send(&reply).await;
+}
+
+/// Only our own user may run commands as the guest's admin.
+fn same_user(conn: &Conn) -> bool {
+    conn.stream()
+        .peer_cred()
+        .is_ok_and(|c| c.uid() == rustix::process::getuid().as_raw())
+}
+
+async fn run(conn: &mut Conn, held: &Held) -> Result<RemoteExit, Error> {
+    let lost = |e: io::Error| Error::MuxLost(e);
+    let Some(ToAgent::Run {
+        setup,
+        agent_socket,
+    }) = conn.recv().await.map_err(lost)?
+    else {
+        return Err(lost(io::Error::other("the first message was not `run`")));
+    };
+    let Ok([stdin, stdout, stderr]) = <[OwnedFd; 3]>::try_from(conn.take_fds()) else {
+        return Err(lost(io::Error::other(
+            "expected stdin, stdout and stderr with the request",
+        )));
+    };
+    let (_session, (rx, tx)) = held.start(&setup, agent_socket).await?;
+    conn.send(&ToClient::Started).await.map_err(lost)?;
+    let (stdin, cancel) = CancellableFd::new(stdin).map_err(lost)?;
+    // Each write to a file goes through a blocking thread: batch the
+    // channel's small packets (output is flushed whenever none is waiting).
+    let mut stdout = BufWriter::with_capacity(1 << 20, File::from_std(stdout.into()));
+    let mut stderr = File::from_std(stderr.into());
+    let result = exec::attach(
+        rx,
+        tx.clone(),
+        stdin,
+        &mut stdout,
+        &mut stderr,
+        Some(&mut ClientControl(conn)),
+    )
+    .await;
+    drop(cancel);
+    if result.is_err() {
+        // The command may still be running; it must not outlive its client.
+        let _ = tx.close().await;
+    }
+    result
+}
+
+/// The client's messages during the command.
+struct ClientControl<'a>(&'a mut Conn);
+
+impl Control for ClientControl<'_> {
+    async fn event(&mut self) -> Event {
+        loop {
+            match self.0.recv().await {
+                Ok(Some(ToAgent::Resize { cols, rows })) => return Event::Resize(cols, rows),
+                Ok(Some(ToAgent::Run { .. })) => {}
+                Ok(None) | Err(_) => return Event::Stop("its client going away"),
+            }
+        }
+    }
+}
+
+/// The client's stdin, read on a thread that stops when the canceller
+/// (the other end of `cancel`) is dropped, so that no thread is left
+/// reading a terminal that is no longer ours to read.
+struct CancellableFd {
+    fd: OwnedFd,
+    cancel: StdUnixStream,
+}
+
+impl CancellableFd {
+    fn new(fd: OwnedFd) -> io::Result<(CancellableFd, StdUnixStream)> {
+        let (cancel, canceller) = StdUnixStream::pair()?;
+        Ok((CancellableFd { fd, cancel }, canceller))
+    }
+}
+
+impl Read for CancellableFd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut fds = [
+                PollFd::new(&self.fd, PollFlags::IN),
+                PollFd::new(&self.cancel, PollFlags::IN),
+            ];
+            poll(&mut fds, None)?;
+            if !fds[1].revents().is_empty() {
+                return Ok(0);
+            }
+            if fds[0].revents().is_empty() {
+                continue;
+            }
+            match rustix::io::read(self.fd.as_fd(), &mut *buf) {
+                Err(rustix::io::Errno::AGAIN) => {}
+                other => return Ok(other?),
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line, for the client to print.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

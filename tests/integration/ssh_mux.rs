@@ -1,0 +1,276 @@
+//! The warm path: `vm shell` through the mux server (the host agent's held
+//! connection) in front of a real OpenSSH sshd, behaving exactly like a
+//! direct connection, and falling back to one when the mux is unusable.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use crate::ssh_support::*;
+
+fn code(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let (o, e) = text(&out);
+    (out.status.code().unwrap_or(-1), o, e)
+}
+
+#[test]
+fn commands_share_one_login_and_keep_their_exit_codes() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    assert_eq!(logins(&inst.sshd), 0, "the mux connects on first use");
+    for (argv, want) in [
+        (vec!["true"], 0),
+        (vec!["false"], 1),
+        (vec!["sh", "-c", "exit 42"], 42),
+        (vec!["sh", "-c", "kill -TERM $$"], 143),
+        (vec!["sh", "-c", "echo out; echo err >&2; exit 3"], 3),
+    ] {
+        let mut args = vec!["--"];
+        args.extend(&argv);
+        let (got, stdout, stderr) = code(&mut inst.shell(&args));
+        assert_eq!(got, want, "{argv:?}: {stderr}\nsshd: {}", inst.sshd.log());
+        if want == 3 {
+            assert_eq!((stdout.as_str(), stderr.as_str()), ("out\n", "err\n"));
+        }
+    }
+    assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
+}
+
+/// Deterministic, incompressible test data.
+fn data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+const BIG: usize = 50 << 20;
+
+#[test]
+fn stdin_and_stdout_are_byte_exact_at_volume_and_stderr_separate() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    let bytes = data(BIG);
+    let file = inst.home.path().join("data.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    chown(&file);
+
+    let script = format!("cat {}; echo err-marker >&2", file.display());
+    let out = inst
+        .shell(&["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err-marker\n");
+    assert!(
+        out.stdout == bytes,
+        "stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+
+    let mut child = inst
+        .shell(&["--", "sh", "-c", "sha256sum; echo err-marker >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let local = Command::new("sha256sum").arg(&file).output().unwrap();
+    let want = String::from_utf8(local.stdout).unwrap();
+    let want = want.split_whitespace().next().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, format!("{want}  -\n"));
+    assert_eq!(stderr, "err-marker\n");
+    assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
+}
+
+#[test]
+fn a_stale_socket_falls_back_to_a_direct_connection() {
+    let inst = Instance::new();
+    let sock = inst
+        .lima_home()
+        .join(INSTANCE)
+        .join(llima_box::ssh::mux::SOCKET);
+    // A socket file nobody listens on, as a crashed agent leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    chown(&sock);
+    for _ in 0..2 {
+        let (c, stdout, stderr) = code(&mut inst.shell(&["--", "sh", "-c", "echo hi; exit 5"]));
+        assert_eq!((c, stdout.as_str(), stderr.as_str()), (5, "hi\n", ""));
+    }
+    assert_eq!(logins(&inst.sshd), 2, "two direct logins");
+}
+
+#[test]
+fn agent_is_forwarded_through_the_mux() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    let agent = Agent::start(&inst.home);
+    for _ in 0..2 {
+        let (c, stdout, e) = code(
+            inst.shell(&["--", "ssh-add", "-l"])
+                .env("SSH_AUTH_SOCK", &agent.socket),
+        );
+        assert_eq!(c, 0, "{e}");
+        assert!(stdout.contains(&agent.key_comment), "{stdout}");
+    }
+    let (c, stdout, _) = code(
+        inst.shell(&["--no-agent", "--", "sh", "-c", "ssh-add -l; echo rc=$?"])
+            .env("SSH_AUTH_SOCK", &agent.socket),
+    );
+    assert_eq!(c, 0);
+    assert!(
+        stdout.contains("rc=2"),
+        "no agent without forwarding: {stdout}"
+    );
+    // One held connection with agent forwarding, one without.
+    assert_eq!(logins(&inst.sshd), 2, "sshd: {}", inst.sshd.log());
+}
+
+#[test]
+fn pty_session_through_the_mux_gets_size_resizes_and_restores_the_terminal() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    let pty = Pty::open(33, 101);
+    let before = modes(&pty.termios());
+    let mut cmd = inst.shell(&["--", "bash", "--norc", "--noprofile", "-i"]);
+    cmd.env("TERM", "xterm-test").env("PS1", "");
+    let mut child = pty.spawn(&mut cmd);
+    let t = Duration::from_secs(20);
+    pty.send(b"echo \"T=$(tty) S=$(stty size) E=$TERM\"\r");
+    let at = pty.expect(0, "T=/dev/pts/", t);
+    let at = pty.expect(at, "S=33 101 E=xterm-test", t);
+    pty.resize(50, 132);
+    pty.send(b"for i in $(seq 100); do [ \"$(stty size)\" = '50 132' ] && break; sleep 0.1; done; echo \"R=$(stty size)\"\r");
+    let at = pty.expect(at, "R=50 132", t);
+    pty.send(b"echo \"start-$((1+1))\"; sleep 30; echo \"slept-$((6*7))\"\r");
+    let at = pty.expect(at, "start-2", t);
+    std::thread::sleep(Duration::from_millis(200));
+    pty.send(b"\x03");
+    pty.send(b"echo \"alive-$((20+22))\"\r");
+    let at = pty.expect(at, "alive-42", t);
+    assert!(!pty.output()[at..].contains("slept-42"));
+    pty.send(b"exit 7\r");
+    let st = wait_timeout(&mut child, t);
+    assert_eq!(st.code(), Some(7), "{}", pty.output());
+    assert_eq!(modes(&pty.termios()), before, "terminal modes changed");
+    assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
+}
+
+#[test]
+fn a_closed_local_reader_ends_the_session_quietly() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    let mut child = inst
+        .shell(&["--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"y\ny\n");
+    drop(stdout);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(st.code(), Some(141), "{stderr}");
+    assert_eq!(stderr, "");
+    // The held connection is still good for the next command.
+    assert_eq!(code(&mut inst.shell(&["--", "true"])).0, 0);
+    assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
+}
+
+#[test]
+fn a_broken_held_connection_is_replaced() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    assert_eq!(code(&mut inst.shell(&["--", "true"])).0, 0);
+    // Kill sshd's per-connection processes (the whole tree, so that the
+    // TCP connection drops), as a guest reboot does.
+    let pid = std::fs::read_to_string(inst.sshd.dir.join("sshd.pid")).unwrap();
+    let sessions = descendants(pid.trim().parse().unwrap());
+    assert!(!sessions.is_empty(), "no sshd session process");
+    for p in sessions {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    let (c, stdout, e) = code(&mut inst.shell(&["--", "echo", "again"]));
+    assert_eq!((c, stdout.as_str()), (0, "again\n"), "{e}");
+    assert_eq!(logins(&inst.sshd), 2, "sshd: {}", inst.sshd.log());
+}
+
+fn descendants(pid: i32) -> Vec<i32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut all = Vec::new();
+    for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        all.extend(descendants(c));
+        all.push(c);
+    }
+    all
+}
+
+/// Not a test: `tests/bench/ssh-bench` runs it (with `--ignored`) as a
+/// stand-in host agent of its instance until it is killed, serving with
+/// the host agent's library calls either the API on `ha.sock`
+/// (`LLIMA_BOX_BENCH_SERVE=api`, reporting `LLIMA_BOX_BENCH_PORT`) or
+/// `mux.sock` (`=mux`).
+#[test]
+#[ignore = "a stand-in host agent for tests/bench/ssh-bench"]
+fn bench_server() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("not a test: {k} is unset"));
+    let home = std::path::PathBuf::from(var("LLIMA_BOX_BENCH_HOME"));
+    let name = var("LLIMA_BOX_BENCH_INSTANCE");
+    let dir = home.join(&name);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match var("LLIMA_BOX_BENCH_SERVE").as_str() {
+            "api" => {
+                use llima_box::vm::{hostagent::api, store::Info};
+                let listener = api::bind(&dir.join("ha.sock")).unwrap();
+                let port = var("LLIMA_BOX_BENCH_PORT").parse().unwrap();
+                api::serve(
+                    listener,
+                    Info {
+                        ssh_local_port: port,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            }
+            "mux" => {
+                let (opts, _) = llima_box::vm::access::connect_options(
+                    &home,
+                    &name,
+                    Duration::from_secs(10),
+                    None,
+                )
+                .unwrap();
+                let path = dir.join(llima_box::ssh::mux::SOCKET);
+                let listener = llima_box::ssh::mux::bind(&path).unwrap();
+                llima_box::ssh::mux::serve(listener, opts).await;
+            }
+            other => panic!("LLIMA_BOX_BENCH_SERVE={other:?}: expected api or mux"),
+        }
+    });
+}
