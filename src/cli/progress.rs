@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-
 /// Prints each stage once, with the time since the command began.
 pub struct Stages {
     begin: Instant,
@@ -34,4 +33,3 @@ impl Stages {
         }
     }
 }
-
