@@ -211,6 +211,21 @@ mod tests {
         assert!(RUNTIME.starts_with("#!/bin/bash\n"));
     }
 
+    /// The embedded script at least parses; its behaviour is checked in a
+    /// real guest by tests/guest/env-check.
+    #[test]
+    fn runtime_script_parses() {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", RUNTIME])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn argv_keeps_every_word_separate() {
         let project = "/Users/me/it's $(touch /tmp/pwned) dir";
