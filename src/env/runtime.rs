@@ -1,0 +1,408 @@
+//! The protocol with the in-guest environment runtime
+//! (`assets/guest/env-runtime`): the argv of every subcommand, its
+//! installation, and the parsing of what it prints. Callers run these argv
+//! over SSH as the guest's admin user (who has passwordless sudo).
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::Error;
+
+/// The runtime script, shipped inside the binary.
+pub const RUNTIME: &str = include_str!("../../assets/guest/env-runtime");
+/// Where [`install_argv`] puts it in the guest.
+pub const RUNTIME_PATH: &str = "/usr/local/libexec/llima-box/env-runtime";
+
+/// The runtime's own failure (before the command ran); `exec` otherwise
+/// exits with the command's status.
+pub const EXIT_RUNTIME: u32 = 125;
+/// Bad usage (a bug on our side, or a name or path the runtime refuses).
+pub const EXIT_USAGE: u32 = 2;
+/// The environment name is taken by another project (a hash collision).
+pub const EXIT_OTHER_PROJECT: u32 = 3;
+
+/// sha256 of [`RUNTIME`], hex: what `env-runtime version` prints once
+/// installed, and what decides whether to upgrade it.
+pub fn runtime_version() -> String {
+    hex::encode(Sha256::digest(RUNTIME.as_bytes()))
+}
+
+// Installs the script read on stdin when the recorded version differs, after
+// checking it arrived intact; a concurrent install or a reader never sees a
+// half-written file (temporary file + rename).
+const INSTALL_SCRIPT: &str = r#"set -eu
+d=/usr/local/libexec/llima-box
+if [ -x "$d/env-runtime" ] && [ "$(cat "$d/version" 2>/dev/null)" = "$1" ]; then
+    cat >/dev/null
+    exit 0
+fi
+mkdir -p -m 0755 "$d"
+t=$(mktemp "$d/.env-runtime.XXXXXX")
+trap 'rm -f "$t" "$t.version"' EXIT
+cat >"$t"
+v=$(sha256sum "$t" | cut -d' ' -f1)
+if [ "$v" != "$1" ]; then
+    echo "the environment runtime arrived damaged (sha256 $v, expected $1); try again" >&2
+    exit 1
+fi
+chown root:root "$t"
+chmod 0755 "$t"
+printf '%s\n' "$1" >"$t.version"
+chmod 0644 "$t.version"
+mv -f "$t" "$d/env-runtime"
+mv -f "$t.version" "$d/version"
+"#;
+
+/// Installs or upgrades the runtime: run it with [`RUNTIME`] on stdin. Does
+/// nothing (but read stdin) when the guest already has this version, so it
+/// can run before every use at the cost of one round trip.
+pub fn install_argv() -> Vec<String> {
+    let mut argv = sudo();
+    argv.extend(["sh", "-c", INSTALL_SCRIPT, "llima-box-install"].map(String::from));
+    argv.push(runtime_version());
+    argv
+}
+
+/// Prints the installed runtime's version (see [`runtime_version`]).
+pub fn version_argv() -> Vec<String> {
+    runtime(&["version"])
+}
+
+/// Creates the environment (user, records, namespace holder) or makes sure
+/// its holder runs. Idempotent; safe to run concurrently.
+pub fn ensure_argv(name: &str, project: &str, host_uid: u32, host_gid: u32) -> Vec<String> {
+    runtime(&[
+        "ensure",
+        name,
+        project,
+        &host_uid.to_string(),
+        &host_gid.to_string(),
+    ])
+}
+
+/// One command (or a login shell) in an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub name: String,
+    /// Working directory: inside the project or the environment's home.
+    pub cwd: String,
+    /// When set, `(project, host uid, host gid)`: ensure the environment in
+    /// the same round trip (first use, or after a VM reboot).
+    pub ensure: Option<(String, u32, u32)>,
+    /// Hand the SSH session's forwarded agent to the command.
+    pub agent: bool,
+    /// Empty: a login shell.
+    pub argv: Vec<String>,
+}
+
+/// The argv for [`ExecRequest`]; its exit status is the command's, except
+/// [`EXIT_RUNTIME`] when the runtime failed before running it.
+pub fn exec_argv(req: &ExecRequest) -> Vec<String> {
+    let mut argv = sudo();
+    if req.agent {
+        // The socket path is only known in the guest: sudo keeps the
+        // session's variable (allowed for NOPASSWD: ALL) and the runtime
+        // reads it.
+        argv.push("--preserve-env=SSH_AUTH_SOCK".into());
+    }
+    argv.extend([RUNTIME_PATH, "exec", &req.name, &req.cwd].map(String::from));
+    if let Some((project, uid, gid)) = &req.ensure {
+        argv.extend([
+            "--ensure".into(),
+            project.clone(),
+            uid.to_string(),
+            gid.to_string(),
+        ]);
+    }
+    if req.agent {
+        argv.push("--agent-env".into());
+    }
+    argv.push("--".into());
+    argv.extend(req.argv.iter().cloned());
+    argv
+}
+
+/// Kills everything of the environment and removes its user, home and
+/// records; never the project files. Idempotent.
+pub fn delete_argv(name: &str) -> Vec<String> {
+    runtime(&["delete", name])
+}
+
+/// One JSON object per environment; parse with [`parse_list`].
+pub fn list_argv() -> Vec<String> {
+    runtime(&["list"])
+}
+
+/// One environment as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvInfo {
+    pub name: String,
+    pub project: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// RFC 3339, UTC: the last `exec`.
+    pub last_used: String,
+    /// The namespace holder is alive.
+    pub running: bool,
+    /// Some process of the environment's user runs.
+    pub active: bool,
+    pub processes: u32,
+    pub home_bytes: u64,
+}
+
+pub fn parse_list(stdout: &str) -> Result<Vec<EnvInfo>, Error> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).map_err(|source| Error::BadListLine {
+                line: line.to_string(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Turns a failed runtime call (not `exec`'s command) into an error that
+/// says what failed; `action` completes "failed to ...".
+pub fn check_status(
+    action: &'static str,
+    name: &str,
+    code: u32,
+    stderr: &str,
+) -> Result<(), Error> {
+    let detail = stderr.trim().to_string();
+    match code {
+        0 => Ok(()),
+        EXIT_OTHER_PROJECT => Err(Error::OtherProject {
+            name: name.to_string(),
+            detail,
+        }),
+        _ => Err(Error::Runtime {
+            action,
+            code,
+            detail,
+        }),
+    }
+}
+
+fn sudo() -> Vec<String> {
+    // -n: fail rather than wait for a password nobody can type.
+    vec!["sudo".into(), "-n".into()]
+}
+
+fn runtime(args: &[&str]) -> Vec<String> {
+    let mut argv = sudo();
+    argv.push(RUNTIME_PATH.into());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_the_scripts_sha256() {
+        let v = runtime_version();
+        assert_eq!(v.len(), 64);
+        assert_eq!(v, hex::encode(Sha256::digest(RUNTIME.as_bytes())));
+        assert!(RUNTIME.starts_with("#!/bin/bash\n"));
+    }
+
+    /// The embedded script at least parses; its behaviour is checked in a
+    /// real guest by tests/guest/env-check.
+    #[test]
+    fn runtime_script_parses() {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", RUNTIME])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn argv_keeps_every_word_separate() {
+        let project = "/Users/me/it's $(touch /tmp/pwned) dir";
+        assert_eq!(
+            ensure_argv("dir-0123abcd", project, 501, 20),
+            [
+                "sudo",
+                "-n",
+                RUNTIME_PATH,
+                "ensure",
+                "dir-0123abcd",
+                project,
+                "501",
+                "20"
+            ]
+        );
+        assert_eq!(
+            delete_argv("x"),
+            ["sudo", "-n", RUNTIME_PATH, "delete", "x"]
+        );
+        assert_eq!(list_argv(), ["sudo", "-n", RUNTIME_PATH, "list"]);
+        assert_eq!(version_argv(), ["sudo", "-n", RUNTIME_PATH, "version"]);
+    }
+
+    #[test]
+    fn exec_argv_shapes() {
+        let mut req = ExecRequest {
+            name: "app-0123abcd".into(),
+            cwd: "/p q".into(),
+            ensure: None,
+            agent: false,
+            argv: vec!["--".into(), "a b".into(), "".into()],
+        };
+        assert_eq!(
+            exec_argv(&req),
+            [
+                "sudo",
+                "-n",
+                RUNTIME_PATH,
+                "exec",
+                "app-0123abcd",
+                "/p q",
+                "--",
+                "--",
+                "a b",
+                ""
+            ]
+        );
+        req.ensure = Some(("/p q".into(), 1000, 1001));
+        req.agent = true;
+        req.argv.clear();
+        assert_eq!(
+            exec_argv(&req),
+            [
+                "sudo",
+                "-n",
+                "--preserve-env=SSH_AUTH_SOCK",
+                RUNTIME_PATH,
+                "exec",
+                "app-0123abcd",
+                "/p q",
+                "--ensure",
+                "/p q",
+                "1000",
+                "1001",
+                "--agent-env",
+                "--"
+            ]
+        );
+    }
+
+    /// The install script for real, with sudo and the install directory
+    /// swapped for a temporary one: installs, skips when current, refuses a
+    /// damaged upload and keeps the old runtime then.
+    #[test]
+    fn install_script_installs_skips_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("libexec");
+        let script = INSTALL_SCRIPT
+            .replace(
+                "d=/usr/local/libexec/llima-box",
+                &format!("d='{}'", d.display()),
+            )
+            .replace("chown root:root \"$t\"\n", "");
+        let run = |stdin: &str, version: &str| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", &script, "install", version])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stdin.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let v = runtime_version();
+        assert!(run(RUNTIME, &v).status.success());
+        assert_eq!(
+            std::fs::read_to_string(d.join("env-runtime")).unwrap(),
+            RUNTIME
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("version")).unwrap(),
+            format!("{v}\n")
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("env-runtime"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+
+        // Current: stdin is ignored, nothing changes.
+        assert!(run("garbage", &v).status.success());
+        assert_eq!(
+            std::fs::read_to_string(d.join("env-runtime")).unwrap(),
+            RUNTIME
+        );
+
+        // A new version whose bytes do not match is refused.
+        let out = run("truncated", &"0".repeat(64));
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
+        assert_eq!(
+            std::fs::read_to_string(d.join("env-runtime")).unwrap(),
+            RUNTIME
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    }
+
+    #[test]
+    fn parse_list_lines() {
+        let out = concat!(
+            r#"{"name":"app-0123abcd","project":"/Users/me/it's \"q\"\t$(x)","created":"2026-11-26T10:00:00Z","lastUsed":"2026-11-26T11:00:00Z","running":true,"active":false,"processes":0,"homeBytes":12288}"#,
+            "\n\n",
+            r#"{"name":"b-89abcdef","project":"/home/u/日本","created":"2026-11-26T10:00:00Z","lastUsed":"2026-11-26T10:00:00Z","running":false,"active":false,"processes":0,"homeBytes":0}"#,
+            "\n"
+        );
+        let list = parse_list(out).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].project, "/Users/me/it's \"q\"\t$(x)");
+        assert_eq!(list[0].last_used, "2026-11-26T11:00:00Z");
+        assert_eq!(list[0].home_bytes, 12288);
+        assert!(list[0].running && !list[1].running);
+        assert_eq!(list[1].project, "/home/u/日本");
+        assert!(parse_list("").unwrap().is_empty());
+        assert!(matches!(
+            parse_list("{\"name\":1}\n"),
+            Err(Error::BadListLine { .. })
+        ));
+    }
+
+    #[test]
+    fn status_codes_become_errors() {
+        assert!(check_status("create the environment", "a", 0, "").is_ok());
+        let e = check_status(
+            "create the environment",
+            "a",
+            EXIT_OTHER_PROJECT,
+            "belongs to /x\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::OtherProject { .. }));
+        assert!(e.to_string().contains("belongs to /x"));
+        let e = check_status("delete the environment", "a", EXIT_RUNTIME, "boom").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the environment runtime failed to delete the environment (exit status 125): boom"
+        );
+    }
+}
