@@ -23,12 +23,8 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
     let project = env::canonical_project(&path)?;
     let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
     let dir = lima_home.join(instance);
-    // Check the mounts before booting anything when the instance exists;
-    // a new one gets its config from the first start.
-    let exists = dir.join("lima.yaml").exists();
-    if exists {
-        guest_path(&dir, &lima_home, &project)?;
-    }
+    // Refused before anything boots.
+    let guest_project = guest_path(&dir, &lima_home, &project)?;
     let agent = agent_socket(args.no_agent);
     let opts = match access::connect_options(&lima_home, instance, deadline()?, agent.clone()) {
         Ok((opts, _)) => opts,
@@ -38,7 +34,6 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let guest_project = guest_path(&dir, &lima_home, &project)?;
     let name = env::env_name(project.to_str().unwrap_or_default());
     let req = ExecRequest {
         name,
@@ -78,8 +73,21 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
 /// Where `project` (canonical) is in the guest: it must be inside a
 /// writable mount of the instance's filled config.
 fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
-    let config = config::load_instance(dir, lima_home)
-        .with_context(|| format!("cannot read the configuration of {}", dir.display()))?;
+    let yaml = dir.join("lima.yaml");
+    let config = if yaml.exists() {
+        config::load_instance(dir, lima_home)
+    } else {
+        // Not created yet: the config `vm start` will create it with.
+        let cx = config::FillContext {
+            host: &config::Host::current(),
+            instance_dir: dir,
+            file: &yaml,
+            existing_version: config::existing_version(dir),
+        };
+        config::parse(config::default_instance_yaml(), &yaml)
+            .and_then(|y| config::load(y, lima_home, &cx))
+    }
+    .with_context(|| format!("cannot read the configuration of {}", dir.display()))?;
     let mounts: Vec<(PathBuf, String, bool)> = config
         .mounts
         .iter()
