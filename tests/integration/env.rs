@@ -5,11 +5,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
+use crate::ssh_support::{Agent, Pty, wait_timeout};
 
 fn guest_override() -> String {
     let path = std::env::var("LLIMA_BOX_TEST_OVERRIDE").expect(
@@ -174,6 +176,48 @@ fn environments_end_to_end() {
         let meta = std::fs::metadata(&made).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (u.uid, u.gid));
     }
+
+    // The host's SSH agent reaches the environment unless refused.
+    let agent = Agent::start(&lb.home);
+    let out = lb
+        .cmd(&["shell", a.to_str().unwrap(), "--", "ssh-add", "-l"])
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&agent.key_comment), "{stdout}");
+    let out = lb
+        .cmd(&[
+            "shell",
+            a.to_str().unwrap(),
+            "--no-agent",
+            "--",
+            "sh",
+            "-c",
+            "ssh-add -l; echo rc=$?",
+        ])
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("rc=2"), "{:?}", text(&out));
+
+    // On a terminal: a remote terminal of the same size.
+    let pty = Pty::open(33, 101);
+    let mut child = pty.spawn(&mut lb.cmd(&[
+        "shell",
+        a.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo \"T=$(tty) S=$(stty size) U=$(id -un)\"",
+    ]));
+    let t = Duration::from_secs(120);
+    let at = pty.expect(0, "T=/dev/pts/", t);
+    pty.expect(at, &format!("S=33 101 U={name_a}"), t);
+    assert!(wait_timeout(&mut child, t).success(), "{}", pty.output());
 
     // Another project's files are out of reach.
     lb.shell_ok(&b, &["true"]);
