@@ -2,8 +2,10 @@
 //! humans. Domain modules return typed errors; `anyhow` context is added here.
 
 pub mod args;
+mod envs;
 mod output;
 mod progress;
+mod shell;
 mod test_vm;
 mod vm_list;
 mod vm_logs;
@@ -42,9 +44,21 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             refuse_root()?;
             vm_shell::run(&cli.instance, &args, out)
         }
-        Command::Shell(_) | Command::List(_) | Command::Delete(_) | Command::DeleteAll(_) => {
+        Command::Shell(args) => {
             refuse_root()?;
-            not_yet("environments")
+            shell::run(&cli.instance, &args, out)
+        }
+        Command::List(args) => {
+            refuse_root()?;
+            envs::list(&cli.instance, &args, out)
+        }
+        Command::Delete(args) => {
+            refuse_root()?;
+            envs::delete(&cli.instance, &args, out)
+        }
+        Command::DeleteAll(args) => {
+            refuse_root()?;
+            envs::delete_all(&cli.instance, &args, out)
         }
         Command::Vm(VmCommand::Status(args)) => vm_status::run(&cli.instance, &args),
         Command::Vm(VmCommand::Logs(args)) => vm_logs::run(&cli.instance, &args),
@@ -82,8 +96,4 @@ fn refuse_root() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn not_yet(what: &str) -> Result<ExitCode> {
-    anyhow::bail!("this command is not available yet: {what} are still being built")
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::Output;
 use super::args::VmShellArgs;
-use crate::ssh::{self, Session};
+use crate::ssh::{self, ConnectOptions, RemoteExit, Session};
 use crate::vm::{access, dirs};
 
 /// How long to wait for sshd when the VM was just started.
@@ -30,46 +30,72 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
     let script = remote_script(args.workdir.as_deref(), cwd.as_deref(), &args.command)?;
     out.debug(&format!("ssh {}@{}: {script}", opts.user, opts.addr));
     let pty = ssh::stdin_is_tty();
+    let result = block_on(run_attached(
+        &lima_home.join(instance),
+        opts,
+        &script,
+        pty,
+        out,
+    ))?;
+    Ok(exit_code(result, out))
+}
 
+/// Runs `f` to completion on a small async runtime.
+pub(super) fn block_on<T>(f: impl Future<Output = T>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let dir = lima_home.join(instance);
-    let result = runtime.block_on(async {
-        // The host agent's held connection saves the handshake; without
-        // it (older agent, guest not ready, stale socket) connect directly.
-        let agent = opts.agent_forwarding.clone();
-        match ssh::mux::run_via_mux(&dir, &script, pty, agent).await {
-            ssh::mux::Outcome::Ran(result) => return result,
-            ssh::mux::Outcome::Unavailable(why) => {
-                out.debug(&format!(
-                    "connecting directly: {:#}",
-                    anyhow::Error::new(why)
-                ));
-            }
-        }
-        let session = Session::connect(opts).await?;
-        session.run_interactive_or_piped(&script, pty).await
-    });
+    let result = runtime.block_on(f);
     // Nothing left to wait for: output is flushed as it arrives.
     runtime.shutdown_background();
+    Ok(result)
+}
+
+/// Runs the shell command line `script` in the guest of the instance in
+/// `dir`, attached to this process's stdio (a terminal when `pty`).
+pub(super) async fn run_attached(
+    dir: &Path,
+    opts: ConnectOptions,
+    script: &str,
+    pty: bool,
+    out: &Output,
+) -> Result<RemoteExit, ssh::Error> {
+    // The host agent's held connection saves the handshake; without it
+    // (older agent, guest not ready, stale socket) connect directly.
+    let agent = opts.agent_forwarding.clone();
+    match ssh::mux::run_via_mux(dir, script, pty, agent).await {
+        ssh::mux::Outcome::Ran(result) => return result,
+        ssh::mux::Outcome::Unavailable(why) => {
+            out.debug(&format!(
+                "connecting directly: {:#}",
+                anyhow::Error::new(why)
+            ));
+        }
+    }
+    let session = Session::connect(opts).await?;
+    session.run_interactive_or_piped(script, pty).await
+}
+
+/// The status to exit with after [`run_attached`]: the remote command's,
+/// or ssh's own for a failed connection.
+pub(super) fn exit_code(result: Result<RemoteExit, ssh::Error>, out: &Output) -> ExitCode {
     match result {
-        Ok(exit) => Ok(ExitCode::from(exit.code())),
+        Ok(exit) => ExitCode::from(exit.code()),
         // The reader of our output went away (`| head`): end quietly with
         // the status of a process killed by SIGPIPE, as the pipeline expects.
         Err(ssh::Error::LocalIo(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            Ok(ExitCode::from(128 + 13))
+            ExitCode::from(128 + 13)
         }
         Err(e) => {
             out.error(&anyhow::Error::new(e));
-            Ok(ExitCode::from(SSH_FAILURE))
+            ExitCode::from(SSH_FAILURE)
         }
     }
 }
 
-fn agent_socket(disabled: bool) -> Option<PathBuf> {
+pub(super) fn agent_socket(disabled: bool) -> Option<PathBuf> {
     if disabled {
         return None;
     }
@@ -78,7 +104,7 @@ fn agent_socket(disabled: bool) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-fn deadline() -> Result<Duration> {
+pub(super) fn deadline() -> Result<Duration> {
     match std::env::var("LLIMA_BOX_SSH_DEADLINE_SECS") {
         Ok(v) => v
             .parse::<f64>()

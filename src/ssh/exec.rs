@@ -152,13 +152,26 @@ impl Session {
     /// Runs `argv` (quoted so that the remote sees exactly these words)
     /// with empty stdin and returns its status and output.
     pub async fn exec_capture<S: AsRef<str>>(&self, argv: &[S]) -> Result<Captured, Error> {
-        let command = quote_argv(argv)?;
-        let channel = self.open_channel().await?;
-        let (mut rx, tx) = channel.split();
-        tx.exec(false, command).await?;
-        tx.eof().await?;
+        self.exec_with_stdin(argv, &[]).await
+    }
+
+    /// Runs `argv` like [`Session::exec_capture`], with `stdin` as its input
+    /// (then end of file).
+    pub async fn exec_with_stdin<S: AsRef<str>>(
+        &self,
+        argv: &[S],
+        stdin: &[u8],
+    ) -> Result<Captured, Error> {
+        let setup = Setup {
+            command: quote_argv(argv)?,
+            pty: None,
+            env: Vec::new(),
+            agent: false,
+        };
+        let (rx, tx) = self.start(&setup).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let exit = pump(&mut rx, &tx, &mut stdout, &mut stderr, None::<&mut Tty>).await?;
+        let input = std::io::Cursor::new(stdin.to_vec());
+        let exit = attach(rx, tx, input, &mut stdout, &mut stderr, None::<&mut Tty>).await?;
         Ok(Captured {
             exit,
             stdout,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod env;
 mod ssh;
 mod ssh_mux;
 mod ssh_support;

@@ -1,0 +1,309 @@
+//! `llima-box list`, `delete` and `delete-all`, and what every environment
+//! command shares: reaching the guest as its admin and keeping the
+//! in-guest runtime current.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+use super::Output;
+use super::args::{DeleteArgs, JsonArg, YesArg};
+use super::vm_shell::{block_on, deadline};
+use crate::env::{self, EnvInfo, runtime};
+use crate::ssh::{Captured, Session};
+use crate::vm::access::{self, AccessError};
+use crate::vm::dirs;
+
+/// Records, in the instance directory, which runtime version the guest has.
+/// The guest's disk lives and dies with that directory, so a matching stamp
+/// lets `shell` skip the install round trip (and use the host agent's held
+/// connection, which cannot carry the runtime on stdin).
+const RUNTIME_STAMP: &str = "env-runtime.sha256";
+
+/// Whether the guest of the instance in `dir` is known to have this
+/// binary's runtime.
+pub(super) fn runtime_is_current(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(RUNTIME_STAMP))
+        .is_ok_and(|s| s.trim() == runtime::runtime_version())
+}
+
+/// Installs or upgrades the runtime over `session` (a no-op in the guest
+/// when it is current) and records that on the host.
+pub(super) async fn install_runtime(session: &Session, dir: &Path) -> Result<()> {
+    if runtime_is_current(dir) {
+        return Ok(());
+    }
+    let done = session
+        .exec_with_stdin(&runtime::install_argv(), runtime::RUNTIME.as_bytes())
+        .await
+        .context("cannot install the environment runtime in the VM")?;
+    check(&done, "install the environment runtime", "")?;
+    std::fs::write(dir.join(RUNTIME_STAMP), runtime::runtime_version())
+        .with_context(|| format!("cannot write {}", dir.join(RUNTIME_STAMP).display()))?;
+    Ok(())
+}
+
+/// A finished runtime call's status as an error that says what failed.
+fn check(done: &Captured, action: &'static str, name: &str) -> Result<()> {
+    let code = match done.exit {
+        crate::ssh::RemoteExit::Code(c) => c,
+        // A signal: report it as the shell would.
+        _ => u32::from(done.exit.code()),
+    };
+    env::runtime::check_status(action, name, code, &String::from_utf8_lossy(&done.stderr))?;
+    Ok(())
+}
+
+/// An admin connection to the running VM with the runtime installed.
+struct Guest {
+    session: Session,
+}
+
+impl Guest {
+    /// `Ok(None)` when the VM does not exist or is not running.
+    async fn connect(lima_home: &Path, instance: &str) -> Result<Option<Guest>> {
+        let opts = match access::connect_options(lima_home, instance, deadline()?, None) {
+            Ok((opts, _)) => opts,
+            Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let session = Session::connect(opts)
+            .await
+            .context("cannot connect to the VM")?;
+        install_runtime(&session, &lima_home.join(instance)).await?;
+        Ok(Some(Guest { session }))
+    }
+
+    async fn list(&self) -> Result<(Vec<EnvInfo>, String)> {
+        let done = self
+            .session
+            .exec_capture(&runtime::list_argv())
+            .await
+            .context("cannot list the environments")?;
+        check(&done, "list the environments", "")?;
+        let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
+        Ok((runtime::parse_list(&stdout)?, stdout))
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let done = self
+            .session
+            .exec_capture(&runtime::delete_argv(name))
+            .await
+            .with_context(|| format!("cannot delete environment {name}"))?;
+        check(&done, "delete the environment", name)
+    }
+}
+
+const STOPPED: &str = "the VM is stopped; start it with `llima-box vm start` to list environments";
+
+pub fn list(instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
+    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+    block_on(async {
+        // Environments live only in the guest; nothing is recorded on the
+        // host, so a stopped VM has nothing to show (and is never booted
+        // just to list).
+        let Some(guest) = Guest::connect(&lima_home, instance).await? else {
+            out.info(STOPPED);
+            return Ok(ExitCode::SUCCESS);
+        };
+        let (envs, raw) = guest.list().await?;
+        let mut stdout = std::io::stdout().lock();
+        if args.json {
+            // The runtime's own lines, already checked by parse_list.
+            for line in raw.lines().filter(|l| !l.trim().is_empty()) {
+                writeln!(stdout, "{line}")?;
+            }
+        } else if envs.is_empty() {
+            out.info("no environments; `llima-box shell` in a project directory creates one");
+        } else {
+            write!(stdout, "{}", table(&envs))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })?
+}
+
+fn state(e: &EnvInfo) -> &'static str {
+    match (e.active, e.running) {
+        (true, _) => "active",
+        (false, true) => "idle",
+        (false, false) => "stopped",
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n}B"),
+        _ => format!("{v:.1}{}", UNITS[unit]),
+    }
+}
+
+fn table(envs: &[EnvInfo]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "STATE".into(),
+        "CREATED".into(),
+        "LAST USED".into(),
+        "HOME".into(),
+        "PROJECT".into(),
+    ]];
+    for e in envs {
+        rows.push([
+            e.name.clone(),
+            state(e).into(),
+            e.created.clone(),
+            e.last_used.clone(),
+            human_bytes(e.home_bytes),
+            e.project.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| match i {
+                5 => c.clone(),
+                _ => format!("{c:<w$}"),
+            })
+            .collect();
+        text.push_str(&cells.join("  "));
+        text.push('\n');
+    }
+    text
+}
+
+/// What `delete` was given: a project directory or an environment name.
+fn target_name(target: Option<&str>) -> Result<String> {
+    let looks_like_path = |t: &str| t.contains('/') || t == "." || t == "..";
+    match target {
+        Some(t) if !looks_like_path(t) && !Path::new(t).is_dir() => {
+            env::validate_name(t)?;
+            Ok(t.to_string())
+        }
+        _ => {
+            let path = match target {
+                Some(t) => PathBuf::from(t),
+                None => std::env::current_dir().context("cannot read the current directory")?,
+            };
+            let canonical = env::canonical_project(&path)?;
+            Ok(env::env_name(canonical.to_str().unwrap_or_default()))
+        }
+    }
+}
+
+/// Asks on the terminal; without one (scripts), `-y` is implied.
+fn confirm(question: &str, yes: &YesArg) -> Result<bool> {
+    if yes.yes || !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub fn delete(instance: &str, args: &DeleteArgs, out: &Output) -> Result<ExitCode> {
+    let name = target_name(args.target.as_deref())?;
+    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+    block_on(async {
+        let Some(guest) = Guest::connect(&lima_home, instance).await? else {
+            bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
+        };
+        let (envs, _) = guest.list().await?;
+        let Some(e) = envs.iter().find(|e| e.name == name) else {
+            out.info(&format!("no environment {name}; nothing to delete"));
+            return Ok(ExitCode::SUCCESS);
+        };
+        let question = format!(
+            "Delete environment {name} (its home and processes; the files of {} stay)?",
+            e.project
+        );
+        if !confirm(&question, &args.yes)? {
+            out.info("nothing deleted");
+            return Ok(ExitCode::FAILURE);
+        }
+        guest.delete(&name).await?;
+        out.info(&format!("deleted environment {name}"));
+        Ok(ExitCode::SUCCESS)
+    })?
+}
+
+pub fn delete_all(instance: &str, args: &YesArg, out: &Output) -> Result<ExitCode> {
+    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+    block_on(async {
+        let Some(guest) = Guest::connect(&lima_home, instance).await? else {
+            bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
+        };
+        let (envs, _) = guest.list().await?;
+        if envs.is_empty() {
+            out.info("no environments; nothing to delete");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let question = format!(
+            "Delete all {} environments (homes and processes; project files stay)?",
+            envs.len()
+        );
+        if !confirm(&question, args)? {
+            out.info("nothing deleted");
+            return Ok(ExitCode::FAILURE);
+        }
+        // One failure does not keep the others.
+        let mut failed = 0;
+        for e in &envs {
+            match guest.delete(&e.name).await {
+                Ok(()) => out.info(&format!("deleted environment {}", e.name)),
+                Err(err) => {
+                    failed += 1;
+                    out.error(&err);
+                }
+            }
+        }
+        if failed > 0 {
+            bail!(
+                "{failed} of {} environments could not be deleted",
+                envs.len()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_du() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(12288), "12.0KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0GiB");
+    }
+
+    #[test]
+    fn delete_takes_a_name_or_a_path() {
+        assert_eq!(target_name(Some("app-0123abcd")).unwrap(), "app-0123abcd");
+        assert!(target_name(Some("Bad Name")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let canonical = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(
+            target_name(dir.path().to_str()).unwrap(),
+            env::env_name(canonical.to_str().unwrap())
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! `llima-box shell [PATH] [-- CMD ARGS...]`: a login shell or one command
+//! in the project's environment, as the environment's user, in the project.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+use super::Output;
+use super::args::ShellArgs;
+use super::envs::{install_runtime, runtime_is_current};
+use super::vm_shell::{agent_socket, block_on, deadline, exit_code, run_attached};
+use crate::env::{self, ExecRequest, runtime};
+use crate::ssh::{self, Session};
+use crate::vm::access::{self, AccessError};
+use crate::vm::{config, dirs};
+
+pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
+    let path = match &args.path {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let project = env::canonical_project(&path)?;
+    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+    let dir = lima_home.join(instance);
+    // Refused before anything boots.
+    let guest_project = guest_path(&dir, &lima_home, &project)?;
+    let agent = agent_socket(args.no_agent);
+    let opts = match access::connect_options(&lima_home, instance, deadline()?, agent.clone()) {
+        Ok((opts, _)) => opts,
+        Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
+            super::vm_start::start(instance, None, out)?;
+            access::connect_options(&lima_home, instance, deadline()?, agent)?.0
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let name = env::env_name(project.to_str().unwrap_or_default());
+    let req = ExecRequest {
+        name,
+        cwd: guest_project.clone(),
+        // Always: it creates the environment on first use and restarts its
+        // holder after a VM reboot, in the same round trip as the command.
+        ensure: Some((
+            guest_project,
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )),
+        agent: opts.agent_forwarding.is_some(),
+        argv: args.command.clone(),
+    };
+    let script = ssh::quote_argv(&runtime::exec_argv(&req))?;
+    out.debug(&format!("ssh {}@{}: {script}", opts.user, opts.addr));
+    let pty = ssh::stdin_is_tty();
+    let result = block_on(async {
+        if !runtime_is_current(&dir) {
+            let session = Session::connect(opts.clone())
+                .await
+                .context("cannot connect to the VM")?;
+            install_runtime(&session, &dir).await?;
+            // Use this connection rather than open another.
+            return anyhow::Ok(session.run_interactive_or_piped(&script, pty).await);
+        }
+        Ok(run_attached(&dir, opts, &script, pty, out).await)
+    })??;
+    // The exit status is the command's. The runtime's own failures (bad
+    // usage 2, a name taken by another project 3, anything else 125) use
+    // statuses that commands use too, so they cannot be told apart here;
+    // the runtime prints its diagnosis ("llima-box env-runtime: ...") on
+    // the same stderr, which is what tells the user.
+    Ok(exit_code(result, out))
+}
+
+/// Where `project` (canonical) is in the guest: it must be inside a
+/// writable mount of the instance's filled config.
+fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
+    let yaml = dir.join("lima.yaml");
+    let config = if yaml.exists() {
+        config::load_instance(dir, lima_home)
+    } else {
+        // Not created yet: the config `vm start` will create it with.
+        let cx = config::FillContext {
+            host: &config::Host::current(),
+            instance_dir: dir,
+            file: &yaml,
+            existing_version: config::existing_version(dir),
+        };
+        config::parse(config::default_instance_yaml(), &yaml)
+            .and_then(|y| config::load(y, lima_home, &cx))
+    }
+    .with_context(|| format!("cannot read the configuration of {}", dir.display()))?;
+    let mounts: Vec<(PathBuf, String, bool)> = config
+        .mounts
+        .iter()
+        .map(|m| {
+            let location = PathBuf::from(&m.location);
+            let location = std::fs::canonicalize(&location).unwrap_or(location);
+            let point = m.mount_point.clone().unwrap_or_else(|| m.location.clone());
+            (location, point, m.writable.unwrap_or(false))
+        })
+        .collect();
+    mount_for(&mounts, project, &dir.join("lima.yaml"))
+}
+
+/// The guest path of `project` under the deepest mount containing it.
+fn mount_for(
+    mounts: &[(PathBuf, String, bool)],
+    project: &Path,
+    lima_yaml: &Path,
+) -> Result<String> {
+    let found = mounts
+        .iter()
+        .filter_map(|(loc, point, writable)| {
+            let rest = project.strip_prefix(loc).ok()?;
+            Some((loc.components().count(), rest, point, *writable))
+        })
+        .max_by_key(|(depth, ..)| *depth);
+    match found {
+        Some((_, rest, point, true)) => {
+            let guest = Path::new(point).join(rest);
+            Ok(guest
+                .to_str()
+                .context("the guest path is not UTF-8")?
+                .trim_end_matches('/')
+                .to_string())
+        }
+        Some((_, _, point, false)) => bail!(
+            "{} is shared with the VM read-only (mount {point}); environments need a writable mount: \
+             set `writable: true` on it in {}, then restart the VM",
+            project.display(),
+            lima_yaml.display()
+        ),
+        None => bail!(
+            "{} is not shared with the VM; add a writable mount for it to {} \
+             (mounts: - location: \"{}\" with writable: true), then restart the VM",
+            project.display(),
+            lima_yaml.display(),
+            project.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projects_map_through_the_deepest_writable_mount() {
+        let yaml = Path::new("/l/lima.yaml");
+        let mounts = vec![
+            (PathBuf::from("/home/u"), "/home/u".to_string(), true),
+            (PathBuf::from("/home/u/ro"), "/mnt/ro".to_string(), false),
+            (PathBuf::from("/data"), "/mnt/data".to_string(), true),
+        ];
+        assert_eq!(
+            mount_for(&mounts, Path::new("/home/u/p q"), yaml).unwrap(),
+            "/home/u/p q"
+        );
+        assert_eq!(
+            mount_for(&mounts, Path::new("/data/x"), yaml).unwrap(),
+            "/mnt/data/x"
+        );
+        assert_eq!(
+            mount_for(&mounts, Path::new("/data"), yaml).unwrap(),
+            "/mnt/data"
+        );
+        let e = mount_for(&mounts, Path::new("/home/u/ro/x"), yaml).unwrap_err();
+        assert!(e.to_string().contains("read-only"), "{e}");
+        let e = mount_for(&mounts, Path::new("/srv/p"), yaml).unwrap_err();
+        assert!(e.to_string().contains("not shared with the VM"), "{e}");
+        assert!(e.to_string().contains("location: \"/srv/p\""), "{e}");
+        // A prefix that is not a path component does not count.
+        assert!(mount_for(&mounts, Path::new("/home/u2"), yaml).is_err());
+    }
+}
