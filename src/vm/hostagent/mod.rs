@@ -43,18 +43,10 @@ pub enum HostAgentError {
     Signal(#[source] std::io::Error),
     #[error("internal task failed: {0}")]
     Join(String),
-    #[error(
-        "the guest did not become ready within {secs} s ({waiting_for}); last serial console lines:\n{serial_tail}"
-    )]
-    NotReady {
-        secs: u64,
-        waiting_for: String,
-        serial_tail: String,
-    },
-    #[error(
-        "QEMU exited while the guest was booting ({status}); last serial console lines:\n{serial_tail}"
-    )]
-    GuestExited { status: String, serial_tail: String },
+    #[error("the guest did not become ready within {secs} s ({waiting_for})")]
+    NotReady { secs: u64, waiting_for: String },
+    #[error("QEMU exited while the guest was booting ({status})")]
+    GuestExited { status: String },
     #[error("interrupted while the guest was booting")]
     Interrupted,
 }

@@ -37,7 +37,6 @@ pub async fn wait(
     let not_ready = |waiting_for: &str, secs| HostAgentError::NotReady {
         secs,
         waiting_for: waiting_for.to_string(),
-        serial_tail: crate::vm::lifecycle::serial_tail(&plan.dir, 20),
     };
     let total = timeout.as_secs();
     loop {

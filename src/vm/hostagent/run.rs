@@ -201,7 +201,6 @@ async fn supervise(
         r = readiness::wait(plan, port, iid, boot_timeout(), |s| stage(port, s)) => r,
         status = &mut exited => Err(HostAgentError::GuestExited {
             status: status.ok().and_then(Result::ok).unwrap_or_default(),
-            serial_tail: crate::vm::lifecycle::serial_tail(dir, 20),
         }),
         _ = sigint.recv() => Err(HostAgentError::Interrupted),
         _ = sigterm.recv() => Err(HostAgentError::Interrupted),
