@@ -13,14 +13,6 @@ use sha2::{Digest, Sha256};
 use crate::common::*;
 use crate::ssh_support::{Agent, Pty, wait_timeout};
 
-fn guest_override() -> String {
-    let path = std::env::var("LLIMA_BOX_TEST_OVERRIDE").expect(
-        "LLIMA_BOX_TEST_OVERRIDE is not set: run tests/run, or set it to the path \
-         printed by tests/guest/build-image",
-    );
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
 struct Lb {
     home: TestDir,
 }

@@ -329,22 +329,7 @@ fn pty_session_gets_size_resizes_and_ctrl_c_and_restores_the_terminal() {
     // The local line settings travel with the PTY request.
     pty.send(b"stty -a | grep -o 'erase = [^;]*' | sed 's/^/M-/'\r");
     let at = pty.expect(at, "M-erase = ^H", t);
-    pty.resize(50, 132);
-    // Poll remotely: the resize travels asynchronously.
-    pty.send(b"for i in $(seq 100); do [ \"$(stty size)\" = '50 132' ] && break; sleep 0.1; done; echo \"R=$(stty size)\"\r");
-    let at = pty.expect(at, "R=50 132", t);
-    // Ctrl-C must end the sleep well before it would end by itself.
-    pty.send(b"echo \"start-$((1+1))\"; sleep 30; echo \"slept-$((6*7))\"\r");
-    let at = pty.expect(at, "start-2", t);
-    std::thread::sleep(Duration::from_millis(200));
-    pty.send(b"\x03");
-    pty.send(b"echo \"alive-$((20+22))\"\r");
-    let at = pty.expect(at, "alive-42", t);
-    assert!(!pty.output()[at..].contains("slept-42"));
-    pty.send(b"exit 7\r");
-    let st = wait_timeout(&mut child, t);
-    assert_eq!(st.code(), Some(7), "{}", pty.output());
-    assert_eq!(modes(&pty.termios()), before, "terminal modes changed");
+    resize_ctrl_c_and_exit(&pty, &mut child, at, &before);
 }
 
 #[test]

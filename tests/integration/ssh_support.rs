@@ -463,3 +463,31 @@ fn become_test_user_on_this_thread() {
 pub fn logins(sshd: &Sshd) -> usize {
     sshd.log().matches("Accepted publickey").count()
 }
+
+/// The common end of the PTY tests, from output offset `at`: a resize is
+/// seen remotely, Ctrl-C ends a remote `sleep` but not the shell, `exit 7`
+/// comes back as 7 and the local terminal modes are as `before`.
+pub fn resize_ctrl_c_and_exit(
+    pty: &Pty,
+    child: &mut Child,
+    at: usize,
+    before: &([libc::tcflag_t; 4], Vec<libc::cc_t>),
+) {
+    let t = Duration::from_secs(20);
+    pty.resize(50, 132);
+    // Poll remotely: the resize travels asynchronously.
+    pty.send(b"for i in $(seq 100); do [ \"$(stty size)\" = '50 132' ] && break; sleep 0.1; done; echo \"R=$(stty size)\"\r");
+    let at = pty.expect(at, "R=50 132", t);
+    // Ctrl-C must end the sleep well before it would end by itself.
+    pty.send(b"echo \"start-$((1+1))\"; sleep 30; echo \"slept-$((6*7))\"\r");
+    let at = pty.expect(at, "start-2", t);
+    std::thread::sleep(Duration::from_millis(200));
+    pty.send(b"\x03");
+    pty.send(b"echo \"alive-$((20+22))\"\r");
+    let at = pty.expect(at, "alive-42", t);
+    assert!(!pty.output()[at..].contains("slept-42"));
+    pty.send(b"exit 7\r");
+    let st = wait_timeout(child, t);
+    assert_eq!(st.code(), Some(7), "{}", pty.output());
+    assert_eq!(&modes(&pty.termios()), before, "terminal modes changed");
+}

@@ -11,15 +11,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// The override.yaml printed by tests/guest/build-image.
-fn guest_override() -> String {
-    let path = std::env::var("LLIMA_BOX_TEST_OVERRIDE").expect(
-        "LLIMA_BOX_TEST_OVERRIDE is not set: run tests/run, or set it to the path \
-         printed by tests/guest/build-image",
-    );
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
 /// A `$LIMA_HOME` for one test, with the test guest as `override.yaml`.
 struct VmHome {
     dir: TestDir,

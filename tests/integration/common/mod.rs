@@ -218,3 +218,13 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The override.yaml printed by tests/guest/build-image, which points the
+/// VM tests at the local Debian test guest (tests/run sets the variable).
+pub fn guest_override() -> String {
+    let path = std::env::var("LLIMA_BOX_TEST_OVERRIDE").expect(
+        "LLIMA_BOX_TEST_OVERRIDE is not set: run tests/run, or set it to the path \
+         printed by tests/guest/build-image",
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
