@@ -17,6 +17,12 @@ struct Lb {
     home: TestDir,
 }
 
+impl Drop for Lb {
+    fn drop(&mut self) {
+        kill_instances(self.home.path());
+    }
+}
+
 impl Lb {
     fn lima_home(&self) -> PathBuf {
         std::fs::canonicalize(self.home.path()).unwrap()

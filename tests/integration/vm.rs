@@ -51,6 +51,12 @@ impl VmHome {
     }
 }
 
+impl Drop for VmHome {
+    fn drop(&mut self) {
+        kill_instances(self.dir.path());
+    }
+}
+
 fn pid_of(v: &Value, key: &str) -> u32 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}")) as u32
 }

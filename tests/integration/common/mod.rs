@@ -228,3 +228,30 @@ pub fn guest_override() -> String {
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
+
+/// Kills every host agent and QEMU recorded under `lima_home`, so that a
+/// VM test that fails half-way leaves no guest running behind it.
+pub fn kill_instances(lima_home: &Path) {
+    let Ok(entries) = std::fs::read_dir(lima_home) else {
+        return;
+    };
+    for dir in entries.flatten() {
+        for pid_file in ["ha.pid", "qemu.pid"] {
+            let pid = std::fs::read_to_string(dir.path().join(pid_file))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            // Only ours: a stale pid file may name a reused pid.
+            let ours = |pid: &i32| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("qemu-system") || c.contains("llima-box")
+                })
+            };
+            if let Some(pid) = pid.filter(|p| *p > 0).filter(ours) {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
