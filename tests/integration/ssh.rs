@@ -365,23 +365,7 @@ fn terminal_is_restored_after_sigterm() {
 #[test]
 fn a_closed_local_reader_ends_the_session_quietly() {
     let inst = Instance::new();
-    let mut child = inst
-        .shell(&["--", "yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 4];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    assert_eq!(&first, b"y\ny\n");
-    drop(stdout);
-    let st = wait_timeout(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(st.code(), Some(141), "{stderr}");
-    assert_eq!(stderr, "");
+    closed_reader_ends_quietly(&inst);
 }
 
 /// The library API other modules use (host agent readiness checks).

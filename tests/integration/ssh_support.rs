@@ -491,3 +491,30 @@ pub fn resize_ctrl_c_and_exit(
     assert_eq!(st.code(), Some(7), "{}", pty.output());
     assert_eq!(&modes(&pty.termios()), before, "terminal modes changed");
 }
+
+/// `vm shell -- yes` whose reader goes away after 4 bytes ends with 141
+/// (SIGPIPE's status) and says nothing, as a shell pipeline expects.
+pub fn closed_reader_ends_quietly(inst: &Instance) {
+    let mut child = inst
+        .shell(&["--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 4];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"y\ny\n");
+    drop(stdout);
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(st.code(), Some(141), "{stderr}");
+    assert_eq!(stderr, "");
+}
