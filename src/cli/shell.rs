@@ -60,7 +60,8 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
             // Use this connection rather than open another.
             return anyhow::Ok(session.run_interactive_or_piped(&script, pty).await);
         }
-        Ok(run_attached(&dir, opts, &script, pty, out).await)
+        let spawn = runtime::spawn_target(&req);
+        Ok(run_attached(&dir, opts, &script, spawn, pty, out).await)
     })??;
     // The exit status is the command's. The runtime's own failures (bad
     // usage 2, a name taken by another project 3, anything else 125) use

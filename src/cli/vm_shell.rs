@@ -34,6 +34,7 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
         &lima_home.join(instance),
         opts,
         &script,
+        None,
         pty,
         out,
     ))?;
@@ -54,18 +55,20 @@ pub(super) fn block_on<T>(f: impl Future<Output = T>) -> Result<T> {
 }
 
 /// Runs the shell command line `script` in the guest of the instance in
-/// `dir`, attached to this process's stdio (a terminal when `pty`).
+/// `dir`, attached to this process's stdio (a terminal when `pty`). The
+/// host agent tries `spawn` first; a direct connection runs `script`.
 pub(super) async fn run_attached(
     dir: &Path,
     opts: ConnectOptions,
     script: &str,
+    spawn: Option<ssh::Spawn>,
     pty: bool,
     out: &Output,
 ) -> Result<RemoteExit, ssh::Error> {
     // The host agent's held connection saves the handshake; without it
     // (older agent, guest not ready, stale socket) connect directly.
     let agent = opts.agent_forwarding.clone();
-    match ssh::mux::run_via_mux(dir, script, pty, agent).await {
+    match ssh::mux::run_via_mux(dir, script, spawn, pty, agent).await {
         ssh::mux::Outcome::Ran(result) => return result,
         ssh::mux::Outcome::Unavailable(why) => {
             out.debug(&format!(

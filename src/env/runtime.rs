@@ -122,6 +122,17 @@ pub fn exec_argv(req: &ExecRequest) -> Vec<String> {
     argv
 }
 
+/// The environment's spawn server (started with its namespace; see
+/// `env_server` in the runtime): the command of `req` without sudo, the
+/// runtime or sshd's session in between. Agent forwarding needs an SSH
+/// session, so requests with `agent` have none.
+pub fn spawn_target(req: &ExecRequest) -> Option<crate::ssh::Spawn> {
+    (!req.agent).then(|| crate::ssh::Spawn {
+        socket: format!("/run/llima-box/sock/{}.sock", req.name),
+        request: serde_json::json!({ "cwd": req.cwd, "argv": req.argv }),
+    })
+}
+
 /// Kills everything of the environment and removes its user, home and
 /// records; never the project files. Idempotent.
 pub fn delete_argv(name: &str) -> Vec<String> {

@@ -101,6 +101,11 @@ impl Session {
         Ok(self.handle.channel_open_session().await?)
     }
 
+    /// A stream to the unix socket `path` in the guest, connected by sshd.
+    pub(super) async fn open_streamlocal(&self, path: &str) -> Result<Channel<Msg>, Error> {
+        Ok(self.handle.channel_open_direct_streamlocal(path).await?)
+    }
+
     /// The agent socket that the guest's agent channels are proxied to.
     pub(super) fn agent_socket(&self) -> Option<PathBuf> {
         self.agent_socket

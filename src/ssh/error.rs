@@ -5,6 +5,12 @@ use std::time::Duration;
 /// What can go wrong between the host and the guest's sshd.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "the environment's spawn server sent something unexpected ({0}); the guest runtime \
+         may be from another llima-box version: `llima-box delete` the environment and retry"
+    )]
+    SpawnProtocol(String),
+
     #[error("cannot {what} {path}")]
     File {
         what: &'static str,

@@ -11,6 +11,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
+use super::spawn::{self, Spawn};
 use super::terminal::{self, RawMode};
 use super::{Error, Session, quote_argv};
 
@@ -93,6 +94,11 @@ pub(super) struct Setup {
     pub env: Vec<(String, String)>,
     /// Whether the guest may open agent channels for this command.
     pub agent: bool,
+    /// Run through this spawn server rather than `command` through sshd
+    /// (which stays the fallback when the server is not there). An agent
+    /// that predates the field ignores it and runs `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawn: Option<Box<Spawn>>,
 }
 
 /// A remote terminal like the local one: `TERM`, size and line settings
@@ -108,7 +114,7 @@ pub(super) struct PtyRequest {
 impl Setup {
     /// The setup `ssh` would send from this process's terminal and
     /// environment. Read the terminal before it is put in raw mode.
-    pub(super) fn local(command: &str, pty: bool, agent: bool) -> Setup {
+    pub(super) fn local(command: &str, spawn: Option<Spawn>, pty: bool, agent: bool) -> Setup {
         let pty = pty.then(|| {
             let (cols, rows) = terminal::window_size().unwrap_or((80, 24));
             PtyRequest {
@@ -126,6 +132,7 @@ impl Setup {
             pty,
             env: forwarded_env(),
             agent,
+            spawn: spawn.map(Box::new),
         }
     }
 }
@@ -144,9 +151,47 @@ pub(super) enum Event {
 }
 
 /// The write side of a running command's channel.
-pub(super) type Writer = Arc<ChannelWriteHalf<Msg>>;
+#[derive(Clone)]
+pub(super) struct Writer {
+    half: Arc<ChannelWriteHalf<Msg>>,
+    /// A spawn server's stream rather than an SSH session.
+    framed: bool,
+}
+
+impl Writer {
+    async fn data(&self, buf: Vec<u8>) -> Result<(), Error> {
+        let buf = if self.framed { spawn::stdin(&buf) } else { buf };
+        Ok(self.half.data_bytes(buf).await?)
+    }
+
+    async fn eof(&self) -> Result<(), Error> {
+        match self.framed {
+            true => Ok(self.half.data_bytes(spawn::eof()).await?),
+            false => Ok(self.half.eof().await?),
+        }
+    }
+
+    async fn resize(&self, cols: u32, rows: u32) -> Result<(), Error> {
+        match self.framed {
+            true => Ok(self.half.data_bytes(spawn::resize(cols, rows)).await?),
+            false => Ok(self.half.window_change(cols, rows, 0, 0).await?),
+        }
+    }
+
+    /// Ends the channel (and with it the command).
+    pub(super) async fn close(&self) -> Result<(), Error> {
+        Ok(self.half.close().await?)
+    }
+}
+
+/// The read side of a running command's channel.
+pub(super) struct Reader {
+    half: ChannelReadHalf,
+    frames: Option<spawn::Decoder>,
+}
+
 /// A started command's channel.
-pub(super) type Started = (ChannelReadHalf, Writer);
+pub(super) type Started = (Reader, Writer);
 
 impl Session {
     /// Runs `argv` (quoted so that the remote sees exactly these words)
@@ -167,8 +212,9 @@ impl Session {
             pty: None,
             env: Vec::new(),
             agent: false,
+            spawn: None,
         };
-        let (rx, tx) = self.start(&setup).await?;
+        let (rx, tx) = self.start(&setup, false).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let input = std::io::Cursor::new(stdin.to_vec());
         let exit = attach(rx, tx, input, &mut stdout, &mut stderr, None::<&mut Tty>).await?;
@@ -191,8 +237,8 @@ impl Session {
         command: &str,
         pty: bool,
     ) -> Result<RemoteExit, Error> {
-        let setup = Setup::local(command, pty, self.agent_socket().is_some());
-        let (rx, tx) = self.start(&setup).await?;
+        let setup = Setup::local(command, None, pty, self.agent_socket().is_some());
+        let (rx, tx) = self.start(&setup, false).await?;
         let mut tty = match pty && terminal::stdin_is_tty() {
             true => Some(Tty::enter()?),
             false => None,
@@ -210,8 +256,24 @@ impl Session {
         result
     }
 
-    /// Opens a channel and starts `setup.command` in it.
-    pub(super) async fn start(&self, setup: &Setup) -> Result<Started, Error> {
+    /// Opens a channel and starts `setup.command` in it, or the spawn
+    /// server's command when `spawn` (and the server is there).
+    pub(super) async fn start(&self, setup: &Setup, spawn: bool) -> Result<Started, Error> {
+        if let Some(target) = setup.spawn.as_ref().filter(|_| spawn) {
+            let channel = self.open_streamlocal(&target.socket).await?;
+            let (rx, tx) = channel.split();
+            tx.data_bytes(spawn::header(target, &setup.env, setup.pty.as_ref()))
+                .await?;
+            let reader = Reader {
+                half: rx,
+                frames: Some(spawn::Decoder::default()),
+            };
+            let writer = Writer {
+                half: Arc::new(tx),
+                framed: true,
+            };
+            return Ok((reader, writer));
+        }
         let channel = self.open_channel().await?;
         let (rx, tx) = channel.split();
         if setup.agent {
@@ -230,7 +292,15 @@ impl Session {
                 .await?;
         }
         tx.exec(false, setup.command.as_str()).await?;
-        Ok((rx, Arc::new(tx)))
+        let reader = Reader {
+            half: rx,
+            frames: None,
+        };
+        let writer = Writer {
+            half: Arc::new(tx),
+            framed: false,
+        };
+        Ok((reader, writer))
     }
 }
 
@@ -238,7 +308,7 @@ impl Session {
 /// which is passed on), `stdout` and `stderr` until it ends; `control`
 /// events resize the remote terminal or end the session early.
 pub(super) async fn attach<I, O, E, C>(
-    mut rx: ChannelReadHalf,
+    mut rx: Reader,
     tx: Writer,
     stdin: I,
     stdout: &mut O,
@@ -331,7 +401,7 @@ async fn forward_stdin<I: Read + Send + 'static>(mut stdin: I, tx: Writer) -> Re
         }
     });
     while let Some(buf) = chunks.recv().await {
-        tx.data_bytes(buf).await?;
+        tx.data(buf).await?;
     }
     tx.eof().await?;
     Ok(())
@@ -340,8 +410,8 @@ async fn forward_stdin<I: Read + Send + 'static>(mut stdin: I, tx: Writer) -> Re
 /// Moves remote output to the local writers until the channel closes and
 /// returns how the command ended.
 async fn pump<O, E, C>(
-    rx: &mut ChannelReadHalf,
-    tx: &ChannelWriteHalf<Msg>,
+    rx: &mut Reader,
+    tx: &Writer,
     stdout: &mut O,
     stderr: &mut E,
     mut control: Option<&mut C>,
@@ -359,7 +429,7 @@ where
             // output appears at once, and bulk output overlaps writing
             // with receiving.
             biased;
-            msg = rx.wait() => msg,
+            msg = rx.half.wait() => msg,
             event = async {
                 match control.as_mut() {
                     Some(c) => c.event().await,
@@ -369,7 +439,7 @@ where
                 match event {
                     Event::Stop(signal) => return Err(Error::Interrupted { signal }),
                     Event::Resize(cols, rows) => {
-                        tx.window_change(cols, rows, 0, 0).await?;
+                        tx.resize(cols, rows).await?;
                         continue;
                     }
                 }
@@ -381,6 +451,27 @@ where
             }
         };
         match msg {
+            Some(ChannelMsg::Data { data }) if rx.frames.is_some() => {
+                let decoder = rx.frames.as_mut().expect("checked");
+                for frame in decoder.push(&data).map_err(Error::SpawnProtocol)? {
+                    match frame {
+                        spawn::Output::Stdout(d) => {
+                            stdout.write_all(&d).await.map_err(Error::LocalIo)?
+                        }
+                        spawn::Output::Stderr(d) => {
+                            stderr.write_all(&d).await.map_err(Error::LocalIo)?
+                        }
+                        spawn::Output::Exit(e) => exit = Some(e),
+                    }
+                }
+                unflushed = true;
+                if exit.is_some() {
+                    // The last frame. sshd would keep the stream open
+                    // until we close our side.
+                    let _ = tx.close().await;
+                    break;
+                }
+            }
             Some(ChannelMsg::Data { data }) => {
                 stdout.write_all(&data).await.map_err(Error::LocalIo)?;
                 unflushed = true;

@@ -13,6 +13,7 @@ mod exec;
 pub mod keys;
 pub mod mux;
 mod quote;
+pub mod spawn;
 mod terminal;
 
 pub use connect::{ConnectOptions, HostKeyPolicy, Session};
@@ -20,4 +21,5 @@ pub use error::Error;
 pub use exec::{Captured, RemoteExit};
 pub use keys::{KeyPair, PublicKey};
 pub use quote::quote_argv;
+pub use spawn::Spawn;
 pub use terminal::stdin_is_tty;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 
 use super::super::exec::{Control, Event, Setup, Tty};
-use super::super::{Error, RemoteExit, terminal};
+use super::super::{Error, RemoteExit, Spawn, terminal};
 use super::wire::Conn;
 use super::{SOCKET, ToAgent, ToClient};
 
@@ -25,9 +25,12 @@ pub enum Outcome {
 /// Runs `command` through the host agent of the instance in `dir`, exactly
 /// as [`super::super::Session::run_interactive_or_piped`] would run it on
 /// a direct connection; `agent_socket` is the agent to forward, if any.
+/// With `spawn`, the agent tries that server first and runs `command`
+/// only when the server is not there.
 pub async fn run_via_mux(
     dir: &Path,
     command: &str,
+    spawn: Option<Spawn>,
     pty: bool,
     agent_socket: Option<PathBuf>,
 ) -> Outcome {
@@ -45,7 +48,7 @@ pub async fn run_via_mux(
     };
     let mut conn = Conn::new(stream);
     let request = ToAgent::Run {
-        setup: Setup::local(command, pty, agent_socket.is_some()),
+        setup: Setup::local(command, spawn, pty, agent_socket.is_some()),
         agent_socket,
     };
     let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());

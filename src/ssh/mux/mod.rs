@@ -81,6 +81,7 @@ mod tests {
                 }),
                 env: vec![("LANG".into(), "C.UTF-8".into())],
                 agent: true,
+                spawn: None,
             },
             agent_socket: Some("/tmp/agent.sock".into()),
         };

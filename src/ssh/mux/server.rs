@@ -99,7 +99,21 @@ impl Held {
                 // caused them; the latest requester's agent serves them all.
                 session.set_agent_socket(agent_socket.clone());
             }
-            match session.start(setup).await {
+            if setup.spawn.is_some() {
+                match session.start(setup, true).await {
+                    Ok(started) => return Ok((session, started)),
+                    // No server (first use, or the VM rebooted): the
+                    // command line starts the environment, and with it
+                    // the server, for next time.
+                    Err(_) if !session.is_closed() => {}
+                    Err(e) if fresh => return Err(e),
+                    Err(_) => {
+                        fresh = true;
+                        continue;
+                    }
+                }
+            }
+            match session.start(setup, false).await {
                 Ok(started) => return Ok((session, started)),
                 Err(e) if fresh => return Err(e),
                 Err(_) => fresh = true,

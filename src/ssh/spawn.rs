@@ -1,0 +1,203 @@
+//! The spawn protocol: a command run by a server in the guest that the
+//! host reaches over a `direct-streamlocal` channel, instead of by sshd in
+//! a new session. Under emulation every process the guest starts costs
+//! tens of milliseconds; sshd's session, login shell and sudo are several,
+//! the spawn server forks once and execs the command.
+//!
+//! On the stream, frames: a type byte, a 4-byte big-endian length, the
+//! payload. The host sends one header (JSON: the caller's request, the
+//! forwarded environment, the terminal) and then stdin, EOF and resizes;
+//! the server answers with stdout, stderr and one exit frame (JSON:
+//! `{"code": N}` or `{"signal": "TERM", "core": false}`). The server is the
+//! environment runtime's (`assets/guest/env-runtime`, `env_server`).
+
+use serde::{Deserialize, Serialize};
+
+use super::RemoteExit;
+use super::exec::PtyRequest;
+
+const HEADER: u8 = 0;
+const STDIN: u8 = 1;
+const EOF: u8 = 2;
+const RESIZE: u8 = 3;
+
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const EXIT: u8 = 3;
+
+/// Where the server listens in the guest and what to ask it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spawn {
+    /// The server's unix socket, a guest path.
+    pub socket: String,
+    /// The server's own request (for the runtime: `cwd` and `argv`).
+    pub request: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    request: &'a serde_json::Value,
+    env: &'a [(String, String)],
+    pty: Option<&'a PtyRequest>,
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("frames are written in small chunks");
+    let mut v = Vec::with_capacity(5 + payload.len());
+    v.push(kind);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+pub(super) fn header(spawn: &Spawn, env: &[(String, String)], pty: Option<&PtyRequest>) -> Vec<u8> {
+    let json = serde_json::to_vec(&Header {
+        request: &spawn.request,
+        env,
+        pty,
+    })
+    .expect("plain data serialises");
+    frame(HEADER, &json)
+}
+
+pub(super) fn stdin(data: &[u8]) -> Vec<u8> {
+    frame(STDIN, data)
+}
+
+pub(super) fn eof() -> Vec<u8> {
+    frame(EOF, &[])
+}
+
+pub(super) fn resize(cols: u32, rows: u32) -> Vec<u8> {
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    let mut payload = clamp(rows).to_be_bytes().to_vec();
+    payload.extend_from_slice(&clamp(cols).to_be_bytes());
+    frame(RESIZE, &payload)
+}
+
+/// What the server sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(RemoteExit),
+}
+
+/// The server's frames out of the channel's data, however it was split.
+#[derive(Default)]
+pub(super) struct Decoder {
+    buf: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct ExitBody {
+    code: Option<u32>,
+    signal: Option<String>,
+    #[serde(default)]
+    core: bool,
+}
+
+impl Decoder {
+    /// Adds `data` and returns the frames it completed; an error names a
+    /// frame that is not the protocol's.
+    pub(super) fn push(&mut self, data: &[u8]) -> Result<Vec<Output>, String> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while self.buf.len() - at >= 5 {
+            let kind = self.buf[at];
+            let len = u32::from_be_bytes(self.buf[at + 1..at + 5].try_into().unwrap()) as usize;
+            if self.buf.len() - at - 5 < len {
+                break;
+            }
+            let payload = self.buf[at + 5..at + 5 + len].to_vec();
+            at += 5 + len;
+            out.push(match kind {
+                STDOUT => Output::Stdout(payload),
+                STDERR => Output::Stderr(payload),
+                EXIT => Output::Exit(exit(&payload)?),
+                other => return Err(format!("unknown frame type {other}")),
+            });
+        }
+        self.buf.drain(..at);
+        Ok(out)
+    }
+}
+
+fn exit(payload: &[u8]) -> Result<RemoteExit, String> {
+    let body: ExitBody = serde_json::from_slice(payload)
+        .map_err(|e| format!("bad exit frame {:?}: {e}", String::from_utf8_lossy(payload)))?;
+    match (body.code, body.signal) {
+        (Some(code), _) => Ok(RemoteExit::Code(code)),
+        (None, Some(name)) => Ok(RemoteExit::Signal {
+            name,
+            core_dumped: body.core,
+        }),
+        (None, None) => Err("exit frame without code or signal".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_across_arbitrary_splits() {
+        let mut wire = frame(STDOUT, b"hello");
+        wire.extend(frame(STDERR, b""));
+        wire.extend(frame(STDERR, b"oops"));
+        wire.extend(frame(EXIT, br#"{"code": 7}"#));
+        for split in 0..wire.len() {
+            let mut d = Decoder::default();
+            let mut got = d.push(&wire[..split]).unwrap();
+            got.extend(d.push(&wire[split..]).unwrap());
+            assert_eq!(
+                got,
+                vec![
+                    Output::Stdout(b"hello".to_vec()),
+                    Output::Stderr(vec![]),
+                    Output::Stderr(b"oops".to_vec()),
+                    Output::Exit(RemoteExit::Code(7)),
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn signals_and_bad_frames() {
+        let mut d = Decoder::default();
+        let got = d
+            .push(&frame(EXIT, br#"{"signal": "TERM", "core": true}"#))
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![Output::Exit(RemoteExit::Signal {
+                name: "TERM".into(),
+                core_dumped: true
+            })]
+        );
+        assert!(Decoder::default().push(&frame(9, b"")).is_err());
+        assert!(Decoder::default().push(&frame(EXIT, b"{}")).is_err());
+    }
+
+    #[test]
+    fn the_host_side_frames_are_what_the_server_reads() {
+        assert_eq!(resize(101, 33), vec![RESIZE, 0, 0, 0, 4, 0, 33, 0, 101]);
+        assert_eq!(eof(), vec![EOF, 0, 0, 0, 0]);
+        assert_eq!(stdin(b"ab"), vec![STDIN, 0, 0, 0, 2, b'a', b'b']);
+        let spawn = Spawn {
+            socket: "/s".into(),
+            request: serde_json::json!({"cwd": "/p", "argv": ["a b"]}),
+        };
+        let env = vec![("LANG".to_string(), "C.UTF-8".to_string())];
+        let h = header(&spawn, &env, None);
+        assert_eq!(h[0], HEADER);
+        let json: serde_json::Value = serde_json::from_slice(&h[5..]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"request": {"cwd": "/p", "argv": ["a b"]},
+                               "env": [["LANG", "C.UTF-8"]], "pty": null})
+        );
+    }
+}
