@@ -49,7 +49,11 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
         argv: args.command.clone(),
     };
     let script = ssh::quote_argv(&runtime::exec_argv(&req))?;
-    out.debug(&format!("ssh {}@{}: {script}", opts.user, opts.addr));
+    let spawn = runtime::spawn_target(&req);
+    out.debug(&format!(
+        "ssh {}@{}: spawn server {}, else: {script}",
+        opts.user, opts.addr, spawn.socket
+    ));
     let pty = ssh::stdin_is_tty();
     let result = block_on(async {
         if !runtime_is_current(&dir) {
@@ -60,8 +64,7 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
             // Use this connection rather than open another.
             return anyhow::Ok(session.run_interactive_or_piped(&script, pty).await);
         }
-        let spawn = runtime::spawn_target(&req);
-        Ok(run_attached(&dir, opts, &script, spawn, pty, out).await)
+        Ok(run_attached(&dir, opts, &script, Some(spawn), pty, out).await)
     })??;
     // The exit status is the command's. The runtime's own failures (bad
     // usage 2, a name taken by another project 3, anything else 125) use

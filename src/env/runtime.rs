@@ -124,13 +124,12 @@ pub fn exec_argv(req: &ExecRequest) -> Vec<String> {
 
 /// The environment's spawn server (started with its namespace; see
 /// `env_server` in the runtime): the command of `req` without sudo, the
-/// runtime or sshd's session in between. Agent forwarding needs an SSH
-/// session, so requests with `agent` have none.
-pub fn spawn_target(req: &ExecRequest) -> Option<crate::ssh::Spawn> {
-    (!req.agent).then(|| crate::ssh::Spawn {
+/// runtime or sshd's session in between.
+pub fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
+    crate::ssh::Spawn {
         socket: format!("/run/llima-box/sock/{}.sock", req.name),
         request: serde_json::json!({ "cwd": req.cwd, "argv": req.argv }),
-    })
+    }
 }
 
 /// Kills everything of the environment and removes its user, home and

@@ -44,6 +44,9 @@ pub struct Session {
     /// Where agent channels opened by the guest go; the mux server points
     /// it at the socket of the client it serves.
     pub(super) agent_socket: AgentSocket,
+    /// The guest socket that sshd forwards to `agent_socket`, once asked
+    /// for (see [`Session::agent_forward`]).
+    agent_forward: tokio::sync::Mutex<Option<String>>,
 }
 
 /// The local agent socket, shared between a session and its handler.
@@ -116,6 +119,20 @@ impl Session {
 
     pub(super) fn set_agent_socket(&self, socket: Option<PathBuf>) {
         *self.agent_socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
+    }
+
+    /// A unix socket in the guest directory `dir` that sshd forwards to the
+    /// local agent (`ssh -R`), for commands that do not run in an SSH
+    /// session and so get no session agent. One per connection.
+    pub(super) async fn agent_forward(&self, dir: &str) -> Result<String, Error> {
+        let mut slot = self.agent_forward.lock().await;
+        if let Some(path) = slot.as_ref() {
+            return Ok(path.clone());
+        }
+        let path = format!("{dir}/agent-{:016x}.sock", rand::rng().random::<u64>());
+        self.handle.streamlocal_forward(path.as_str()).await?;
+        *slot = Some(path.clone());
+        Ok(path)
     }
 
     /// Whether the connection is gone (sshd restarted, guest rebooted).
@@ -206,6 +223,7 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
     Ok(Session {
         handle,
         agent_socket,
+        agent_forward: tokio::sync::Mutex::new(None),
     })
 }
 
@@ -273,6 +291,25 @@ impl client::Handler for Client {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
+        self.to_agent(channel, reply).await;
+        Ok(())
+    }
+
+    /// The only remote forward we ask for is [`Session::agent_forward`].
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.to_agent(channel, reply).await;
+        Ok(())
+    }
+}
+
+impl Client {
+    async fn to_agent(&self, channel: Channel<Msg>, reply: client::ChannelOpenHandle) {
         let socket = self
             .agent_socket
             .lock()
@@ -286,7 +323,6 @@ impl client::Handler for Client {
                     .await
             }
         }
-        Ok(())
     }
 }
 

@@ -261,9 +261,23 @@ impl Session {
     pub(super) async fn start(&self, setup: &Setup, spawn: bool) -> Result<Started, Error> {
         if let Some(target) = setup.spawn.as_ref().filter(|_| spawn) {
             let channel = self.open_streamlocal(&target.socket).await?;
+            let agent = match setup.agent {
+                // Next to the server's socket: a directory only the admin
+                // (and root) can reach.
+                true => {
+                    let dir = target.socket.rsplit_once('/').map_or("/tmp", |(d, _)| d);
+                    Some(self.agent_forward(dir).await?)
+                }
+                false => None,
+            };
             let (rx, tx) = channel.split();
-            tx.data_bytes(spawn::header(target, &setup.env, setup.pty.as_ref()))
-                .await?;
+            tx.data_bytes(spawn::header(
+                target,
+                &setup.env,
+                setup.pty.as_ref(),
+                agent.as_deref(),
+            ))
+            .await?;
             let reader = Reader {
                 half: rx,
                 frames: Some(spawn::Decoder::default()),

@@ -6,7 +6,8 @@
 //!
 //! On the stream, frames: a type byte, a 4-byte big-endian length, the
 //! payload. The host sends one header (JSON: the caller's request, the
-//! forwarded environment, the terminal) and then stdin, EOF and resizes;
+//! forwarded environment, the terminal, the agent socket that sshd forwards
+//! to the host's agent) and then stdin, EOF and resizes;
 //! the server answers with stdout, stderr and one exit frame (JSON:
 //! `{"code": N}` or `{"signal": "TERM", "core": false}`). The server is the
 //! environment runtime's (`assets/guest/env-runtime`, `env_server`).
@@ -39,6 +40,8 @@ struct Header<'a> {
     request: &'a serde_json::Value,
     env: &'a [(String, String)],
     pty: Option<&'a PtyRequest>,
+    /// A guest socket that reaches the host's agent.
+    agent: Option<&'a str>,
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -50,11 +53,17 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn header(spawn: &Spawn, env: &[(String, String)], pty: Option<&PtyRequest>) -> Vec<u8> {
+pub(super) fn header(
+    spawn: &Spawn,
+    env: &[(String, String)],
+    pty: Option<&PtyRequest>,
+    agent: Option<&str>,
+) -> Vec<u8> {
     let json = serde_json::to_vec(&Header {
         request: &spawn.request,
         env,
         pty,
+        agent,
     })
     .expect("plain data serialises");
     frame(HEADER, &json)
@@ -191,13 +200,14 @@ mod tests {
             request: serde_json::json!({"cwd": "/p", "argv": ["a b"]}),
         };
         let env = vec![("LANG".to_string(), "C.UTF-8".to_string())];
-        let h = header(&spawn, &env, None);
+        let h = header(&spawn, &env, None, Some("/run/a.sock"));
         assert_eq!(h[0], HEADER);
         let json: serde_json::Value = serde_json::from_slice(&h[5..]).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"request": {"cwd": "/p", "argv": ["a b"]},
-                               "env": [["LANG", "C.UTF-8"]], "pty": null})
+                               "env": [["LANG", "C.UTF-8"]], "pty": null,
+                               "agent": "/run/a.sock"})
         );
     }
 }
