@@ -223,6 +223,8 @@ fn environments_end_to_end() {
     assert!(!out.status.success(), "{:?}", text(&out));
     assert!(!text(&out).0.contains("beta only"));
 
+    check_isolation(&lb, &projects, &a, &b);
+
     // Arguments reach the command unchanged and nothing is evaluated.
     let _ = std::fs::remove_file("/tmp/pwned");
     let echoed = lb.shell_ok(
@@ -290,4 +292,223 @@ fn environments_end_to_end() {
     lb.ok(&["delete-all", "-y"]);
 
     lb.ok(&["vm", "stop", "--force"]);
+}
+
+/// The isolation checks, run as environment A inside it. Arguments: B's
+/// project, B's name, the admin's home, the guest pid of B's `sleep 3607`,
+/// the host user's home. Prints one `NAME=ok` or `NAME=fail DETAIL` line
+/// per check, so that each is asserted (and reported) on its own.
+const ISOLATION: &str = r#"
+PB=$1 B=$2 ADMIN_HOME=$3 BPID=$4 HOST_HOME=$5
+me=$(id -un)
+parent=$(dirname "$PWD")
+ok() { echo "$1=ok"; }
+fail() { echo "$1=fail $(printf '%s' "$2" | tr '\n' ' ')"; }
+# NAME DIR: DIR is hidden: missing, or an empty directory. Merely
+# unreadable is not hidden (and is what permissions alone would give).
+empty() {
+    local out
+    if [ ! -e "$2" ]; then
+        ok "$1"
+    elif out=$(ls -A -- "$2" 2>&1) && [ -z "$out" ]; then
+        ok "$1"
+    else
+        fail "$1" "$2 is not hidden: $out"
+    fi
+}
+# NAME DIR WANT: DIR lists exactly WANT.
+lists() {
+    local out
+    out=$(ls -A -- "$2" 2>&1)
+    if [ "$out" = "$3" ]; then ok "$1"; else fail "$1" "$2 lists: $out"; fi
+}
+# NAME CMD...: CMD fails.
+deny() {
+    local n=$1
+    shift
+    if "$@" >/dev/null 2>&1; then fail "$n" "succeeded: $*"; else ok "$n"; fi
+}
+# NAME CMD...: CMD succeeds (controls: the denials are not a broken shell).
+allow() {
+    local n=$1
+    shift
+    if "$@" >/dev/null 2>&1; then ok "$n"; else fail "$n" "failed: $*"; fi
+}
+
+empty project_b_list "$PB"
+deny project_b_read cat "$PB/secret"
+empty home_b_list "/home/$B"
+deny home_b_read cat "/home/$B/home-secret"
+# Only the path down to A's project exists of the host home.
+lists host_around_list "$parent" "$(basename "$PWD")"
+deny host_around_read cat "$parent/around.txt"
+rel=${PWD#"$HOST_HOME"/}
+lists host_home_list "$HOST_HOME" "${rel%%/*}"
+under_home=${PWD#/home/}
+others=$(ls -A /home | grep -vx -e "$me" -e "${under_home%%/*}")
+[ -z "$others" ] && ok other_homes_list || fail other_homes_list "/home shows: $others"
+empty admin_home_list "$ADMIN_HOME"
+deny admin_keys_read cat "$ADMIN_HOME/.ssh/authorized_keys"
+empty cidata_list /mnt/lima-cidata
+deny cidata_read cat /mnt/lima-cidata/user-data
+empty metadata_list /var/lib/llima-box
+deny metadata_read cat "/var/lib/llima-box/envs/$B/project"
+deny proc1_root ls /proc/1/root/
+
+allow ps_sees_self ps -o pid= -p $$
+uids=$(ps -eo uid= | sort -un | tr -d ' ' | tr '\n' ' ')
+[ "$uids" = "0 $(id -u) " ] && ok ps_uids || fail ps_uids "ps shows uids $uids"
+sys=$(ps -eo comm= | grep -E '^(sshd|systemd|agetty|cron|dbus)')
+[ -z "$sys" ] && ok ps_no_system || fail ps_no_system "ps shows $sys"
+# The namespace's init and its sleep are the only root processes.
+roots=$(ps -eo user=,pid=,args= | grep '^root')
+[ "$(printf '%s\n' "$roots" | grep -c .)" -le 2 ] && ok ps_root_only_init || fail ps_root_only_init "$roots"
+bsleep=$(ps -eo pid=,args= | grep -E '^ *[0-9]+ sleep 3607$')
+[ -z "$bsleep" ] && ok ps_not_b || fail ps_not_b "ps shows B's sleep: $bsleep"
+deny signal_b_probe kill -0 "$BPID"
+deny signal_b_term kill -TERM "$BPID"
+deny sudo sudo -n true
+
+deny write_etc touch /etc/llb-probe
+deny write_usr touch /usr/llb-probe
+deny write_var touch /var/llb-probe
+deny write_opt touch /opt/llb-probe
+deny write_root touch /llb-probe
+deny write_parent touch "$parent/llb-probe"
+deny write_host_home touch "$HOST_HOME/llb-probe"
+deny write_home_dir mkdir /home/llb-probe
+allow write_project touch ./llb-probe
+allow write_home touch "$HOME/llb-probe"
+allow write_tmp touch /tmp/llb-probe
+rm -f ./llb-probe "$HOME/llb-probe" /tmp/llb-probe
+
+# A user namespace gives root over copies of the mounts, but the mounts
+# that hide things are locked together and cannot be peeled off.
+if unshare -rm true 2>/dev/null; then
+    got=$(unshare -rm sh -c 'for m in /home /tmp "$1" /mnt/lima-cidata /var/lib/llima-box; do umount -l "$m"; done
+        cat "$2/around.txt" "$3/secret"; ls -A /var/lib/llima-box; ls -A /mnt/lima-cidata' x "$PWD" "$parent" "$PB" 2>/dev/null)
+    [ -z "$got" ] && ok umount_escape || fail umount_escape "after unshare and umount: $got"
+else
+    ok umount_escape
+fi
+exit 0
+"#;
+
+/// Every line ISOLATION prints, by name.
+const ISOLATION_CHECKS: &[&str] = &[
+    "project_b_list",
+    "project_b_read",
+    "home_b_list",
+    "home_b_read",
+    "host_around_list",
+    "host_around_read",
+    "host_home_list",
+    "other_homes_list",
+    "admin_home_list",
+    "admin_keys_read",
+    "cidata_list",
+    "cidata_read",
+    "metadata_list",
+    "metadata_read",
+    "proc1_root",
+    "ps_sees_self",
+    "ps_uids",
+    "ps_no_system",
+    "ps_root_only_init",
+    "ps_not_b",
+    "signal_b_probe",
+    "signal_b_term",
+    "sudo",
+    "write_etc",
+    "write_usr",
+    "write_var",
+    "write_opt",
+    "write_root",
+    "write_parent",
+    "write_host_home",
+    "write_home_dir",
+    "write_project",
+    "write_home",
+    "write_tmp",
+    "umount_escape",
+];
+
+/// What the admin sees of the things A must not: its home and keys, the
+/// cloud-init seed, B's metadata and B's `sleep 3607` (`$1` is B's name).
+const ADMIN_VIEW: &str = r#"
+echo "home=$HOME"
+test -s "$HOME/.ssh/authorized_keys" && echo keys=yes
+sudo -n test -s /mnt/lima-cidata/user-data && echo cidata=yes
+sudo -n test -s "/var/lib/llima-box/envs/$1/project" && echo meta=yes
+echo "bpid=$(pgrep -u "$1" -fx 'sleep 3607')"
+exit 0
+"#;
+
+/// Isolation from inside A, against environment B (which must exist).
+fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
+    // B gets a secret in its home and a process that outlives its shell.
+    let name_b = lb
+        .shell_ok(
+            b,
+            &[
+                "sh",
+                "-c",
+                "echo beta-home >~/home-secret; sleep 3607 >/dev/null 2>&1 </dev/null & id -un",
+            ],
+        )
+        .trim()
+        .to_string();
+    let admin_view = || {
+        let out = lb.ok(&["vm", "shell", "--", "sh", "-c", ADMIN_VIEW, "sh", &name_b]);
+        move |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    // Everything A must not see exists for the admin, so the checks below
+    // cannot pass because there is nothing to see.
+    let admin = admin_view();
+    let admin_home = admin("home");
+    assert!(admin_home.starts_with('/'), "admin home: {admin_home:?}");
+    assert_eq!(admin("keys"), "yes", "the admin has no authorized_keys");
+    assert_eq!(admin("cidata"), "yes", "/mnt/lima-cidata is not mounted");
+    assert_eq!(admin("meta"), "yes", "no metadata for {name_b}");
+    let bpid = admin("bpid");
+    assert!(bpid.parse::<u32>().is_ok(), "B's sleep not found: {bpid:?}");
+    projects.write("around.txt", "next to alpha\n");
+    let host_home = std::fs::canonicalize(&user().home).unwrap();
+
+    let out = lb.shell_ok(
+        a,
+        &[
+            "bash",
+            "-c",
+            ISOLATION,
+            "isolation",
+            std::fs::canonicalize(b).unwrap().to_str().unwrap(),
+            &name_b,
+            &admin_home,
+            &bpid,
+            host_home.to_str().unwrap(),
+        ],
+    );
+    let results: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('=')).collect();
+    for check in ISOLATION_CHECKS {
+        let Some((_, result)) = results.iter().find(|(n, _)| n == check) else {
+            panic!("isolation check {check} did not report; all output:\n{out}");
+        };
+        assert_eq!(
+            *result, "ok",
+            "isolation check {check} failed; all output:\n{out}"
+        );
+    }
+    assert_eq!(results.len(), ISOLATION_CHECKS.len(), "{out}");
+
+    // A's signals did not reach B's process, and A wrote nothing around
+    // its project.
+    assert_eq!(admin_view()("bpid"), bpid, "B's sleep was killed from A");
+    assert!(!projects.path().join("llb-probe").exists());
+    assert!(!host_home.join("llb-probe").exists());
 }
