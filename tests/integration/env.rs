@@ -224,6 +224,7 @@ fn environments_end_to_end() {
     assert!(!text(&out).0.contains("beta only"));
 
     check_isolation(&lb, &projects, &a, &b);
+    check_exec_bits_and_git(&lb, &projects, &a);
 
     // Arguments reach the command unchanged and nothing is evaluated.
     let _ = std::fs::remove_file("/tmp/pwned");
@@ -511,4 +512,108 @@ fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
     assert_eq!(admin_view()("bpid"), bpid, "B's sleep was killed from A");
     assert!(!projects.path().join("llb-probe").exists());
     assert!(!host_home.join("llb-probe").exists());
+}
+
+/// Waits (bindfs caches attributes for a second) until `$1` is or is not
+/// executable as `$2` says (`x` or `not-x`), then prints what it is.
+const WAIT_MODE: &str = r#"
+for _ in $(seq 50); do
+    if [ -x "$1" ]; then s=x; else s=not-x; fi
+    [ "$s" = "$2" ] && break
+    sleep 0.1
+done
+echo "$s"
+"#;
+
+/// Rewrites the files of the repository in `repo` without changing them:
+/// sed -i replaces each file with a new one, chmod flips the exec bits
+/// and back, and plain.txt is rewritten in place. Then git's view inside.
+const REWRITE: &str = r#"
+cd repo || exit 1
+sed -i 's/$//' plain.txt run.sh
+chmod +x plain.txt && chmod -x plain.txt
+chmod -x run.sh && chmod +x run.sh
+cat plain.txt >plain.new && cat plain.new >plain.txt && rm plain.new
+printf 'inside status: %s\n' "$(git status --porcelain | tr '\n' ' ')"
+"#;
+
+/// Exec bits cross the remapping both ways, and the host's git sees no
+/// mode or content change after the environment rewrote a repository.
+fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    let set_mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+
+    let tool = projects.write("alpha/tool.sh", "#!/bin/sh\necho tool ran\n");
+    set_mode(&tool, 0o644);
+    lb.shell_ok(a, &["chmod", "+x", "tool.sh"]);
+    assert_eq!(
+        format!("{:o}", mode(&tool)),
+        "755",
+        "chmod +x inside did not reach the host"
+    );
+    set_mode(&tool, 0o644);
+    let seen = lb.shell_ok(a, &["sh", "-c", WAIT_MODE, "sh", "tool.sh", "not-x"]);
+    assert_eq!(seen.trim(), "not-x", "chmod -x on the host not seen inside");
+    set_mode(&tool, 0o755);
+    let seen = lb.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            &format!("{WAIT_MODE}./tool.sh"),
+            "sh",
+            "tool.sh",
+            "x",
+        ],
+    );
+    assert_eq!(
+        seen, "x\ntool ran\n",
+        "chmod +x on the host not seen inside"
+    );
+
+    // A repository committed on the host by the host user.
+    let repo = a.join("repo");
+    let plain = projects.write("alpha/repo/plain.txt", "plain text\n");
+    let run = projects.write("alpha/repo/run.sh", "#!/bin/sh\necho run\n");
+    set_mode(&plain, 0o644);
+    set_mode(&run, 0o755);
+    let git = |args: &[&str]| {
+        let out = as_user("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "git {args:?}: {stdout}\n{stderr}");
+        stdout
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&[
+        "-c",
+        "user.name=Test",
+        "-c",
+        "user.email=test@example.invalid",
+        "commit",
+        "-qm",
+        "initial",
+    ]);
+
+    let inside = lb.shell_ok(a, &["sh", "-c", REWRITE]);
+    assert_eq!(inside, "inside status: \n", "git inside sees changes");
+    assert_eq!(
+        git(&["status", "--porcelain"]),
+        "",
+        "git on the host sees changes"
+    );
+    let diff = git(&["diff"]);
+    assert!(!diff.contains("old mode"), "modes changed: {diff}");
+    let u = user();
+    for (p, m) in [(&plain, 0o644), (&run, 0o755)] {
+        let meta = std::fs::metadata(p).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (u.uid, u.gid), "owner of {p:?}");
+        assert_eq!(meta.mode() & 0o777, m, "mode of {p:?} is {:o}", meta.mode());
+    }
 }
