@@ -225,6 +225,7 @@ fn environments_end_to_end() {
 
     check_isolation(&lb, &projects, &a, &b);
     check_exec_bits_and_git(&lb, &projects, &a);
+    check_shared_processes(&lb, &a);
 
     // Arguments reach the command unchanged and nothing is evaluated.
     let _ = std::fs::remove_file("/tmp/pwned");
@@ -249,7 +250,9 @@ fn environments_end_to_end() {
     assert_eq!(guest_pwned.trim(), "no");
     assert!(!Path::new("/tmp/pwned").exists());
 
-    // list shows all three with their projects.
+    let fresh = check_parallel_first_shells(&lb, &projects);
+
+    // list shows every environment with its project.
     let listed = lb.list();
     let project_of = |name: &str| {
         listed
@@ -268,7 +271,16 @@ fn environments_end_to_end() {
             .any(|e| e["project"] == canon_b.to_str().unwrap()),
         "{listed:?}"
     );
-    assert_eq!(listed.len(), 3, "{listed:?}");
+    let canon_fresh = std::fs::canonicalize(&fresh).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["project"] == canon_fresh.to_str().unwrap()),
+        "{listed:?}"
+    );
+    // alpha, beta, the odd one and the parallel one.
+    let total = 4;
+    assert_eq!(listed.len(), total, "{listed:?}");
     let table = lb.ok(&["list"]);
     assert!(table.contains(&name_a), "{table}");
 
@@ -281,7 +293,7 @@ fn environments_end_to_end() {
         listed.iter().all(|e| e["name"] != name_a.as_str()),
         "{listed:?}"
     );
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), total - 1, "{listed:?}");
     // Again: nothing to do, still fine.
     lb.ok(&["delete", &name_a, "-y"]);
 
@@ -616,4 +628,97 @@ fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
         assert_eq!((meta.uid(), meta.gid()), (u.uid, u.gid), "owner of {p:?}");
         assert_eq!(meta.mode() & 0o777, m, "mode of {p:?} is {:o}", meta.mode());
     }
+}
+
+/// Shells of one environment share one PID namespace (and one /tmp):
+/// each sees the processes of the others, running or left behind.
+fn check_shared_processes(lb: &Lb, a: &Path) {
+    // Left behind by a shell that has ended.
+    let pid = lb.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            "sleep 3606 >/dev/null 2>&1 </dev/null & echo $!",
+        ],
+    );
+    let seen = lb.shell_ok(a, &["ps", "-o", "args=", "-p", pid.trim()]);
+    assert_eq!(seen.trim(), "sleep 3606", "a later shell misses pid {pid}");
+
+    // Two shells at once: the first waits until the second has seen it.
+    let mut first = lb
+        .cmd(&[
+            "shell",
+            a.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo up; while [ ! -e /tmp/llb-release ]; do sleep 0.2; done",
+            "llb-waiter",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(first.stdout.take().unwrap()),
+        &mut up,
+    )
+    .unwrap();
+    assert_eq!(up, "up\n", "the first shell did not start");
+    let ps = lb.shell_ok(a, &["sh", "-c", "ps -eo args=; touch /tmp/llb-release"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("sh -c") && l.ends_with("llb-waiter")),
+        "a concurrent shell of the same environment is not visible:\n{ps}"
+    );
+    let st = wait_timeout(&mut first, Duration::from_secs(120));
+    assert!(st.success(), "the first shell did not see /tmp/llb-release");
+}
+
+/// Four first shells at once in a new project: all succeed, one
+/// environment. Returns the project.
+fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
+    let fresh = projects.mkdir("fresh");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            lb.cmd(&["shell", fresh.to_str().unwrap(), "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "parallel first shell {i} failed: {:?}",
+            text(&out)
+        );
+    }
+    let canon = std::fs::canonicalize(&fresh).unwrap();
+    let listed = lb.list();
+    let envs: Vec<_> = listed
+        .iter()
+        .filter(|e| e["project"] == canon.to_str().unwrap())
+        .collect();
+    assert_eq!(envs.len(), 1, "environments of {canon:?}: {listed:?}");
+    let name = envs[0]["name"].as_str().unwrap();
+    // One user in the guest too.
+    let users = lb.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "getent passwd | cut -d: -f1 | grep -cx \"$1\"",
+        "sh",
+        name,
+    ]);
+    assert_eq!(users.trim(), "1", "users named {name}");
+    fresh
 }
