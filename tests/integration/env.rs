@@ -234,11 +234,7 @@ fn environments_end_to_end() {
         &["printf", "<%s>", "$(touch /tmp/pwned)", "a  b", "it's"],
     );
     assert_eq!(echoed, "<$(touch /tmp/pwned)><a  b><it's>");
-    let pwd = lb.shell_ok(&odd, &["pwd"]);
-    assert_eq!(
-        pwd.trim(),
-        std::fs::canonicalize(&odd).unwrap().to_str().unwrap()
-    );
+    let nasty = check_nasty_names(&lb, &projects, &odd);
     let guest_pwned = lb.ok(&[
         "vm",
         "shell",
@@ -247,8 +243,15 @@ fn environments_end_to_end() {
         "-c",
         "test -e /tmp/pwned && echo yes || echo no",
     ]);
-    assert_eq!(guest_pwned.trim(), "no");
-    assert!(!Path::new("/tmp/pwned").exists());
+    assert_eq!(
+        guest_pwned.trim(),
+        "no",
+        "a $(...) in a name ran in the guest"
+    );
+    assert!(
+        !Path::new("/tmp/pwned").exists(),
+        "a $(...) in a name ran on the host"
+    );
 
     let fresh = check_parallel_first_shells(&lb, &projects);
 
@@ -278,8 +281,8 @@ fn environments_end_to_end() {
             .any(|e| e["project"] == canon_fresh.to_str().unwrap()),
         "{listed:?}"
     );
-    // alpha, beta, the odd one and the parallel one.
-    let total = 4;
+    // alpha, beta, the nasty names and the parallel one.
+    let total = 2 + nasty + 1;
     assert_eq!(listed.len(), total, "{listed:?}");
     let table = lb.ok(&["list"]);
     assert!(table.contains(&name_a), "{table}");
@@ -721,4 +724,62 @@ fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
     ]);
     assert_eq!(users.trim(), "1", "users named {name}");
     fresh
+}
+
+/// Projects with awkward names each get a working environment of their
+/// own; nothing in a name is ever run. Returns how many there are.
+fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
+    let long = "long-name_".repeat(20);
+    assert_eq!(long.len(), 200);
+    let mut dirs: Vec<PathBuf> = [
+        "two  spaces here",
+        r#"say "hi" it's"#,
+        "projé ünï 日本",
+        &long,
+    ]
+    .iter()
+    .map(|n| projects.mkdir(n))
+    .collect();
+    dirs.push(odd.to_path_buf());
+    let mut envs: Vec<(String, String)> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let canon = std::fs::canonicalize(dir).unwrap();
+        let canon = canon.to_str().unwrap();
+        let mark = format!("written inside {i}");
+        let out = lb.shell_ok(
+            dir,
+            &[
+                "sh",
+                "-c",
+                r#"id -un; pwd; printf '%s\n' "$1" >inside.txt; test ! -e /tmp/pwned || echo pwned"#,
+                "sh",
+                &mark,
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "in {canon:?}: {out}");
+        let name = lines[0].to_string();
+        assert!(name.len() <= 32, "{name}");
+        assert_eq!(lines[1], canon, "pwd in {canon:?}");
+        assert!(
+            envs.iter().all(|(n, _)| *n != name),
+            "{canon:?} shares environment {name}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("inside.txt")).unwrap(),
+            format!("{mark}\n"),
+            "the file written in {canon:?}"
+        );
+        envs.push((name, canon.to_string()));
+    }
+    let listed = lb.list();
+    for (name, canon) in &envs {
+        assert!(
+            listed
+                .iter()
+                .any(|e| e["name"] == name.as_str() && e["project"] == canon.as_str()),
+            "{name} for {canon:?} not listed: {listed:?}"
+        );
+    }
+    envs.len()
 }
