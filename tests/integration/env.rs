@@ -1,6 +1,7 @@
 //! Environments end to end: `shell`, `list`, `delete` and `delete-all`
 //! against the local Debian test guest (see vm.rs). One VM boot serves
-//! every step; `#[ignore]`d for a plain `cargo test`, tests/run runs it.
+//! every step but persistence, which needs one restart; `#[ignore]`d for
+//! a plain `cargo test`, tests/run runs it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,7 @@ fn environments_end_to_end() {
     check_isolation(&lb, &projects, &a, &b);
     check_exec_bits_and_git(&lb, &projects, &a);
     check_shared_processes(&lb, &a);
+    install_tool(&lb, &a);
 
     // Arguments reach the command unchanged and nothing is evaluated.
     let _ = std::fs::remove_file("/tmp/pwned");
@@ -286,6 +288,13 @@ fn environments_end_to_end() {
     assert_eq!(listed.len(), total, "{listed:?}");
     let table = lb.ok(&["list"]);
     assert!(table.contains(&name_a), "{table}");
+
+    // The one restart of this test: the home and the tool in it survive
+    // it, and the namespace is re-created on first use.
+    lb.ok(&["vm", "stop"]);
+    lb.ok(&["vm", "start"]);
+    check_tool(&lb, &a, &name_a, "after-restart");
+    assert_eq!(lb.list().len(), total, "environments lost in the restart");
 
     // Deleting an environment leaves the project untouched.
     let before = tree_hash(&a);
@@ -782,4 +791,31 @@ fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
         );
     }
     envs.len()
+}
+
+/// Installs `mytool` into A's ~/.local/bin, which a login shell puts on
+/// PATH, and checks that a later shell finds it.
+fn install_tool(lb: &Lb, a: &Path) {
+    lb.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            r#"mkdir -p ~/.local/bin && printf '#!/bin/sh\necho "mytool works: $*"\n' >~/.local/bin/mytool && chmod +x ~/.local/bin/mytool"#,
+        ],
+    );
+    let name = lb.shell_ok(a, &["id", "-un"]);
+    check_tool(lb, a, name.trim(), "later");
+}
+
+fn check_tool(lb: &Lb, a: &Path, name: &str, word: &str) {
+    let out = lb.shell_ok(
+        a,
+        &["bash", "-lc", "command -v mytool; mytool \"$0\"", word],
+    );
+    assert_eq!(
+        out,
+        format!("/home/{name}/.local/bin/mytool\nmytool works: {word}\n"),
+        "the tool installed in the home ({word})"
+    );
 }
