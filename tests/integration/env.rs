@@ -1,6 +1,7 @@
 //! Environments end to end: `shell`, `list`, `delete` and `delete-all`
 //! against the local Debian test guest (see vm.rs). One VM boot serves
-//! every step; `#[ignore]`d for a plain `cargo test`, tests/run runs it.
+//! every step but persistence, which needs one restart; `#[ignore]`d for
+//! a plain `cargo test`, tests/run runs it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -223,6 +224,11 @@ fn environments_end_to_end() {
     assert!(!out.status.success(), "{:?}", text(&out));
     assert!(!text(&out).0.contains("beta only"));
 
+    check_isolation(&lb, &projects, &a, &b);
+    check_exec_bits_and_git(&lb, &projects, &a);
+    check_shared_processes(&lb, &a);
+    install_tool(&lb, &a);
+
     // Arguments reach the command unchanged and nothing is evaluated.
     let _ = std::fs::remove_file("/tmp/pwned");
     let echoed = lb.shell_ok(
@@ -230,11 +236,7 @@ fn environments_end_to_end() {
         &["printf", "<%s>", "$(touch /tmp/pwned)", "a  b", "it's"],
     );
     assert_eq!(echoed, "<$(touch /tmp/pwned)><a  b><it's>");
-    let pwd = lb.shell_ok(&odd, &["pwd"]);
-    assert_eq!(
-        pwd.trim(),
-        std::fs::canonicalize(&odd).unwrap().to_str().unwrap()
-    );
+    let nasty = check_nasty_names(&lb, &projects, &odd);
     let guest_pwned = lb.ok(&[
         "vm",
         "shell",
@@ -243,10 +245,19 @@ fn environments_end_to_end() {
         "-c",
         "test -e /tmp/pwned && echo yes || echo no",
     ]);
-    assert_eq!(guest_pwned.trim(), "no");
-    assert!(!Path::new("/tmp/pwned").exists());
+    assert_eq!(
+        guest_pwned.trim(),
+        "no",
+        "a $(...) in a name ran in the guest"
+    );
+    assert!(
+        !Path::new("/tmp/pwned").exists(),
+        "a $(...) in a name ran on the host"
+    );
 
-    // list shows all three with their projects.
+    let fresh = check_parallel_first_shells(&lb, &projects);
+
+    // list shows every environment with its project.
     let listed = lb.list();
     let project_of = |name: &str| {
         listed
@@ -265,9 +276,25 @@ fn environments_end_to_end() {
             .any(|e| e["project"] == canon_b.to_str().unwrap()),
         "{listed:?}"
     );
-    assert_eq!(listed.len(), 3, "{listed:?}");
+    let canon_fresh = std::fs::canonicalize(&fresh).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["project"] == canon_fresh.to_str().unwrap()),
+        "{listed:?}"
+    );
+    // alpha, beta, the nasty names and the parallel one.
+    let total = 2 + nasty + 1;
+    assert_eq!(listed.len(), total, "{listed:?}");
     let table = lb.ok(&["list"]);
     assert!(table.contains(&name_a), "{table}");
+
+    // The one restart of this test: the home and the tool in it survive
+    // it, and the namespace is re-created on first use.
+    lb.ok(&["vm", "stop"]);
+    lb.ok(&["vm", "start"]);
+    check_tool(&lb, &a, &name_a, "after-restart");
+    assert_eq!(lb.list().len(), total, "environments lost in the restart");
 
     // Deleting an environment leaves the project untouched.
     let before = tree_hash(&a);
@@ -278,7 +305,7 @@ fn environments_end_to_end() {
         listed.iter().all(|e| e["name"] != name_a.as_str()),
         "{listed:?}"
     );
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), total - 1, "{listed:?}");
     // Again: nothing to do, still fine.
     lb.ok(&["delete", &name_a, "-y"]);
 
@@ -290,4 +317,505 @@ fn environments_end_to_end() {
     lb.ok(&["delete-all", "-y"]);
 
     lb.ok(&["vm", "stop", "--force"]);
+}
+
+/// The isolation checks, run as environment A inside it. Arguments: B's
+/// project, B's name, the admin's home, the guest pid of B's `sleep 3607`,
+/// the host user's home. Prints one `NAME=ok` or `NAME=fail DETAIL` line
+/// per check, so that each is asserted (and reported) on its own.
+const ISOLATION: &str = r#"
+PB=$1 B=$2 ADMIN_HOME=$3 BPID=$4 HOST_HOME=$5
+me=$(id -un)
+parent=$(dirname "$PWD")
+ok() { echo "$1=ok"; }
+fail() { echo "$1=fail $(printf '%s' "$2" | tr '\n' ' ')"; }
+# NAME DIR: DIR is hidden: missing, or an empty directory. Merely
+# unreadable is not hidden (and is what permissions alone would give).
+empty() {
+    local out
+    if [ ! -e "$2" ]; then
+        ok "$1"
+    elif out=$(ls -A -- "$2" 2>&1) && [ -z "$out" ]; then
+        ok "$1"
+    else
+        fail "$1" "$2 is not hidden: $out"
+    fi
+}
+# NAME DIR WANT: DIR lists exactly WANT.
+lists() {
+    local out
+    out=$(ls -A -- "$2" 2>&1)
+    if [ "$out" = "$3" ]; then ok "$1"; else fail "$1" "$2 lists: $out"; fi
+}
+# NAME CMD...: CMD fails.
+deny() {
+    local n=$1
+    shift
+    if "$@" >/dev/null 2>&1; then fail "$n" "succeeded: $*"; else ok "$n"; fi
+}
+# NAME CMD...: CMD succeeds (controls: the denials are not a broken shell).
+allow() {
+    local n=$1
+    shift
+    if "$@" >/dev/null 2>&1; then ok "$n"; else fail "$n" "failed: $*"; fi
+}
+
+empty project_b_list "$PB"
+deny project_b_read cat "$PB/secret"
+empty home_b_list "/home/$B"
+deny home_b_read cat "/home/$B/home-secret"
+# Only the path down to A's project exists of the host home.
+lists host_around_list "$parent" "$(basename "$PWD")"
+deny host_around_read cat "$parent/around.txt"
+rel=${PWD#"$HOST_HOME"/}
+lists host_home_list "$HOST_HOME" "${rel%%/*}"
+under_home=${PWD#/home/}
+others=$(ls -A /home | grep -vx -e "$me" -e "${under_home%%/*}")
+[ -z "$others" ] && ok other_homes_list || fail other_homes_list "/home shows: $others"
+empty admin_home_list "$ADMIN_HOME"
+deny admin_keys_read cat "$ADMIN_HOME/.ssh/authorized_keys"
+empty cidata_list /mnt/lima-cidata
+deny cidata_read cat /mnt/lima-cidata/user-data
+empty metadata_list /var/lib/llima-box
+deny metadata_read cat "/var/lib/llima-box/envs/$B/project"
+deny proc1_root ls /proc/1/root/
+
+allow ps_sees_self ps -o pid= -p $$
+uids=$(ps -eo uid= | sort -un | tr -d ' ' | tr '\n' ' ')
+[ "$uids" = "0 $(id -u) " ] && ok ps_uids || fail ps_uids "ps shows uids $uids"
+sys=$(ps -eo comm= | grep -E '^(sshd|systemd|agetty|cron|dbus)')
+[ -z "$sys" ] && ok ps_no_system || fail ps_no_system "ps shows $sys"
+# The namespace's init and its sleep are the only root processes.
+roots=$(ps -eo user=,pid=,args= | grep '^root')
+[ "$(printf '%s\n' "$roots" | grep -c .)" -le 2 ] && ok ps_root_only_init || fail ps_root_only_init "$roots"
+bsleep=$(ps -eo pid=,args= | grep -E '^ *[0-9]+ sleep 3607$')
+[ -z "$bsleep" ] && ok ps_not_b || fail ps_not_b "ps shows B's sleep: $bsleep"
+deny signal_b_probe kill -0 "$BPID"
+deny signal_b_term kill -TERM "$BPID"
+deny sudo sudo -n true
+
+deny write_etc touch /etc/llb-probe
+deny write_usr touch /usr/llb-probe
+deny write_var touch /var/llb-probe
+deny write_opt touch /opt/llb-probe
+deny write_root touch /llb-probe
+deny write_parent touch "$parent/llb-probe"
+deny write_host_home touch "$HOST_HOME/llb-probe"
+deny write_home_dir mkdir /home/llb-probe
+allow write_project touch ./llb-probe
+allow write_home touch "$HOME/llb-probe"
+allow write_tmp touch /tmp/llb-probe
+rm -f ./llb-probe "$HOME/llb-probe" /tmp/llb-probe
+
+# A user namespace gives root over copies of the mounts, but the mounts
+# that hide things are locked together and cannot be peeled off.
+if unshare -rm true 2>/dev/null; then
+    got=$(unshare -rm sh -c 'for m in /home /tmp "$1" /mnt/lima-cidata /var/lib/llima-box; do umount -l "$m"; done
+        cat "$2/around.txt" "$3/secret"; ls -A /var/lib/llima-box; ls -A /mnt/lima-cidata' x "$PWD" "$parent" "$PB" 2>/dev/null)
+    [ -z "$got" ] && ok umount_escape || fail umount_escape "after unshare and umount: $got"
+else
+    ok umount_escape
+fi
+exit 0
+"#;
+
+/// Every line ISOLATION prints, by name.
+const ISOLATION_CHECKS: &[&str] = &[
+    "project_b_list",
+    "project_b_read",
+    "home_b_list",
+    "home_b_read",
+    "host_around_list",
+    "host_around_read",
+    "host_home_list",
+    "other_homes_list",
+    "admin_home_list",
+    "admin_keys_read",
+    "cidata_list",
+    "cidata_read",
+    "metadata_list",
+    "metadata_read",
+    "proc1_root",
+    "ps_sees_self",
+    "ps_uids",
+    "ps_no_system",
+    "ps_root_only_init",
+    "ps_not_b",
+    "signal_b_probe",
+    "signal_b_term",
+    "sudo",
+    "write_etc",
+    "write_usr",
+    "write_var",
+    "write_opt",
+    "write_root",
+    "write_parent",
+    "write_host_home",
+    "write_home_dir",
+    "write_project",
+    "write_home",
+    "write_tmp",
+    "umount_escape",
+];
+
+/// What the admin sees of the things A must not: its home and keys, the
+/// cloud-init seed, B's metadata and B's `sleep 3607` (`$1` is B's name).
+const ADMIN_VIEW: &str = r#"
+echo "home=$HOME"
+test -s "$HOME/.ssh/authorized_keys" && echo keys=yes
+sudo -n test -s /mnt/lima-cidata/user-data && echo cidata=yes
+sudo -n test -s "/var/lib/llima-box/envs/$1/project" && echo meta=yes
+echo "bpid=$(pgrep -u "$1" -fx 'sleep 3607')"
+exit 0
+"#;
+
+/// Isolation from inside A, against environment B (which must exist).
+fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
+    // B gets a secret in its home and a process that outlives its shell.
+    let name_b = lb
+        .shell_ok(
+            b,
+            &[
+                "sh",
+                "-c",
+                "echo beta-home >~/home-secret; sleep 3607 >/dev/null 2>&1 </dev/null & id -un",
+            ],
+        )
+        .trim()
+        .to_string();
+    let admin_view = || {
+        let out = lb.ok(&["vm", "shell", "--", "sh", "-c", ADMIN_VIEW, "sh", &name_b]);
+        move |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    // Everything A must not see exists for the admin, so the checks below
+    // cannot pass because there is nothing to see.
+    let admin = admin_view();
+    let admin_home = admin("home");
+    assert!(admin_home.starts_with('/'), "admin home: {admin_home:?}");
+    assert_eq!(admin("keys"), "yes", "the admin has no authorized_keys");
+    assert_eq!(admin("cidata"), "yes", "/mnt/lima-cidata is not mounted");
+    assert_eq!(admin("meta"), "yes", "no metadata for {name_b}");
+    let bpid = admin("bpid");
+    assert!(bpid.parse::<u32>().is_ok(), "B's sleep not found: {bpid:?}");
+    projects.write("around.txt", "next to alpha\n");
+    let host_home = std::fs::canonicalize(&user().home).unwrap();
+
+    let out = lb.shell_ok(
+        a,
+        &[
+            "bash",
+            "-c",
+            ISOLATION,
+            "isolation",
+            std::fs::canonicalize(b).unwrap().to_str().unwrap(),
+            &name_b,
+            &admin_home,
+            &bpid,
+            host_home.to_str().unwrap(),
+        ],
+    );
+    let results: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('=')).collect();
+    for check in ISOLATION_CHECKS {
+        let Some((_, result)) = results.iter().find(|(n, _)| n == check) else {
+            panic!("isolation check {check} did not report; all output:\n{out}");
+        };
+        assert_eq!(
+            *result, "ok",
+            "isolation check {check} failed; all output:\n{out}"
+        );
+    }
+    assert_eq!(results.len(), ISOLATION_CHECKS.len(), "{out}");
+
+    // A's signals did not reach B's process, and A wrote nothing around
+    // its project.
+    assert_eq!(admin_view()("bpid"), bpid, "B's sleep was killed from A");
+    assert!(!projects.path().join("llb-probe").exists());
+    assert!(!host_home.join("llb-probe").exists());
+}
+
+/// Waits (bindfs caches attributes for a second) until `$1` is or is not
+/// executable as `$2` says (`x` or `not-x`), then prints what it is.
+const WAIT_MODE: &str = r#"
+for _ in $(seq 50); do
+    if [ -x "$1" ]; then s=x; else s=not-x; fi
+    [ "$s" = "$2" ] && break
+    sleep 0.1
+done
+echo "$s"
+"#;
+
+/// Rewrites the files of the repository in `repo` without changing them:
+/// sed -i replaces each file with a new one, chmod flips the exec bits
+/// and back, and plain.txt is rewritten in place. Then git's view inside.
+const REWRITE: &str = r#"
+cd repo || exit 1
+sed -i 's/$//' plain.txt run.sh
+chmod +x plain.txt && chmod -x plain.txt
+chmod -x run.sh && chmod +x run.sh
+cat plain.txt >plain.new && cat plain.new >plain.txt && rm plain.new
+printf 'inside status: %s\n' "$(git status --porcelain | tr '\n' ' ')"
+"#;
+
+/// Exec bits cross the remapping both ways, and the host's git sees no
+/// mode or content change after the environment rewrote a repository.
+fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    let set_mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+
+    let tool = projects.write("alpha/tool.sh", "#!/bin/sh\necho tool ran\n");
+    set_mode(&tool, 0o644);
+    lb.shell_ok(a, &["chmod", "+x", "tool.sh"]);
+    assert_eq!(
+        format!("{:o}", mode(&tool)),
+        "755",
+        "chmod +x inside did not reach the host"
+    );
+    set_mode(&tool, 0o644);
+    let seen = lb.shell_ok(a, &["sh", "-c", WAIT_MODE, "sh", "tool.sh", "not-x"]);
+    assert_eq!(seen.trim(), "not-x", "chmod -x on the host not seen inside");
+    set_mode(&tool, 0o755);
+    let seen = lb.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            &format!("{WAIT_MODE}./tool.sh"),
+            "sh",
+            "tool.sh",
+            "x",
+        ],
+    );
+    assert_eq!(
+        seen, "x\ntool ran\n",
+        "chmod +x on the host not seen inside"
+    );
+
+    // A repository committed on the host by the host user.
+    let repo = a.join("repo");
+    let plain = projects.write("alpha/repo/plain.txt", "plain text\n");
+    let run = projects.write("alpha/repo/run.sh", "#!/bin/sh\necho run\n");
+    set_mode(&plain, 0o644);
+    set_mode(&run, 0o755);
+    let git = |args: &[&str]| {
+        let out = as_user("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "git {args:?}: {stdout}\n{stderr}");
+        stdout
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&[
+        "-c",
+        "user.name=Test",
+        "-c",
+        "user.email=test@example.invalid",
+        "commit",
+        "-qm",
+        "initial",
+    ]);
+
+    let inside = lb.shell_ok(a, &["sh", "-c", REWRITE]);
+    assert_eq!(inside, "inside status: \n", "git inside sees changes");
+    assert_eq!(
+        git(&["status", "--porcelain"]),
+        "",
+        "git on the host sees changes"
+    );
+    let diff = git(&["diff"]);
+    assert!(!diff.contains("old mode"), "modes changed: {diff}");
+    let u = user();
+    for (p, m) in [(&plain, 0o644), (&run, 0o755)] {
+        let meta = std::fs::metadata(p).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (u.uid, u.gid), "owner of {p:?}");
+        assert_eq!(meta.mode() & 0o777, m, "mode of {p:?} is {:o}", meta.mode());
+    }
+}
+
+/// Shells of one environment share one PID namespace (and one /tmp):
+/// each sees the processes of the others, running or left behind.
+fn check_shared_processes(lb: &Lb, a: &Path) {
+    // Left behind by a shell that has ended.
+    let pid = lb.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            "sleep 3606 >/dev/null 2>&1 </dev/null & echo $!",
+        ],
+    );
+    let seen = lb.shell_ok(a, &["ps", "-o", "args=", "-p", pid.trim()]);
+    assert_eq!(seen.trim(), "sleep 3606", "a later shell misses pid {pid}");
+
+    // Two shells at once: the first waits until the second has seen it.
+    let mut first = lb
+        .cmd(&[
+            "shell",
+            a.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo up; while [ ! -e /tmp/llb-release ]; do sleep 0.2; done",
+            "llb-waiter",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(first.stdout.take().unwrap()),
+        &mut up,
+    )
+    .unwrap();
+    assert_eq!(up, "up\n", "the first shell did not start");
+    let ps = lb.shell_ok(a, &["sh", "-c", "ps -eo args=; touch /tmp/llb-release"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("sh -c") && l.ends_with("llb-waiter")),
+        "a concurrent shell of the same environment is not visible:\n{ps}"
+    );
+    let st = wait_timeout(&mut first, Duration::from_secs(120));
+    assert!(st.success(), "the first shell did not see /tmp/llb-release");
+}
+
+/// Four first shells at once in a new project: all succeed, one
+/// environment. Returns the project.
+fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
+    let fresh = projects.mkdir("fresh");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            lb.cmd(&["shell", fresh.to_str().unwrap(), "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "parallel first shell {i} failed: {:?}",
+            text(&out)
+        );
+    }
+    let canon = std::fs::canonicalize(&fresh).unwrap();
+    let listed = lb.list();
+    let envs: Vec<_> = listed
+        .iter()
+        .filter(|e| e["project"] == canon.to_str().unwrap())
+        .collect();
+    assert_eq!(envs.len(), 1, "environments of {canon:?}: {listed:?}");
+    let name = envs[0]["name"].as_str().unwrap();
+    // One user in the guest too.
+    let users = lb.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "getent passwd | cut -d: -f1 | grep -cx \"$1\"",
+        "sh",
+        name,
+    ]);
+    assert_eq!(users.trim(), "1", "users named {name}");
+    fresh
+}
+
+/// Projects with awkward names each get a working environment of their
+/// own; nothing in a name is ever run. Returns how many there are.
+fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
+    let long = "long-name_".repeat(20);
+    assert_eq!(long.len(), 200);
+    let mut dirs: Vec<PathBuf> = [
+        "two  spaces here",
+        r#"say "hi" it's"#,
+        "projé ünï 日本",
+        &long,
+    ]
+    .iter()
+    .map(|n| projects.mkdir(n))
+    .collect();
+    dirs.push(odd.to_path_buf());
+    let mut envs: Vec<(String, String)> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let canon = std::fs::canonicalize(dir).unwrap();
+        let canon = canon.to_str().unwrap();
+        let mark = format!("written inside {i}");
+        let out = lb.shell_ok(
+            dir,
+            &[
+                "sh",
+                "-c",
+                r#"id -un; pwd; printf '%s\n' "$1" >inside.txt; test ! -e /tmp/pwned || echo pwned"#,
+                "sh",
+                &mark,
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "in {canon:?}: {out}");
+        let name = lines[0].to_string();
+        assert!(name.len() <= 32, "{name}");
+        assert_eq!(lines[1], canon, "pwd in {canon:?}");
+        assert!(
+            envs.iter().all(|(n, _)| *n != name),
+            "{canon:?} shares environment {name}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("inside.txt")).unwrap(),
+            format!("{mark}\n"),
+            "the file written in {canon:?}"
+        );
+        envs.push((name, canon.to_string()));
+    }
+    let listed = lb.list();
+    for (name, canon) in &envs {
+        assert!(
+            listed
+                .iter()
+                .any(|e| e["name"] == name.as_str() && e["project"] == canon.as_str()),
+            "{name} for {canon:?} not listed: {listed:?}"
+        );
+    }
+    envs.len()
+}
+
+/// Installs `mytool` into A's ~/.local/bin, which a login shell puts on
+/// PATH, and checks that a later shell finds it.
+fn install_tool(lb: &Lb, a: &Path) {
+    lb.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            r#"mkdir -p ~/.local/bin && printf '#!/bin/sh\necho "mytool works: $*"\n' >~/.local/bin/mytool && chmod +x ~/.local/bin/mytool"#,
+        ],
+    );
+    let name = lb.shell_ok(a, &["id", "-un"]);
+    check_tool(lb, a, name.trim(), "later");
+}
+
+fn check_tool(lb: &Lb, a: &Path, name: &str, word: &str) {
+    let out = lb.shell_ok(
+        a,
+        &["bash", "-lc", "command -v mytool; mytool \"$0\"", word],
+    );
+    assert_eq!(
+        out,
+        format!("/home/{name}/.local/bin/mytool\nmytool works: {word}\n"),
+        "the tool installed in the home ({word})"
+    );
 }
