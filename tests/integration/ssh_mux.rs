@@ -2,7 +2,6 @@
 //! connection) in front of a real OpenSSH sshd, behaving exactly like a
 //! direct connection, and falling back to one when the mux is unusable.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -38,63 +37,15 @@ fn commands_share_one_login_and_keep_their_exit_codes() {
     assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
 }
 
-/// Deterministic, incompressible test data.
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut data = Vec::with_capacity(len);
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    data
-}
-
 const BIG: usize = 50 << 20;
 
 #[test]
 fn stdin_and_stdout_are_byte_exact_at_volume_and_stderr_separate() {
     let inst = Instance::new();
     serve_mux(&inst);
-    let bytes = data(BIG);
-    let file = inst.home.path().join("data.bin");
-    std::fs::write(&file, &bytes).unwrap();
-    chown(&file);
-
-    let script = format!("cat {}; echo err-marker >&2", file.display());
-    let out = inst
-        .shell(&["--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out).1);
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "err-marker\n");
-    assert!(
-        out.stdout == bytes,
-        "stdout differs ({} bytes)",
-        out.stdout.len()
-    );
-
-    let mut child = inst
-        .shell(&["--", "sh", "-c", "sha256sum; echo err-marker >&2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&bytes).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    let local = Command::new("sha256sum").arg(&file).output().unwrap();
-    let want = String::from_utf8(local.stdout).unwrap();
-    let want = want.split_whitespace().next().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(stdout, format!("{want}  -\n"));
-    assert_eq!(stderr, "err-marker\n");
+    let file = write_data(&inst.home, "data.bin", BIG);
+    stdout_is_byte_exact(&inst, &file);
+    stdin_is_byte_exact(&inst, &file);
     assert_eq!(logins(&inst.sshd), 1, "sshd: {}", inst.sshd.log());
 }
 

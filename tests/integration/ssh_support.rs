@@ -518,3 +518,62 @@ pub fn closed_reader_ends_quietly(inst: &Instance) {
     assert_eq!(st.code(), Some(141), "{stderr}");
     assert_eq!(stderr, "");
 }
+
+/// Writes `len` bytes of deterministic, incompressible data to `dir/name`,
+/// readable by the test user.
+pub fn write_data(dir: &TestDir, name: &str, len: usize) -> PathBuf {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    let p = dir.path().join(name);
+    std::fs::write(&p, &data).unwrap();
+    chown(&p);
+    p
+}
+
+/// `vm shell -- cat FILE` prints the file byte for byte, with stderr apart.
+pub fn stdout_is_byte_exact(inst: &Instance, file: &Path) {
+    let script = format!("cat {}; echo err-marker >&2", file.display());
+    let out = inst
+        .shell(&["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err-marker\n");
+    assert!(
+        out.stdout == std::fs::read(file).unwrap(),
+        "stdout differs from the file ({} bytes)",
+        out.stdout.len()
+    );
+}
+
+/// The file piped into `vm shell -- sha256sum` hashes as it does locally,
+/// so every byte and the EOF arrived.
+pub fn stdin_is_byte_exact(inst: &Instance, file: &Path) {
+    let mut child = inst
+        .shell(&["--", "sh", "-c", "sha256sum; echo err-marker >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = std::fs::read(file).unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let local = Command::new("sha256sum").arg(file).output().unwrap();
+    let want = String::from_utf8(local.stdout).unwrap();
+    let want = want.split_whitespace().next().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, format!("{want}  -\n"));
+    assert_eq!(stderr, "err-marker\n");
+}
