@@ -465,8 +465,12 @@ where
             }
         };
         match msg {
-            Some(ChannelMsg::Data { data }) if rx.frames.is_some() => {
-                let decoder = rx.frames.as_mut().expect("checked");
+            Some(ChannelMsg::Data { data }) => {
+                unflushed = true;
+                let Some(decoder) = rx.frames.as_mut() else {
+                    stdout.write_all(&data).await.map_err(Error::LocalIo)?;
+                    continue;
+                };
                 for frame in decoder.push(&data).map_err(Error::SpawnProtocol)? {
                     match frame {
                         spawn::Output::Stdout(d) => {
@@ -478,17 +482,12 @@ where
                         spawn::Output::Exit(e) => exit = Some(e),
                     }
                 }
-                unflushed = true;
                 if exit.is_some() {
                     // The last frame. sshd would keep the stream open
                     // until we close our side.
                     let _ = tx.close().await;
                     break;
                 }
-            }
-            Some(ChannelMsg::Data { data }) => {
-                stdout.write_all(&data).await.map_err(Error::LocalIo)?;
-                unflushed = true;
             }
             Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
                 stderr.write_all(&data).await.map_err(Error::LocalIo)?;
