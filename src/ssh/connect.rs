@@ -3,6 +3,7 @@
 //! jitter until a deadline; fail at once on what retrying cannot fix (a
 //! wrong host key, a rejected user key).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ pub struct Session {
     /// The guest socket that sshd forwards to `agent_socket`, once asked
     /// for (see [`Session::agent_forward`]).
     agent_forward: tokio::sync::Mutex<Option<String>>,
+    /// Guest sockets that a streamlocal channel reached on this connection.
+    reached: Mutex<HashSet<String>>,
 }
 
 /// The local agent socket, shared between a session and its handler.
@@ -106,7 +109,20 @@ impl Session {
 
     /// A stream to the unix socket `path` in the guest, connected by sshd.
     pub(super) async fn open_streamlocal(&self, path: &str) -> Result<Channel<Msg>, Error> {
-        Ok(self.handle.channel_open_direct_streamlocal(path).await?)
+        let channel = self.handle.channel_open_direct_streamlocal(path).await?;
+        self.reached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string());
+        Ok(channel)
+    }
+
+    /// Whether a channel to `path` opened before on this connection.
+    pub(super) fn reached_before(&self, path: &str) -> bool {
+        self.reached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(path)
     }
 
     /// The agent socket that the guest's agent channels are proxied to.
@@ -224,6 +240,7 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
         handle,
         agent_socket,
         agent_forward: tokio::sync::Mutex::new(None),
+        reached: Mutex::new(HashSet::new()),
     })
 }
 

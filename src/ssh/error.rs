@@ -11,6 +11,9 @@ pub enum Error {
     )]
     SpawnProtocol(String),
 
+    #[error("the alternate spawn server did not take the request ({0})")]
+    SpawnRefused(String),
+
     #[error("cannot {what} {path}")]
     File {
         what: &'static str,

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use russh::client::Msg;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty, Sig};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -257,36 +257,48 @@ impl Session {
     }
 
     /// Opens a channel and starts `setup.command` in it, or the spawn
-    /// server's command when `spawn` (and the server is there).
+    /// server's command when `spawn` (and the server, or the alternate
+    /// that accepts the request, is there).
     pub(super) async fn start(&self, setup: &Setup, spawn: bool) -> Result<Started, Error> {
-        if let Some(target) = setup.spawn.as_ref().filter(|_| spawn) {
-            let channel = self.open_streamlocal(&target.socket).await?;
-            let agent = match setup.agent {
-                // Next to the server's socket: a directory only the admin
-                // (and root) can reach.
-                true => {
-                    let dir = target.socket.rsplit_once('/').map_or("/tmp", |(d, _)| d);
-                    Some(self.agent_forward(dir).await?)
+        if let Some(target) = setup.spawn.as_deref().filter(|_| spawn) {
+            let alternate = target.alternate.as_deref();
+            let (own, early) = match alternate {
+                // Probably a new environment: ask both at once rather than
+                // wait for the refusal first.
+                Some(alt) if !self.reached_before(&target.socket) => {
+                    let (own, other) = tokio::join!(
+                        self.open_streamlocal(&target.socket),
+                        self.open_streamlocal(&alt.socket)
+                    );
+                    (own, Some(other))
                 }
-                false => None,
+                _ => (self.open_streamlocal(&target.socket).await, None),
             };
-            let (rx, tx) = channel.split();
-            tx.data_bytes(spawn::header(
-                target,
-                &setup.env,
-                setup.pty.as_ref(),
-                agent.as_deref(),
-            ))
-            .await?;
-            let reader = Reader {
-                half: rx,
-                frames: Some(spawn::Decoder::default()),
+            let e = match own {
+                Ok(channel) => {
+                    if let Some(Ok(unused)) = early {
+                        let _ = unused.close().await;
+                    }
+                    return self.start_spawned(setup, target, channel).await;
+                }
+                Err(e) => e,
             };
-            let writer = Writer {
-                half: Arc::new(tx),
-                framed: true,
+            let Some(alt) = alternate else {
+                return Err(e);
             };
-            return Ok((reader, writer));
+            let channel = match early {
+                Some(opened) => opened,
+                None => self.open_streamlocal(&alt.socket).await,
+            }
+            .map_err(|_| e)?;
+            let (mut rx, tx) = self.start_spawned(setup, alt, channel).await?;
+            return match accepted(&mut rx).await {
+                Ok(()) => Ok((rx, tx)),
+                Err(refused) => {
+                    let _ = tx.close().await;
+                    Err(refused)
+                }
+            };
         }
         let channel = self.open_channel().await?;
         let (rx, tx) = channel.split();
@@ -315,6 +327,60 @@ impl Session {
             framed: false,
         };
         Ok((reader, writer))
+    }
+
+    /// Sends the spawn server on `channel` the request of `target`.
+    async fn start_spawned(
+        &self,
+        setup: &Setup,
+        target: &Spawn,
+        channel: Channel<Msg>,
+    ) -> Result<Started, Error> {
+        let agent = match setup.agent {
+            // Next to the server's socket: a directory only the admin
+            // (and root) can reach.
+            true => {
+                let dir = target.socket.rsplit_once('/').map_or("/tmp", |(d, _)| d);
+                Some(self.agent_forward(dir).await?)
+            }
+            false => None,
+        };
+        let (rx, tx) = channel.split();
+        tx.data_bytes(spawn::header(
+            target,
+            &setup.env,
+            setup.pty.as_ref(),
+            agent.as_deref(),
+        ))
+        .await?;
+        let reader = Reader {
+            half: rx,
+            frames: Some(spawn::Decoder::default()),
+        };
+        let writer = Writer {
+            half: Arc::new(tx),
+            framed: true,
+        };
+        Ok((reader, writer))
+    }
+}
+
+/// Waits for an alternate spawn server to accept the request: anything
+/// else first means that it did not, and that nothing ran.
+async fn accepted(rx: &mut Reader) -> Result<(), Error> {
+    let decoder = rx.frames.as_mut().expect("spawn channels are framed");
+    loop {
+        match rx.half.wait().await {
+            Some(ChannelMsg::Data { data }) => match decoder.accepted(&data) {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(Error::SpawnRefused(decoder.stderr_text())),
+                None => {}
+            },
+            Some(ChannelMsg::Close | ChannelMsg::Eof) | None => {
+                return Err(Error::SpawnRefused(decoder.stderr_text()));
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -437,7 +503,14 @@ where
 {
     let mut exit = None;
     let mut unflushed = false;
-    loop {
+    if let Some(decoder) = rx.frames.as_mut() {
+        // Frames that came in with a spare server's acceptance.
+        exit = deliver(decoder.push(&[]), stdout, stderr).await?;
+        unflushed = true;
+    }
+    // A spawn server's exit frame is the last; sshd would keep the stream
+    // open until we close our side.
+    while exit.is_none() || rx.frames.is_none() {
         let msg = tokio::select! {
             // Output is flushed only when no more is waiting: interactive
             // output appears at once, and bulk output overlaps writing
@@ -467,26 +540,9 @@ where
         match msg {
             Some(ChannelMsg::Data { data }) => {
                 unflushed = true;
-                let Some(decoder) = rx.frames.as_mut() else {
-                    stdout.write_all(&data).await.map_err(Error::LocalIo)?;
-                    continue;
-                };
-                for frame in decoder.push(&data).map_err(Error::SpawnProtocol)? {
-                    match frame {
-                        spawn::Output::Stdout(d) => {
-                            stdout.write_all(&d).await.map_err(Error::LocalIo)?
-                        }
-                        spawn::Output::Stderr(d) => {
-                            stderr.write_all(&d).await.map_err(Error::LocalIo)?
-                        }
-                        spawn::Output::Exit(e) => exit = Some(e),
-                    }
-                }
-                if exit.is_some() {
-                    // The last frame. sshd would keep the stream open
-                    // until we close our side.
-                    let _ = tx.close().await;
-                    break;
+                match rx.frames.as_mut() {
+                    Some(decoder) => exit = deliver(decoder.push(&data), stdout, stderr).await?,
+                    None => stdout.write_all(&data).await.map_err(Error::LocalIo)?,
                 }
             }
             Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
@@ -510,8 +566,33 @@ where
             Some(_) => {}
         }
     }
+    if rx.frames.is_some() {
+        let _ = tx.close().await;
+    }
     flush(stdout, stderr).await?;
     exit.ok_or(Error::NoExitStatus)
+}
+
+/// Writes out decoded spawn frames; the command's exit once its frame came.
+async fn deliver<O, E>(
+    frames: Result<Vec<spawn::Output>, String>,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<Option<RemoteExit>, Error>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let mut exit = None;
+    for frame in frames.map_err(Error::SpawnProtocol)? {
+        match frame {
+            spawn::Output::Stdout(d) => stdout.write_all(&d).await.map_err(Error::LocalIo)?,
+            spawn::Output::Stderr(d) => stderr.write_all(&d).await.map_err(Error::LocalIo)?,
+            spawn::Output::Exit(e) => exit = Some(e),
+            spawn::Output::Accepted => {}
+        }
+    }
+    Ok(exit)
 }
 
 async fn flush<O, E>(stdout: &mut O, stderr: &mut E) -> Result<(), Error>

@@ -9,8 +9,10 @@
 //! forwarded environment, the terminal, the agent socket that sshd forwards
 //! to the host's agent) and then stdin, EOF and resizes;
 //! the server answers with stdout, stderr and one exit frame (JSON:
-//! `{"code": N}` or `{"signal": "TERM", "core": false}`). The server is the
-//! environment runtime's (`assets/guest/env-runtime`, `env_server`).
+//! `{"code": N}` or `{"signal": "TERM", "core": false}`). An alternate
+//! server (tried when the first is not there) answers an accepted frame
+//! before anything else, or nothing ran. The server is the environment
+//! runtime's (`assets/guest/env-runtime`, `env_server`).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +27,7 @@ const RESIZE: u8 = 3;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const EXIT: u8 = 3;
+const ACCEPTED: u8 = 4;
 
 /// Where the server listens in the guest and what to ask it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +36,11 @@ pub struct Spawn {
     pub socket: String,
     /// The server's own request (for the runtime: `cwd` and `argv`).
     pub request: serde_json::Value,
+    /// Tried when `socket` is not there: a server that may take the
+    /// request on, and says so before anything else (for the runtime: a
+    /// spare environment, claimed for this project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternate: Option<Box<Spawn>>,
 }
 
 #[derive(Serialize)]
@@ -90,6 +98,8 @@ pub(super) enum Output {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Exit(RemoteExit),
+    /// An alternate server took the request on.
+    Accepted,
 }
 
 /// The server's frames out of the channel's data, however it was split.
@@ -112,24 +122,54 @@ impl Decoder {
     pub(super) fn push(&mut self, data: &[u8]) -> Result<Vec<Output>, String> {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
-        let mut at = 0;
-        while self.buf.len() - at >= 5 {
-            let kind = self.buf[at];
-            let len = u32::from_be_bytes(self.buf[at + 1..at + 5].try_into().unwrap()) as usize;
-            if self.buf.len() - at - 5 < len {
-                break;
-            }
-            let payload = self.buf[at + 5..at + 5 + len].to_vec();
-            at += 5 + len;
+        while let Some((kind, payload)) = self.take() {
             out.push(match kind {
                 STDOUT => Output::Stdout(payload),
                 STDERR => Output::Stderr(payload),
                 EXIT => Output::Exit(exit(&payload)?),
+                ACCEPTED => Output::Accepted,
                 other => return Err(format!("unknown frame type {other}")),
             });
         }
-        self.buf.drain(..at);
         Ok(out)
+    }
+
+    /// Adds `data` and, once the first frame is complete, says whether it
+    /// is the accepted frame (then consumed; what follows stays buffered
+    /// for [`Decoder::push`]).
+    pub(super) fn accepted(&mut self, data: &[u8]) -> Option<bool> {
+        self.buf.extend_from_slice(data);
+        let (kind, len) = self.peek()?;
+        if kind != ACCEPTED {
+            return Some(false);
+        }
+        self.buf.drain(..5 + len);
+        Some(true)
+    }
+
+    /// The text of the stderr frames buffered so far (a refusal's reason).
+    pub(super) fn stderr_text(&mut self) -> String {
+        let mut text = Vec::new();
+        while let Some((kind, payload)) = self.take() {
+            if kind == STDERR {
+                text.extend(payload);
+            }
+        }
+        String::from_utf8_lossy(&text).trim().to_string()
+    }
+
+    /// The first frame's type and length, once it is complete.
+    fn peek(&self) -> Option<(u8, usize)> {
+        let header = self.buf.get(..5)?;
+        let len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+        (self.buf.len() - 5 >= len).then_some((header[0], len))
+    }
+
+    fn take(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (kind, len) = self.peek()?;
+        let payload = self.buf[5..5 + len].to_vec();
+        self.buf.drain(..5 + len);
+        Some((kind, payload))
     }
 }
 
@@ -191,6 +231,41 @@ mod tests {
     }
 
     #[test]
+    fn an_alternate_accepts_first_and_keeps_what_follows() {
+        let mut wire = frame(ACCEPTED, b"");
+        wire.extend(frame(STDOUT, b"hi"));
+        wire.extend(frame(EXIT, br#"{"code": 0}"#));
+        for split in 0..=wire.len() {
+            let mut d = Decoder::default();
+            let rest = match d.accepted(&wire[..split]) {
+                Some(first) => {
+                    assert!(first, "split at {split}");
+                    &wire[split..]
+                }
+                None => {
+                    assert_eq!(d.accepted(&wire[split..]), Some(true), "split at {split}");
+                    &[]
+                }
+            };
+            // What came with the acceptance is still there.
+            assert_eq!(
+                d.push(rest).unwrap(),
+                vec![
+                    Output::Stdout(b"hi".to_vec()),
+                    Output::Exit(RemoteExit::Code(0))
+                ],
+                "split at {split}"
+            );
+        }
+        let mut refusal = frame(STDERR, b"cannot claim: taken\n");
+        refusal.extend(frame(EXIT, br#"{"code": 2}"#));
+        let mut d = Decoder::default();
+        assert_eq!(d.accepted(&refusal[..3]), None);
+        assert_eq!(d.accepted(&refusal[3..]), Some(false));
+        assert_eq!(d.stderr_text(), "cannot claim: taken");
+    }
+
+    #[test]
     fn the_host_side_frames_are_what_the_server_reads() {
         assert_eq!(resize(101, 33), vec![RESIZE, 0, 0, 0, 4, 0, 33, 0, 101]);
         assert_eq!(eof(), vec![EOF, 0, 0, 0, 0]);
@@ -198,6 +273,7 @@ mod tests {
         let spawn = Spawn {
             socket: "/s".into(),
             request: serde_json::json!({"cwd": "/p", "argv": ["a b"]}),
+            alternate: None,
         };
         let env = vec![("LANG".to_string(), "C.UTF-8".to_string())];
         let h = header(&spawn, &env, None, Some("/run/a.sock"));
