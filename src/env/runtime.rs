@@ -122,13 +122,36 @@ pub fn exec_argv(req: &ExecRequest) -> Vec<String> {
     argv
 }
 
+/// Where the spawn servers listen in the guest (the runtime's `SOCKS`).
+const SOCKETS: &str = "/run/llima-box/sock";
+
 /// The environment's spawn server (started with its namespace; see
 /// `env_server` in the runtime): the command of `req` without sudo, the
-/// runtime or sshd's session in between.
+/// runtime or sshd's session in between. When the environment does not
+/// exist yet (or its server is not up), the runtime's spare environment,
+/// which becomes this one if `req` says what to create it from.
 pub fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
+    let request = serde_json::json!({ "cwd": req.cwd, "argv": req.argv });
+    let alternate = req.ensure.as_ref().map(|(project, uid, gid)| {
+        let mut request = request.clone();
+        request["claim"] = serde_json::json!({
+            "name": req.name,
+            "project": project,
+            "host_uid": uid,
+            "host_gid": gid,
+            // A spare made by another runtime refuses.
+            "runtime": runtime_version(),
+        });
+        Box::new(crate::ssh::Spawn {
+            socket: format!("{SOCKETS}/spare.sock"),
+            request,
+            alternate: None,
+        })
+    });
     crate::ssh::Spawn {
-        socket: format!("/run/llima-box/sock/{}.sock", req.name),
-        request: serde_json::json!({ "cwd": req.cwd, "argv": req.argv }),
+        socket: format!("{SOCKETS}/{}.sock", req.name),
+        request,
+        alternate,
     }
 }
 
@@ -222,7 +245,7 @@ mod tests {
     }
 
     /// The embedded script at least parses; its behaviour is checked in a
-    /// real guest by tests/guest/env-check.
+    /// real guest by tests/integration/env.rs.
     #[test]
     fn runtime_script_parses() {
         let out = std::process::Command::new("bash")
@@ -234,6 +257,63 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The spawn server embedded in the runtime compiles.
+    #[test]
+    fn spawn_server_compiles() {
+        let start = RUNTIME.find("cat <<'PY'\n").expect("env_server's heredoc") + 11;
+        let len = RUNTIME[start..].find("\nPY\n").expect("its end");
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys; compile(sys.stdin.read(), 'env_server', 'exec')",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&RUNTIME.as_bytes()[start..start + len])
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_new_environment_may_claim_the_spare() {
+        let mut req = ExecRequest {
+            name: "app-0123abcd".into(),
+            cwd: "/p q/sub".into(),
+            ensure: Some(("/p q".into(), 501, 20)),
+            agent: false,
+            argv: vec!["a b".into()],
+        };
+        let target = spawn_target(&req);
+        assert_eq!(target.socket, "/run/llima-box/sock/app-0123abcd.sock");
+        assert_eq!(
+            target.request,
+            serde_json::json!({"cwd": "/p q/sub", "argv": ["a b"]})
+        );
+        let spare = target.alternate.expect("a spare to claim");
+        assert_eq!(spare.socket, "/run/llima-box/sock/spare.sock");
+        assert_eq!(
+            spare.request,
+            serde_json::json!({"cwd": "/p q/sub", "argv": ["a b"], "claim": {
+                "name": "app-0123abcd", "project": "/p q", "host_uid": 501,
+                "host_gid": 20, "runtime": runtime_version()}})
+        );
+        // Without what to create it from, there is nothing to claim.
+        req.ensure = None;
+        assert!(spawn_target(&req).alternate.is_none());
     }
 
     #[test]
