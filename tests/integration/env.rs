@@ -218,13 +218,25 @@ fn environments_end_to_end() {
     pty.expect(at, &format!("S=33 101 U={name_a}"), t);
     assert!(wait_timeout(&mut child, t).success(), "{}", pty.output());
 
+    // The first environment left a spare behind; the next new project
+    // claims it (same user id, renamed) and a new spare takes its place.
+    let spare = wait_for_spare(&lb, None);
+    let spare_uid = lb.ok(&["vm", "shell", "--", "id", "-u", &spare]);
+    let ids = lb.shell_ok(&b, &["sh", "-c", "id -u; id -un"]);
+    let (uid_b, name_b) = ids.trim().split_once('\n').unwrap();
+    assert_eq!(uid_b, spare_uid.trim(), "beta did not claim spare {spare}");
+    assert!(name_b.starts_with("beta-"), "{name_b}");
+    let next = wait_for_spare(&lb, Some(&spare));
+    assert_ne!(next, spare);
+
     // Another project's files are out of reach.
-    lb.shell_ok(&b, &["true"]);
     let out = lb.shell(&a, &["cat", b.join("secret").to_str().unwrap()]);
     assert!(!out.status.success(), "{:?}", text(&out));
     assert!(!text(&out).0.contains("beta only"));
 
+    // Both ways: A was made from scratch, B from the spare.
     check_isolation(&lb, &projects, &a, &b);
+    check_isolation(&lb, &projects, &b, &a);
     check_exec_bits_and_git(&lb, &projects, &a);
     check_shared_processes(&lb, &a);
     install_tool(&lb, &a);
@@ -388,8 +400,12 @@ sys=$(ps -eo comm= | grep -E '^(sshd|systemd|agetty|cron|dbus)')
 # The namespace's init and its sleep are the only root processes.
 roots=$(ps -eo user=,pid=,args= | grep '^root')
 [ "$(printf '%s\n' "$roots" | grep -c .)" -le 2 ] && ok ps_root_only_init || fail ps_root_only_init "$roots"
-bsleep=$(ps -eo pid=,args= | grep -E '^ *[0-9]+ sleep 3607$')
-[ -z "$bsleep" ] && ok ps_not_b || fail ps_not_b "ps shows B's sleep: $bsleep"
+if buid=$(id -u "$B"); then
+    bprocs=$(ps -eo uid=,pid=,args= | awk -v u="$buid" '$1 == u')
+    [ -z "$bprocs" ] && ok ps_not_b || fail ps_not_b "ps shows B's processes: $bprocs"
+else
+    fail ps_not_b "B's user $B is unknown"
+fi
 deny signal_b_probe kill -0 "$BPID"
 deny signal_b_term kill -TERM "$BPID"
 deny sudo sudo -n true
@@ -688,6 +704,30 @@ fn check_shared_processes(lb: &Lb, a: &Path) {
     );
     let st = wait_timeout(&mut first, Duration::from_secs(120));
     assert!(st.success(), "the first shell did not see /tmp/llb-release");
+}
+
+/// The user of the spare environment that the runtime keeps published
+/// (other than `not`), once there is one: making it takes a while.
+fn wait_for_spare(lb: &Lb, not: Option<&str>) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let out = lb.run(&[
+            "vm",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "test -S /run/llima-box/sock/spare.sock && sudo -n ls /var/lib/llima-box/spares",
+        ]);
+        last = text(&out).0;
+        let names: Vec<&str> = last.split_whitespace().collect();
+        if out.status.success() && names.len() == 1 && Some(names[0]) != not {
+            return names[0].to_string();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("no spare environment was published (last: {last:?})");
 }
 
 /// Four first shells at once in a new project: all succeed, one
