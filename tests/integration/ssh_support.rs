@@ -440,6 +440,11 @@ pub fn serve_mux(inst: &Instance) -> PathBuf {
         });
     });
     ready_rx.recv().unwrap();
+    // The server logs in at once: with and without agent forwarding.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while logins(&inst.sshd) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     sock
 }
 

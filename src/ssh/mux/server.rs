@@ -42,13 +42,20 @@ pub fn bind(path: &Path) -> Result<Listener, Error> {
 }
 
 /// Serves clients until the task is dropped, connecting to the guest with
-/// `opts` when the first command comes and again whenever the connection
-/// is found broken.
+/// `opts` at once (a login costs seconds under emulation, which the first
+/// command should not pay) and again whenever a connection is found broken.
 pub async fn serve(listener: Listener, opts: ConnectOptions) {
     let held = Arc::new(Held {
         opts,
         plain: Mutex::new(None),
         with_agent: Mutex::new(None),
+    });
+    let early = held.clone();
+    // A command that comes meanwhile waits for these rather than log in
+    // twice; one that fails is retried by the first command that needs it.
+    tokio::spawn(async move {
+        let _ = early.session(false, false).await;
+        let _ = early.session(true, false).await;
     });
     loop {
         let Ok((stream, _)) = listener.inner.accept().await else {
