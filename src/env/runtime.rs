@@ -259,28 +259,32 @@ mod tests {
         );
     }
 
+    /// Runs `program` with `args`, `stdin` as its input; stderr captured.
+    fn with_stdin(program: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// The spawn server embedded in the runtime compiles.
     #[test]
     fn spawn_server_compiles() {
         let start = RUNTIME.find("cat <<'PY'\n").expect("env_server's heredoc") + 11;
         let len = RUNTIME[start..].find("\nPY\n").expect("its end");
-        let mut child = std::process::Command::new("python3")
-            .args([
+        let out = with_stdin(
+            "python3",
+            &[
                 "-c",
                 "import sys; compile(sys.stdin.read(), 'env_server', 'exec')",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&RUNTIME.as_bytes()[start..start + len])
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            ],
+            &RUNTIME.as_bytes()[start..start + len],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -401,20 +405,7 @@ mod tests {
             )
             .replace("chown root:root \"$t\"\n", "");
         let run = |stdin: &str, version: &str| {
-            use std::io::Write;
-            let mut child = std::process::Command::new("sh")
-                .args(["-c", &script, "install", version])
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(stdin.as_bytes())
-                .unwrap();
-            child.wait_with_output().unwrap()
+            with_stdin("sh", &["-c", &script, "install", version], stdin.as_bytes())
         };
         let v = runtime_version();
         assert!(run(RUNTIME, &v).status.success());
