@@ -9,7 +9,7 @@ mod readiness;
 mod run;
 pub mod ssh_config;
 
-pub use run::main;
+pub use run::{boot_timeout, main};
 
 use std::path::PathBuf;
 

@@ -89,7 +89,7 @@ fn stage(port: u16, text: &str) {
 }
 
 /// How long the guest may take to become ready after QEMU starts.
-fn boot_timeout() -> Duration {
+pub fn boot_timeout() -> Duration {
     env_secs("LLIMA_BOX_BOOT_TIMEOUT", 600)
 }
 

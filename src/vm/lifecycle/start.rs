@@ -28,12 +28,19 @@ pub struct Started {
     pub already_running: bool,
 }
 
-/// How long to wait for the agent to say `running` (Lima: 10 minutes).
+/// How long to wait for the agent to say `running`. By default a minute
+/// more than the agent gives the guest, so that a slow boot ends with the
+/// agent's own error, which says what the guest was still missing.
 pub fn start_timeout() -> Duration {
-    std::env::var("LLIMA_BOX_START_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(600), Duration::from_secs)
+    start_timeout_from(
+        std::env::var("LLIMA_BOX_START_TIMEOUT").ok().as_deref(),
+        crate::vm::hostagent::boot_timeout(),
+    )
+}
+
+fn start_timeout_from(var: Option<&str>, boot_timeout: Duration) -> Duration {
+    var.and_then(|s| s.parse().ok())
+        .map_or(boot_timeout + Duration::from_secs(60), Duration::from_secs)
 }
 
 /// Boots `name`, creating it first from `template` (a lima.yaml with its
@@ -214,4 +221,23 @@ pub fn serial_tail(dir: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_outlasts_the_agents_boot_timeout_unless_told_otherwise() {
+        let boot = Duration::from_secs(900);
+        assert_eq!(start_timeout_from(None, boot), Duration::from_secs(960));
+        assert_eq!(
+            start_timeout_from(Some("garbage"), boot),
+            Duration::from_secs(960)
+        );
+        assert_eq!(
+            start_timeout_from(Some("30"), boot),
+            Duration::from_secs(30)
+        );
+    }
 }
