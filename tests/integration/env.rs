@@ -16,6 +16,7 @@ use crate::ssh_support::{Agent, Pty, wait_timeout};
 
 struct Lb {
     home: TestDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Lb {
@@ -104,9 +105,10 @@ fn tree_hash(dir: &Path) -> String {
 #[test]
 #[ignore = "boots a VM: run through tests/run"]
 fn environments_end_to_end() {
+    let _turn = one_guest();
     let home = TestDir::new();
     home.write("_config/override.yaml", &guest_override());
-    let lb = Lb { home };
+    let lb = Lb { home, _turn };
     let u = user();
     // Only the user's home is mounted in the guest.
     let projects = TestDir::new_in(&u.home);

@@ -14,13 +14,15 @@ use crate::common::*;
 /// A `$LIMA_HOME` for one test, with the test guest as `override.yaml`.
 struct VmHome {
     dir: TestDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl VmHome {
     fn new(override_yaml: &str) -> VmHome {
+        let _turn = one_guest();
         let dir = TestDir::new();
         dir.write("_config/override.yaml", override_yaml);
-        VmHome { dir }
+        VmHome { dir, _turn }
     }
 
     fn path(&self) -> PathBuf {

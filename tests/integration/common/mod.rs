@@ -7,7 +7,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// The unprivileged account product commands run as.
 pub const TEST_USER: &str = "llbtest";
@@ -229,13 +229,42 @@ pub fn guest_override() -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
+/// Held by every test that boots a guest, for as long as it runs. Guests
+/// run under TCG on two shared cores: two at once starved each other into
+/// boots of over ten minutes in CI, so they take turns.
+pub fn one_guest() -> MutexGuard<'static, ()> {
+    static GUEST: Mutex<()> = Mutex::new(());
+    // A test that failed while holding it leaves nothing running behind
+    // (kill_instances), so the next one may go on.
+    GUEST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Kills every host agent and QEMU recorded under `lima_home`, so that a
-/// VM test that fails half-way leaves no guest running behind it.
+/// VM test that fails half-way leaves no guest running behind it. When the
+/// test is failing, the instances' logs are printed first: CI keeps only
+/// the test output, and the error's short serial tail rarely says enough.
 pub fn kill_instances(lima_home: &Path) {
     let Ok(entries) = std::fs::read_dir(lima_home) else {
         return;
     };
     for dir in entries.flatten() {
+        if std::thread::panicking() {
+            for (log, lines) in [("ha.stderr.log", 60), ("serial.log", 150)] {
+                let Ok(text) = std::fs::read(dir.path().join(log)) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&text);
+                let all: Vec<&str> = text.lines().collect();
+                let tail = &all[all.len().saturating_sub(lines)..];
+                eprintln!(
+                    "---- {} ({} of {} lines)\n{}",
+                    dir.path().join(log).display(),
+                    tail.len(),
+                    all.len(),
+                    tail.join("\n")
+                );
+            }
+        }
         for pid_file in ["ha.pid", "qemu.pid"] {
             let pid = std::fs::read_to_string(dir.path().join(pid_file))
                 .ok()
