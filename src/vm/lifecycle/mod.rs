@@ -9,7 +9,7 @@ mod stop;
 
 pub use create::{HOST_KEY, HOST_KEY_PUB, LIMA_VERSION};
 pub use lock::InstanceLock;
-pub use start::{StartUi, Started, serial_tail, start};
+pub use start::{StartUi, Started, log_tail, serial_tail, start};
 pub use stop::{STOP_TIMEOUT, delete, force_stop, stop};
 
 use std::path::PathBuf;

@@ -217,7 +217,12 @@ fn failure(dir: &Path, errors: Vec<String>) -> LifecycleError {
 
 /// The last `n` lines of the guest's serial console, for error messages.
 pub fn serial_tail(dir: &Path, n: usize) -> String {
-    let text = std::fs::read(dir.join("serial.log")).unwrap_or_default();
+    log_tail(&dir.join("serial.log"), n)
+}
+
+/// The last `n` lines of a log file; empty when it cannot be read.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

@@ -250,19 +250,11 @@ pub fn kill_instances(lima_home: &Path) {
     for dir in entries.flatten() {
         if std::thread::panicking() {
             for (log, lines) in [("ha.stderr.log", 60), ("serial.log", 150)] {
-                let Ok(text) = std::fs::read(dir.path().join(log)) else {
-                    continue;
-                };
-                let text = String::from_utf8_lossy(&text);
-                let all: Vec<&str> = text.lines().collect();
-                let tail = &all[all.len().saturating_sub(lines)..];
-                eprintln!(
-                    "---- {} ({} of {} lines)\n{}",
-                    dir.path().join(log).display(),
-                    tail.len(),
-                    all.len(),
-                    tail.join("\n")
-                );
+                let path = dir.path().join(log);
+                if path.is_file() {
+                    let tail = llima_box::vm::lifecycle::log_tail(&path, lines);
+                    eprintln!("---- last {lines} lines of {}\n{tail}", path.display());
+                }
             }
         }
         for pid_file in ["ha.pid", "qemu.pid"] {
