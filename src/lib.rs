@@ -10,3 +10,6 @@ pub mod cli;
 pub mod env;
 pub mod ssh;
 pub mod vm;
+
+#[doc(hidden)]
+pub mod testing;

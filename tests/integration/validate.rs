@@ -3,18 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use llima_box::testing::{fixture_templates, require_lima_template_corpus};
 use serde_yaml::Value;
 
 use crate::common::*;
-
-/// Lima's template tree (`../shared/lima-templates` next to the project).
-fn lima_templates() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/lima-templates"))
-        .find(|p| p.join("default.yaml").is_file())
-        .expect("Lima's templates must be at ../shared/lima-templates next to the project")
-}
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -26,13 +18,22 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn validate(home: &TestDir, args: &[&std::ffi::OsStr]) -> std::process::Output {
+/// `vm validate ARGS` with `templates` as the template search path.
+fn validate_in(
+    templates: &Path,
+    home: &TestDir,
+    args: &[&std::ffi::OsStr],
+) -> std::process::Output {
     llima_box(home.path())
         .args(["vm", "validate"])
         .args(args)
-        .env("LIMA_TEMPLATES_PATH", lima_templates())
+        .env("LIMA_TEMPLATES_PATH", templates)
         .output()
         .unwrap()
+}
+
+fn validate(home: &TestDir, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    validate_in(&fixture_templates(), home, args)
 }
 
 fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
@@ -42,14 +43,13 @@ fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
     })
 }
 
-#[test]
-fn every_lima_template_validates() {
+/// One `vm validate` over every template of a tree prints an OK line each.
+fn every_template_validates(dir: &Path) {
     let home = TestDir::new();
-    let dir = lima_templates();
-    let mut files = yaml_files(&dir);
+    let mut files = yaml_files(dir);
     files.extend(yaml_files(&dir.join("_images")));
     let args: Vec<_> = files.iter().map(|f| f.as_os_str()).collect();
-    let out = validate(&home, &args);
+    let out = validate_in(dir, &home, &args);
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     for f in &files {
@@ -59,6 +59,17 @@ fn every_lima_template_validates() {
             f.display()
         );
     }
+}
+
+#[test]
+fn every_fixture_template_validates() {
+    every_template_validates(&fixture_templates());
+}
+
+#[test]
+#[ignore = "needs Lima's template corpus; tests/run runs it when present"]
+fn corpus_every_lima_template_validates() {
+    every_template_validates(&require_lima_template_corpus());
 }
 
 /// CPUs as Go's runtime.NumCPU counts them (the affinity mask on Linux).
@@ -80,11 +91,11 @@ fn host_cpus() -> u64 {
     std::thread::available_parallelism().unwrap().get() as u64
 }
 
-#[test]
-fn fill_gives_limas_defaults() {
+/// `--fill` of a tree's default template gives Lima's defaults for this host.
+fn fill_gives_limas_defaults(dir: &Path) {
     let home = TestDir::new();
-    let default = lima_templates().join("default.yaml");
-    let out = validate(&home, &["--fill".as_ref(), default.as_os_str()]);
+    let default = dir.join("default.yaml");
+    let out = validate_in(dir, &home, &["--fill".as_ref(), default.as_os_str()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let y: Value = serde_yaml::from_str(&stdout).unwrap();
@@ -167,6 +178,17 @@ fn fill_gives_limas_defaults() {
             .as_sequence()
             .is_some_and(|s| !s.is_empty())
     );
+}
+
+#[test]
+fn fill_of_the_fixture_default_gives_limas_defaults() {
+    fill_gives_limas_defaults(&fixture_templates());
+}
+
+#[test]
+#[ignore = "needs Lima's template corpus; tests/run runs it when present"]
+fn corpus_fill_of_limas_default_gives_limas_defaults() {
+    fill_gives_limas_defaults(&require_lima_template_corpus());
 }
 
 #[test]

@@ -3,19 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::testing::{fixture_templates, require_lima_template_corpus};
+
 use super::fill::test_host;
 use super::*;
-
-/// Lima's template tree, kept next to the project (`../shared/lima-templates`
-/// from the main checkout, found from any ancestor of this crate).
-pub(crate) fn lima_templates() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|a| a.join("shared/lima-templates"))
-        .find(|p| p.join("default.yaml").is_file())
-        .expect("Lima's templates must be at ../shared/lima-templates next to the project")
-}
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -27,11 +18,16 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Embed, load against `lima_home`, fill for `host`, validate: what
-/// `vm validate` does.
-fn check_template(file: &Path, lima_home: &Path, host: &Host) -> Result<LimaYaml, ConfigError> {
+/// Embed (bases found in `templates`), load against `lima_home`, fill for
+/// `host`, validate: what `vm validate` does.
+fn check_template(
+    templates: &Path,
+    file: &Path,
+    lima_home: &Path,
+    host: &Host,
+) -> Result<LimaYaml, ConfigError> {
     let search = TemplateSearch {
-        dirs: vec![lima_templates()],
+        dirs: vec![templates.to_path_buf()],
     };
     let y = from_mapping(embed_file(file, &search, None)?, file)?;
     let cx = FillContext {
@@ -60,35 +56,47 @@ fn fill_str(text: &str, lima_home: &Path, host: &Host) -> Result<LimaYaml, Confi
 
 const MINIMAL: &str = "images: [{location: /img.qcow2}]\n";
 
-#[test]
-fn every_lima_template_validates() {
+/// Every template of a tree, `_images` included, validates for a made-up
+/// host and this one; a lone mounts fragment fails as in Lima.
+fn every_template_validates(dir: &Path, at_least: usize) {
     let home = tempfile::tempdir().unwrap();
-    let dir = lima_templates();
-    let mut files = yaml_files(&dir);
+    let mut files = yaml_files(dir);
     files.extend(yaml_files(&dir.join("_images")));
-    assert!(files.len() > 90, "only {} templates found", files.len());
+    assert!(
+        files.len() >= at_least,
+        "only {} templates found",
+        files.len()
+    );
     for host in [test_host(), Host::current()] {
         for f in &files {
-            if let Err(e) = check_template(f, home.path(), &host) {
+            if let Err(e) = check_template(dir, f, home.path(), &host) {
                 panic!("{}: {e}", f.display());
             }
         }
     }
     // A lone mounts fragment has no images, in Lima too.
-    let e =
-        check_template(&dir.join("_default/mounts.yaml"), home.path(), &test_host()).unwrap_err();
+    let mounts = dir.join("_default/mounts.yaml");
+    let e = check_template(dir, &mounts, home.path(), &test_host()).unwrap_err();
     assert!(e.to_string().contains("field `images`"), "{e}");
 }
 
 #[test]
-fn filled_default_template_has_limas_values() {
+fn every_fixture_template_validates() {
+    every_template_validates(&fixture_templates(), 4);
+}
+
+#[test]
+#[ignore = "needs Lima's template corpus; tests/run runs it when present"]
+fn corpus_every_lima_template_validates() {
+    every_template_validates(&require_lima_template_corpus(), 90);
+}
+
+/// The default template of a tree, filled for the made-up host, has Lima's
+/// values; its images come from a base (`distro` names them).
+fn default_template_fills_like_lima(dir: &Path, distro: &str) {
     let home = tempfile::tempdir().unwrap();
-    let y = check_template(
-        &lima_templates().join("default.yaml"),
-        home.path(),
-        &test_host(),
-    )
-    .unwrap();
+    let default = dir.join("default.yaml");
+    let y = check_template(dir, &default, home.path(), &test_host()).unwrap();
     assert_eq!(y.cpus, Some(2));
     assert_eq!(y.memory.as_deref(), Some("3GiB"));
     assert_eq!(y.disk.as_deref(), Some("100GiB"));
@@ -131,7 +139,18 @@ fn filled_default_template_has_limas_values() {
     assert_eq!(y.plain, Some(false));
     // Images keep their own arch; the image list comes from the base.
     assert!(y.images.iter().all(|i| i.file.arch.is_some()));
-    assert!(y.images[0].file.location.contains("ubuntu"));
+    assert!(y.images[0].file.location.contains(distro));
+}
+
+#[test]
+fn filled_default_template_has_limas_values() {
+    default_template_fills_like_lima(&fixture_templates(), "debian");
+}
+
+#[test]
+#[ignore = "needs Lima's template corpus; tests/run runs it when present"]
+fn corpus_filled_default_template_has_limas_values() {
+    default_template_fills_like_lima(&require_lima_template_corpus(), "ubuntu");
 }
 
 #[test]
@@ -510,13 +529,13 @@ fn instance_yaml_from_template_embeds_everything() {
         &t,
         format!(
             "base: {}\ncpus: 1\n",
-            lima_templates().join("ubuntu-24.04.yaml").display()
+            fixture_templates().join("debian-13.yaml").display()
         ),
     )
     .unwrap();
     // The template's own `template:` bases resolve through the search path.
     let search = TemplateSearch {
-        dirs: vec![lima_templates()],
+        dirs: vec![fixture_templates()],
     };
     let text = instance_yaml_from_template(&t, home.path(), &search).unwrap();
     let y = parse(&text, &t).unwrap();
