@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use llima_box_proto::names::{MAX_NAME_LEN as MAX_NAME, valid_env_name};
 use sha2::{Digest, Sha256};
 
 use super::Error;
 
-/// Linux user names: at most 32 bytes.
-const MAX_NAME: usize = 32;
 /// 32 bits of hash; the runtime also compares the stored project path, so a
 /// collision is refused rather than shared.
 const HASH_HEX: usize = 8;
@@ -83,15 +82,9 @@ fn sanitise(basename: &str) -> String {
 }
 
 /// Checks a name given by a person (e.g. `delete NAME`) the way the guest
-/// runtime and `useradd` will.
+/// will.
 pub fn validate_name(name: &str) -> Result<(), Error> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
-    let rest_ok =
-        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if first_ok && rest_ok && name.len() <= MAX_NAME {
+    if valid_env_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidName(name.to_string()))

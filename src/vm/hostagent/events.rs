@@ -3,7 +3,9 @@
 //! agent and the `vm start` that launched it.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use llima_box_proto::time::rfc3339_nanos;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +45,7 @@ pub struct Event {
 impl Event {
     pub fn now(status: Status) -> Self {
         Event {
-            time: rfc3339(SystemTime::now()),
+            time: rfc3339_nanos(SystemTime::now()),
             status,
         }
     }
@@ -73,50 +75,9 @@ pub fn parse_lines(buf: &[u8]) -> (Vec<Event>, usize) {
     (events, consumed)
 }
 
-/// RFC 3339 in UTC with nanoseconds, as Lima's events carry.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// well-known algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn formats_rfc3339() {
-        let t = UNIX_EPOCH + Duration::new(1_764_162_000, 5);
-        assert_eq!(rfc3339(t), "2025-11-26T13:00:00.000000005Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
-        // A leap day.
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert!(rfc3339(t).starts_with("2000-02-29T"));
-    }
 
     #[test]
     fn events_serialize_like_lima() {

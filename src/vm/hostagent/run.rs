@@ -69,7 +69,7 @@ pub fn log(msg: &str) {
     let _ = writeln!(
         std::io::stderr(),
         "{} {msg}",
-        events::rfc3339(SystemTime::now())
+        llima_box_proto::time::rfc3339_nanos(SystemTime::now())
     );
 }
 

@@ -1,0 +1,10 @@
+//! What llima-box (on the host) and its guest agent (in the VM) must agree
+//! on, written once and compiled into both: where things live in the guest,
+//! the environment name rule, the frames on a stream and the typed requests
+//! and replies carried in them.
+
+pub mod frame;
+pub mod message;
+pub mod names;
+pub mod paths;
+pub mod time;
