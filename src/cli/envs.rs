@@ -76,15 +76,13 @@ impl Guest {
         Ok(Some(Guest { session }))
     }
 
-    async fn list(&self) -> Result<(Vec<EnvInfo>, String)> {
-        let done = self
-            .session
-            .exec_capture(&runtime::list_argv())
+    /// From the guest agent, installed or upgraded first when needed.
+    async fn list(&self) -> Result<Vec<EnvInfo>> {
+        let agent = env::agent::AgentBinary::load()?;
+        env::agent::ensure(&self.session, &agent).await?;
+        env::agent::list(&self.session)
             .await
-            .context("cannot list the environments")?;
-        check(&done, "list the environments", "")?;
-        let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
-        Ok((runtime::parse_list(&stdout)?, stdout))
+            .context("cannot list the environments")
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
@@ -109,12 +107,11 @@ pub fn list(instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
             out.info(STOPPED);
             return Ok(ExitCode::SUCCESS);
         };
-        let (envs, raw) = guest.list().await?;
+        let envs = guest.list().await?;
         let mut stdout = std::io::stdout().lock();
         if args.json {
-            // The runtime's own lines, already checked by parse_list.
-            for line in raw.lines().filter(|l| !l.trim().is_empty()) {
-                writeln!(stdout, "{line}")?;
+            for e in &envs {
+                writeln!(stdout, "{}", serde_json::to_string(e)?)?;
             }
         } else if envs.is_empty() {
             out.info("no environments; `llima-box shell` in a project directory creates one");
@@ -224,7 +221,7 @@ pub fn delete(instance: &str, args: &DeleteArgs, out: &Output) -> Result<ExitCod
         let Some(guest) = Guest::connect(&lima_home, instance).await? else {
             bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
         };
-        let (envs, _) = guest.list().await?;
+        let envs = guest.list().await?;
         let Some(e) = envs.iter().find(|e| e.name == name) else {
             out.info(&format!("no environment {name}; nothing to delete"));
             return Ok(ExitCode::SUCCESS);
@@ -249,7 +246,7 @@ pub fn delete_all(instance: &str, args: &YesArg, out: &Output) -> Result<ExitCod
         let Some(guest) = Guest::connect(&lima_home, instance).await? else {
             bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
         };
-        let (envs, _) = guest.list().await?;
+        let envs = guest.list().await?;
         if envs.is_empty() {
             out.info("no environments; nothing to delete");
             return Ok(ExitCode::SUCCESS);

@@ -1,13 +1,16 @@
-//! Environments: which one a project directory gets ([`naming`]) and the
-//! protocol with the in-guest runtime that creates and runs them
-//! ([`runtime`]). Nothing here talks to the VM: callers run the argv these
-//! build over SSH and hand the output back for parsing.
+//! Environments: which one a project directory gets ([`naming`]), the
+//! guest agent that answers for them ([`agent`], taking over one
+//! responsibility at a time) and the protocol with the in-guest runtime
+//! that still creates and runs them ([`runtime`]: callers run the argv it
+//! builds over SSH).
 
+pub mod agent;
 pub mod naming;
 pub mod runtime;
 
+pub use llima_box_proto::message::EnvInfo;
 pub use naming::{canonical_project, env_name, validate_name};
-pub use runtime::{EnvInfo, ExecRequest};
+pub use runtime::ExecRequest;
 
 /// Everything that can go wrong deciding on or talking about an environment.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +40,41 @@ pub enum Error {
         code: u32,
         detail: String,
     },
-    #[error("unexpected line from the environment runtime's list: {line:?}: {source}")]
-    BadListLine {
-        line: String,
-        source: serde_json::Error,
+    #[error(
+        "this llima-box was built where no Linux guest agent can be built; set {} to a static build of crates/guest-agent for the VM's architecture",
+        agent::OVERRIDE_VAR
+    )]
+    AgentNotBuilt,
+    #[error(
+        "cannot read the guest agent named by {}={path:?}: {source}",
+        agent::OVERRIDE_VAR
+    )]
+    AgentOverride {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
+    #[error(
+        "the guest agent is not a 64-bit Linux executable of a known architecture; check {}",
+        agent::OVERRIDE_VAR
+    )]
+    AgentNotElf,
+    #[error(
+        "the guest agent is dynamically linked, so it would depend on the VM's C library; build it with RUSTFLAGS=\"-C target-feature=+crt-static\""
+    )]
+    AgentNotStatic,
+    #[error(
+        "the VM is {guest} but this llima-box carries a guest agent for {agent}; build llima-box on a {guest} machine, or set {} to a static {guest} build of crates/guest-agent (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p llima-box-guest-agent --target {guest}-unknown-linux-gnu)",
+        agent::OVERRIDE_VAR
+    )]
+    AgentArch { guest: String, agent: &'static str },
+    #[error("cannot install the guest agent in the VM: {0}")]
+    AgentInstall(String),
+    #[error(
+        "the guest agent does not answer: {0}; see `llima-box vm shell -- sudo journalctl -u llima-box-agent`"
+    )]
+    AgentUnreachable(String),
+    #[error("the guest agent answered something unexpected ({0}); upgrade llima-box")]
+    AgentProtocol(String),
+    #[error("the guest agent failed: {0}")]
+    AgentFailed(String),
 }

@@ -3,7 +3,6 @@
 //! installation, and the parsing of what it prints. Callers run these argv
 //! over SSH as the guest's admin user (who has passwordless sudo).
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::Error;
@@ -161,42 +160,6 @@ pub fn delete_argv(name: &str) -> Vec<String> {
     runtime(&["delete", name])
 }
 
-/// One JSON object per environment; parse with [`parse_list`].
-pub fn list_argv() -> Vec<String> {
-    runtime(&["list"])
-}
-
-/// One environment as `list` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnvInfo {
-    pub name: String,
-    pub project: String,
-    /// RFC 3339, UTC.
-    pub created: String,
-    /// RFC 3339, UTC: the last `exec`.
-    pub last_used: String,
-    /// The namespace holder is alive.
-    pub running: bool,
-    /// Some process of the environment's user runs.
-    pub active: bool,
-    pub processes: u32,
-    pub home_bytes: u64,
-}
-
-pub fn parse_list(stdout: &str) -> Result<Vec<EnvInfo>, Error> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str(line).map_err(|source| Error::BadListLine {
-                line: line.to_string(),
-                source,
-            })
-        })
-        .collect()
-}
-
 /// Turns a failed runtime call (not `exec`'s command) into an error that
 /// says what failed; `action` completes "failed to ...".
 pub fn check_status(
@@ -340,7 +303,6 @@ mod tests {
             delete_argv("x"),
             ["sudo", "-n", RUNTIME_PATH, "delete", "x"]
         );
-        assert_eq!(list_argv(), ["sudo", "-n", RUNTIME_PATH, "list"]);
         assert_eq!(version_argv(), ["sudo", "-n", RUNTIME_PATH, "version"]);
     }
 
@@ -444,28 +406,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 2, "{leftovers:?}");
-    }
-
-    #[test]
-    fn parse_list_lines() {
-        let out = concat!(
-            r#"{"name":"app-0123abcd","project":"/Users/me/it's \"q\"\t$(x)","created":"2026-11-26T10:00:00Z","lastUsed":"2026-11-26T11:00:00Z","running":true,"active":false,"processes":0,"homeBytes":12288}"#,
-            "\n\n",
-            r#"{"name":"b-89abcdef","project":"/home/u/日本","created":"2026-11-26T10:00:00Z","lastUsed":"2026-11-26T10:00:00Z","running":false,"active":false,"processes":0,"homeBytes":0}"#,
-            "\n"
-        );
-        let list = parse_list(out).unwrap();
-        assert_eq!(list.len(), 2);
-        assert_eq!(list[0].project, "/Users/me/it's \"q\"\t$(x)");
-        assert_eq!(list[0].last_used, "2026-11-26T11:00:00Z");
-        assert_eq!(list[0].home_bytes, 12288);
-        assert!(list[0].running && !list[1].running);
-        assert_eq!(list[1].project, "/home/u/日本");
-        assert!(parse_list("").unwrap().is_empty());
-        assert!(matches!(
-            parse_list("{\"name\":1}\n"),
-            Err(Error::BadListLine { .. })
-        ));
     }
 
     #[test]

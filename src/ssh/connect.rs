@@ -117,6 +117,12 @@ impl Session {
         Ok(channel)
     }
 
+    /// A byte stream to the unix socket `path` in the guest, connected by
+    /// sshd as the login user.
+    pub async fn open_socket_stream(&self, path: &str) -> Result<russh::ChannelStream<Msg>, Error> {
+        Ok(self.open_streamlocal(path).await?.into_stream())
+    }
+
     /// Whether a channel to `path` opened before on this connection.
     pub(super) fn reached_before(&self, path: &str) -> bool {
         self.reached

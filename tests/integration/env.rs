@@ -302,6 +302,7 @@ fn environments_end_to_end() {
     assert_eq!(listed.len(), total, "{listed:?}");
     let table = lb.ok(&["list"]);
     assert!(table.contains(&name_a), "{table}");
+    check_guest_agent(&lb, total);
 
     // The one restart of this test: the home and the tool in it survive
     // it, and the namespace is re-created on first use.
@@ -860,4 +861,56 @@ fn check_tool(lb: &Lb, a: &Path, name: &str, word: &str) {
         format!("/home/{name}/.local/bin/mytool\nmytool works: {word}\n"),
         "the tool installed in the home ({word})"
     );
+}
+
+/// The guest agent that answers `list`: a running service, upgraded when
+/// the guest has another version (environments keep running through it),
+/// and never replaced by an agent of the wrong architecture.
+fn check_guest_agent(lb: &Lb, total: usize) {
+    const VERSION: &str = "/usr/local/libexec/llima-box/guest-agent.sha256";
+    let state = lb.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "systemctl",
+        "is-active",
+        "llima-box-agent",
+    ]);
+    assert_eq!(state.trim(), "active");
+    let installed = lb.ok(&["vm", "shell", "--", "cat", VERSION]);
+
+    // An older agent: the next list installs this one again.
+    lb.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "sudo",
+        "sh",
+        "-c",
+        &format!("echo old > {VERSION} && systemctl restart llima-box-agent"),
+    ]);
+    assert_eq!(lb.list().len(), total, "environments lost in the upgrade");
+    assert_eq!(lb.ok(&["vm", "shell", "--", "cat", VERSION]), installed);
+
+    // An aarch64 agent for this x86_64 guest: a clear error, nothing replaced.
+    let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
+    elf.resize(64, 0);
+    elf[18] = 0xb7;
+    let fake = TestDir::new();
+    let path = fake.write("agent-aarch64", "");
+    std::fs::write(&path, &elf).unwrap();
+    let out = lb
+        .cmd(&["list"])
+        .env("LLIMA_BOX_GUEST_AGENT", &path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the VM is x86_64 but this llima-box carries a guest agent for aarch64"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LLIMA_BOX_GUEST_AGENT"), "{stderr}");
+    assert_eq!(lb.ok(&["vm", "shell", "--", "cat", VERSION]), installed);
 }

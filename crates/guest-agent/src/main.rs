@@ -1,0 +1,38 @@
+//! llima-box's guest agent: a root service in the VM that the host reaches
+//! through the admin user's SSH connection, on one unix socket. It takes
+//! over the environment runtime's work one responsibility at a time; today
+//! it answers `version` and `list`.
+//!
+//! It is built as a static executable (no glibc NSS: account files are read
+//! directly), so one binary runs on any guest of its architecture.
+
+mod accounts;
+mod list;
+mod server;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: llima-box-guest-agent serve --admin-uid UID";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let admin_uid = match args.as_slice() {
+        [serve, flag, uid] if serve == "serve" && flag == "--admin-uid" => match uid.parse() {
+            Ok(uid) => uid,
+            Err(_) => return usage(),
+        },
+        _ => return usage(),
+    };
+    match server::serve(admin_uid) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llima-box-guest-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("{USAGE}");
+    ExitCode::from(2)
+}

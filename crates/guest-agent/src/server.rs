@@ -1,0 +1,116 @@
+//! The socket the host reaches: owned by the admin user, mode 0600, and
+//! every peer's credentials checked again (root or the admin), so an
+//! environment user that finds a way to the path still gets nothing.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use llima_box_proto::frame::Decoder;
+use llima_box_proto::message::{self, Reply, Request};
+use llima_box_proto::paths::{AGENT_SOCKET, AGENT_VERSION_PATH};
+
+use crate::list;
+
+pub fn serve(admin_uid: u32) -> std::io::Result<()> {
+    let path = Path::new(AGENT_SOCKET);
+    let dir = path.parent().expect("the socket path has a directory");
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    // A socket left by an earlier run (the agent was restarted or killed).
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::os::unix::fs::chown(path, Some(admin_uid), None)?;
+    let version = std::fs::read_to_string(AGENT_VERSION_PATH)
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        match peer_uid(&stream) {
+            Some(uid) if uid == 0 || uid == admin_uid => {}
+            _ => continue,
+        }
+        let version = version.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = connection(stream, &version) {
+                eprintln!("llima-box-guest-agent: connection: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len describe a writable ucred of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+/// Answers requests until the host closes the stream.
+fn connection(mut stream: UnixStream, version: &str) -> std::io::Result<()> {
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        decoder.push(&buf[..n]);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream is out of step: say why and hang up.
+                    let reply = Reply::Error {
+                        message: e.to_string(),
+                    };
+                    return stream.write_all(&message::encode_reply(&reply));
+                }
+            };
+            let reply = match message::decode_request(&frame) {
+                Ok(request) => handle(request, version),
+                Err(e) => Reply::Error {
+                    message: format!(
+                        "the guest agent cannot read the request: {e}; upgrade llima-box or the agent"
+                    ),
+                },
+            };
+            stream.write_all(&message::encode_reply(&reply))?;
+        }
+    }
+}
+
+fn handle(request: Request, version: &str) -> Reply {
+    match request {
+        Request::Version => Reply::Version {
+            sha256: version.to_owned(),
+        },
+        Request::List => match list::list() {
+            Ok(envs) => Reply::List { envs },
+            Err(e) => Reply::Error {
+                message: format!("cannot read the environments' records: {e}"),
+            },
+        },
+    }
+}

@@ -1,0 +1,320 @@
+//! The host side of the guest agent (`crates/guest-agent`): the executable
+//! this binary carries, its installation and upgrade in the guest, and
+//! requests to it over the admin's SSH connection.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use llima_box_proto::frame::Decoder;
+use llima_box_proto::message::{self, Reply, Request};
+use llima_box_proto::paths::{AGENT_PATH, AGENT_SOCKET, AGENT_UNIT, AGENT_VERSION_PATH};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Error;
+use crate::ssh::Session;
+
+/// The agent built by build.rs for this binary's architecture; empty where
+/// none could be built (a non-Linux build host).
+const EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-agent"));
+
+/// Names an agent executable to install instead of the embedded one (for a
+/// guest of another architecture than this binary's).
+pub const OVERRIDE_VAR: &str = "LLIMA_BOX_GUEST_AGENT";
+
+/// How long a freshly (re)started agent may take to listen: under TCG a
+/// static binary starts in well under a second, systemd's job a bit more.
+const START_WAIT: Duration = Duration::from_secs(30);
+
+/// The agent executable to install, and what identifies it.
+pub struct AgentBinary {
+    bytes: Cow<'static, [u8]>,
+    pub sha256: String,
+    /// `uname -m` of the machines it runs on.
+    pub arch: &'static str,
+}
+
+impl AgentBinary {
+    /// `$LLIMA_BOX_GUEST_AGENT` when set, else the embedded agent.
+    pub fn load() -> Result<AgentBinary, Error> {
+        let bytes: Cow<'static, [u8]> = match std::env::var_os(OVERRIDE_VAR) {
+            Some(path) => {
+                Cow::Owned(std::fs::read(&path).map_err(|source| Error::AgentOverride {
+                    path: path.into(),
+                    source,
+                })?)
+            }
+            None if EMBEDDED.is_empty() => return Err(Error::AgentNotBuilt),
+            None => Cow::Borrowed(EMBEDDED),
+        };
+        Self::from_bytes(bytes)
+    }
+
+    fn from_bytes(bytes: Cow<'static, [u8]>) -> Result<AgentBinary, Error> {
+        let arch = elf_arch(&bytes).ok_or(Error::AgentNotElf)?;
+        if has_interpreter(&bytes) {
+            return Err(Error::AgentNotStatic);
+        }
+        Ok(AgentBinary {
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            bytes,
+            arch,
+        })
+    }
+}
+
+/// The architecture (`uname -m`) of a 64-bit little-endian ELF executable.
+fn elf_arch(b: &[u8]) -> Option<&'static str> {
+    if b.len() < 20 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return None;
+    }
+    match u16::from_le_bytes([b[18], b[19]]) {
+        0x3e => Some("x86_64"),
+        0xb7 => Some("aarch64"),
+        0xf3 => Some("riscv64"),
+        _ => None,
+    }
+}
+
+/// Whether an ELF executable names a program interpreter (`PT_INTERP`): a
+/// dynamically linked one, which would need the guest to have the libc it
+/// was built against.
+fn has_interpreter(b: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let (Some(phoff), Some(size), Some(count)) = (
+        b.get(32..40)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()) as usize),
+        u16_at(54),
+        u16_at(56),
+    ) else {
+        return false;
+    };
+    (0..usize::from(count)).any(|i| {
+        let at = phoff + i * usize::from(size);
+        b.get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) == PT_INTERP)
+    })
+}
+
+/// Exit status of the install script when the guest's architecture is not
+/// the agent's; it prints the guest's on stderr.
+const EXIT_WRONG_ARCH: u32 = 4;
+
+// Installs the executable read on stdin (checked against its sha256) and the
+// unit, then (re)starts the agent. Temporary file + rename: a running agent
+// keeps its old inode, a reader never sees half a file. The unit runs as
+// root; the admin (the sudo caller) owns the socket.
+const INSTALL_SCRIPT: &str = r##"set -eu
+sha=$1 arch=$2 bin=$3 version=$4 unit=$5
+if [ "$(uname -m)" != "$arch" ]; then
+    cat >/dev/null
+    uname -m >&2
+    exit 4
+fi
+d=$(dirname "$bin")
+mkdir -p -m 0755 "$d"
+t=$(mktemp "$d/.guest-agent.XXXXXX")
+trap 'rm -f "$t"' EXIT
+cat >"$t"
+got=$(sha256sum "$t" | cut -d' ' -f1)
+if [ "$got" != "$sha" ]; then
+    echo "the guest agent arrived damaged (sha256 $got, expected $sha); try again" >&2
+    exit 1
+fi
+chown root:root "$t"
+chmod 0755 "$t"
+mv -f "$t" "$bin"
+printf '%s\n' "$sha" >"$version"
+cat >"/etc/systemd/system/$unit" <<UNIT
+[Unit]
+Description=llima-box guest agent
+After=local-fs.target
+
+[Service]
+ExecStart=$bin serve --admin-uid ${SUDO_UID:?run through sudo}
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl enable --quiet "$unit"
+systemctl restart "$unit"
+"##;
+
+impl AgentBinary {
+    /// Installs this agent and restarts the service; run with the
+    /// executable on stdin.
+    fn install_argv(&self) -> Vec<String> {
+        [
+            "sudo",
+            "-n",
+            "sh",
+            "-c",
+            INSTALL_SCRIPT,
+            "llima-box-install-agent",
+            &self.sha256,
+            self.arch,
+            AGENT_PATH,
+            AGENT_VERSION_PATH,
+            AGENT_UNIT,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// One request to the agent on its own stream.
+pub async fn request(session: &Session, req: &Request) -> Result<Reply, Error> {
+    let mut stream = session
+        .open_socket_stream(AGENT_SOCKET)
+        .await
+        .map_err(|e| Error::AgentUnreachable(e.to_string()))?;
+    let io = |e: std::io::Error| Error::AgentUnreachable(e.to_string());
+    stream
+        .write_all(&message::encode_request(req))
+        .await
+        .map_err(io)?;
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if let Some(frame) = decoder
+            .next_frame()
+            .map_err(|e| Error::AgentProtocol(e.to_string()))?
+        {
+            let _ = stream.shutdown().await;
+            return message::decode_reply(&frame).map_err(|e| Error::AgentProtocol(e.to_string()));
+        }
+        let n = stream.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            decoder
+                .finish()
+                .map_err(|e| Error::AgentProtocol(e.to_string()))?;
+            return Err(Error::AgentUnreachable(
+                "it closed the stream without a reply".into(),
+            ));
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
+/// Makes sure the guest runs `agent`: asks the running one its version and,
+/// when it is not there or another, installs this one and waits until it
+/// answers. One round trip when the agent is current.
+pub async fn ensure(session: &Session, agent: &AgentBinary) -> Result<(), Error> {
+    if running_version(session).await.as_deref() == Some(agent.sha256.as_str()) {
+        return Ok(());
+    }
+    let done = session
+        .exec_with_stdin(&agent.install_argv(), &agent.bytes)
+        .await
+        .map_err(|e| Error::AgentInstall(e.to_string()))?;
+    let stderr = String::from_utf8_lossy(&done.stderr).trim().to_string();
+    match done.exit {
+        crate::ssh::RemoteExit::Code(0) => {}
+        crate::ssh::RemoteExit::Code(EXIT_WRONG_ARCH) => {
+            return Err(Error::AgentArch {
+                guest: stderr,
+                agent: agent.arch,
+            });
+        }
+        other => {
+            return Err(Error::AgentInstall(format!(
+                "exit status {}: {stderr}",
+                other.code()
+            )));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    loop {
+        if running_version(session).await.as_deref() == Some(agent.sha256.as_str()) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::AgentUnreachable(format!(
+                "the new agent did not answer within {} s",
+                START_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn running_version(session: &Session) -> Option<String> {
+    match request(session, &Request::Version).await {
+        Ok(Reply::Version { sha256 }) => Some(sha256),
+        _ => None,
+    }
+}
+
+/// Every environment in the guest, from the agent.
+pub async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Error> {
+    match request(session, &Request::List).await? {
+        Reply::List { envs } => Ok(envs),
+        Reply::Error { message } => Err(Error::AgentFailed(message)),
+        other => Err(Error::AgentProtocol(format!(
+            "unexpected reply to list: {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_agent_is_a_static_executable_for_this_arch() {
+        let a = AgentBinary::load().unwrap();
+        assert_eq!(a.arch, std::env::consts::ARCH);
+        assert_eq!(a.sha256.len(), 64);
+        // No program interpreter: it runs whatever libc the guest has.
+        assert!(!has_interpreter(EMBEDDED));
+    }
+
+    #[test]
+    fn a_dynamically_linked_agent_is_refused() {
+        // This test program itself is dynamically linked.
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(has_interpreter(&exe));
+        assert!(matches!(
+            AgentBinary::from_bytes(Cow::Owned(exe)),
+            Err(Error::AgentNotStatic)
+        ));
+    }
+
+    #[test]
+    fn elf_arch_reads_the_machine_field() {
+        let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1];
+        h.resize(20, 0);
+        h[18] = 0xb7;
+        assert_eq!(elf_arch(&h), Some("aarch64"));
+        h[18] = 0x3e;
+        assert_eq!(elf_arch(&h), Some("x86_64"));
+        h[18] = 0x28; // 32-bit ARM: not a guest we build for
+        assert_eq!(elf_arch(&h), None);
+        assert_eq!(elf_arch(b"#!/bin/sh\n"), None);
+        assert!(matches!(
+            AgentBinary::from_bytes(Cow::Borrowed(b"#!/bin/sh\nexit 0\n")),
+            Err(Error::AgentNotElf)
+        ));
+    }
+
+    #[test]
+    fn install_argv_passes_every_value_as_its_own_word() {
+        let a = AgentBinary::load().unwrap();
+        let argv = a.install_argv();
+        assert_eq!(&argv[..4], ["sudo", "-n", "sh", "-c"]);
+        assert_eq!(
+            &argv[6..],
+            [
+                a.sha256.as_str(),
+                a.arch,
+                AGENT_PATH,
+                AGENT_VERSION_PATH,
+                AGENT_UNIT
+            ]
+        );
+    }
+}
