@@ -85,13 +85,12 @@ impl Guest {
             .context("cannot list the environments")
     }
 
+    /// Through the guest agent, which `list` (always called first) has
+    /// made current.
     async fn delete(&self, name: &str) -> Result<()> {
-        let done = self
-            .session
-            .exec_capture(&runtime::delete_argv(name))
+        env::agent::delete(&self.session, name)
             .await
-            .with_context(|| format!("cannot delete environment {name}"))?;
-        check(&done, "delete the environment", name)
+            .with_context(|| format!("cannot delete environment {name}"))
     }
 }
 

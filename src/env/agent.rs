@@ -260,6 +260,20 @@ pub async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Error> {
     }
 }
 
+/// Deletes the environment `name` (nothing to do when there is none).
+pub async fn delete(session: &Session, name: &str) -> Result<(), Error> {
+    let req = Request::Delete {
+        name: name.to_owned(),
+    };
+    match request(session, &req).await? {
+        Reply::Deleted { .. } => Ok(()),
+        Reply::Error { message } => Err(Error::AgentFailed(message)),
+        other => Err(Error::AgentProtocol(format!(
+            "unexpected reply to delete: {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,12 +154,6 @@ pub fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
     }
 }
 
-/// Kills everything of the environment and removes its user, home and
-/// records; never the project files. Idempotent.
-pub fn delete_argv(name: &str) -> Vec<String> {
-    runtime(&["delete", name])
-}
-
 /// Turns a failed runtime call (not `exec`'s command) into an error that
 /// says what failed; `action` completes "failed to ...".
 pub fn check_status(
@@ -298,10 +292,6 @@ mod tests {
                 "501",
                 "20"
             ]
-        );
-        assert_eq!(
-            delete_argv("x"),
-            ["sudo", "-n", RUNTIME_PATH, "delete", "x"]
         );
         assert_eq!(version_argv(), ["sudo", "-n", RUNTIME_PATH, "version"]);
     }

@@ -311,10 +311,36 @@ fn environments_end_to_end() {
     check_tool(&lb, &a, &name_a, "after-restart");
     assert_eq!(lb.list().len(), total, "environments lost in the restart");
 
-    // Deleting an environment leaves the project untouched.
+    // Deleting an environment leaves the project untouched, and nothing of
+    // the environment: no process (a detached one was left running), no
+    // user, no home.
     let before = tree_hash(&a);
+    lb.shell_ok(
+        &a,
+        &[
+            "sh",
+            "-c",
+            "setsid sleep 1000 >/dev/null 2>&1 < /dev/null &",
+        ],
+    );
+    let uid_a = lb.ok(&["vm", "shell", "--", "id", "-u", &name_a]);
+    let uid_a = uid_a.trim();
+    let procs = lb.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", uid_a]);
+    assert_ne!(procs.trim(), "0", "no process of {name_a} to kill");
     lb.ok(&["delete", a.to_str().unwrap(), "-y"]);
     assert_eq!(tree_hash(&a), before);
+    let gone = lb.run(&[
+        "vm",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "pgrep -U {uid_a}; getent passwd {name_a}; getent group {name_a}; \
+             grep -s '^{name_a}:' /etc/subuid; ls -d /home/{name_a} 2>/dev/null; true"
+        ),
+    ]);
+    assert_eq!(text(&gone).0, "", "left behind by delete");
     let listed = lb.list();
     assert!(
         listed.iter().all(|e| e["name"] != name_a.as_str()),

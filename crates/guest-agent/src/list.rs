@@ -71,7 +71,7 @@ fn read_record(path: &Path) -> std::io::Result<String> {
 
 /// The holder's pid when the process recorded in `DIR/holder` ("BOOT_ID PID
 /// STARTTIME") still runs: the three together survive pid reuse and reboots.
-fn holder_pid(dir: &Path) -> Option<u32> {
+pub fn holder_pid(dir: &Path) -> Option<u32> {
     let rec = fs::read_to_string(dir.join("holder")).ok()?;
     let [boot, pid, start] = rec.split_whitespace().collect::<Vec<_>>()[..] else {
         return None;
@@ -95,19 +95,23 @@ fn processes_in_namespace_of(holder: u32, uid: u32) -> u32 {
     let Ok(ns) = fs::read_link(format!("/proc/{holder}/ns/pid")) else {
         return 0;
     };
+    pids_of(uid)
+        .into_iter()
+        .filter(|p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns))
+        .count() as u32
+}
+
+/// The pids of every process running as `uid` (the owner of its /proc
+/// directory is its effective uid).
+pub fn pids_of(uid: u32) -> Vec<u32> {
     let Ok(procs) = fs::read_dir("/proc") else {
-        return 0;
+        return vec![];
     };
     procs
         .flatten()
-        .filter(|p| {
-            p.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
         .filter(|p| p.metadata().is_ok_and(|m| m.uid() == uid))
-        .filter(|p| fs::read_link(p.path().join("ns/pid")).is_ok_and(|l| l == ns))
-        .count() as u32
+        .filter_map(|p| p.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// What `du -sb --one-file-system` reports: the apparent sizes of

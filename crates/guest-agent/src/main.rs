@@ -1,13 +1,15 @@
 //! llima-box's guest agent: a root service in the VM that the host reaches
 //! through the admin user's SSH connection, on one unix socket. It takes
 //! over the environment runtime's work one responsibility at a time; today
-//! it answers `version` and `list`.
+//! it answers `version`, `list` and `delete`.
 //!
 //! It is built as a static executable (no glibc NSS: account files are read
 //! directly), so one binary runs on any guest of its architecture.
 
 mod accounts;
+mod delete;
 mod list;
+mod lock;
 mod server;
 
 use std::process::ExitCode;

@@ -12,7 +12,7 @@ use llima_box_proto::frame::Decoder;
 use llima_box_proto::message::{self, Reply, Request};
 use llima_box_proto::paths::{AGENT_SOCKET, AGENT_VERSION_PATH};
 
-use crate::list;
+use crate::{delete, list};
 
 pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     let path = Path::new(AGENT_SOCKET);
@@ -110,6 +110,12 @@ fn handle(request: Request, version: &str) -> Reply {
             Ok(envs) => Reply::List { envs },
             Err(e) => Reply::Error {
                 message: format!("cannot read the environments' records: {e}"),
+            },
+        },
+        Request::Delete { name } => match delete::delete(&name) {
+            Ok(existed) => Reply::Deleted { existed },
+            Err(e) => Reply::Error {
+                message: format!("cannot delete environment {name}: {e}"),
             },
         },
     }

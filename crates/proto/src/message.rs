@@ -19,6 +19,10 @@ pub enum Request {
     Version,
     /// Every environment, with its state.
     List,
+    /// Kills every process of the environment and removes its user, home
+    /// and records; the project is never touched. Nothing to do for an
+    /// environment that does not exist.
+    Delete { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +33,10 @@ pub enum Reply {
     },
     List {
         envs: Vec<EnvInfo>,
+    },
+    /// `existed`: false when there was nothing to delete.
+    Deleted {
+        existed: bool,
     },
     /// The request failed; `message` says what and why, for a person.
     Error {
@@ -113,6 +121,7 @@ mod tests {
                 sha256: "ab".repeat(32),
             },
             Reply::List { envs: vec![info()] },
+            Reply::Deleted { existed: true },
             Reply::Error {
                 message: "no".into(),
             },
@@ -123,7 +132,10 @@ mod tests {
             let f = d.next_frame().unwrap().unwrap();
             assert_eq!(&decode_reply(&f).unwrap(), r);
         }
-        for r in [Request::Version, Request::List] {
+        let delete = Request::Delete {
+            name: "app-1a2b3c4d".into(),
+        };
+        for r in [Request::Version, Request::List, delete] {
             let mut d = Decoder::new();
             d.push(&encode_request(&r));
             assert_eq!(

@@ -13,6 +13,14 @@ pub const AGENT_SOCKET: &str = "/run/llima-box/agent.sock";
 /// Root-only state: one directory per environment under [`ENVS_DIR`].
 pub const STATE_DIR: &str = "/var/lib/llima-box";
 pub const ENVS_DIR: &str = "/var/lib/llima-box/envs";
+/// Lock files: `NAME.lock` serialises all work on one environment,
+/// `.users.lock` every change to the account files.
+pub const LOCKS_DIR: &str = "/var/lib/llima-box/locks";
+/// The environments' spawn sockets, `NAME.sock`.
+pub const SOCKETS_DIR: &str = "/run/llima-box/sock";
+/// An environment's holder unit is `PREFIX + NAME` (a claimed spare's is
+/// recorded in its `unit` file instead).
+pub const ENV_UNIT_PREFIX: &str = "llima-box-env-";
 /// Environment users' homes: `/home/NAME`.
 pub const HOMES_DIR: &str = "/home";
 
