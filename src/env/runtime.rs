@@ -51,6 +51,9 @@ printf '%s\n' "$1" >"$t.version"
 chmod 0644 "$t.version"
 mv -f "$t" "$d/env-runtime"
 mv -f "$t.version" "$d/version"
+# Environments that already run get this runtime's guard now rather than at
+# their next start; a failure stops the next start, which says why.
+"$d/env-runtime" guard >/dev/null 2>&1 || true
 "#;
 
 /// Installs or upgrades the runtime: run it with [`RUNTIME`] on stdin. Does
@@ -512,6 +515,8 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
         assert!(log().contains("die 125 cannot tell the VM's admin user"));
     }
 
+    const GUARD_LINE: &str = "\"$d/env-runtime\" guard >/dev/null 2>&1 || true\n";
+
     /// The install script for real, with sudo and the install directory
     /// swapped for a temporary one: installs, skips when current, refuses a
     /// damaged upload and keeps the old runtime then.
@@ -524,7 +529,10 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
                 "d=/usr/local/libexec/llima-box",
                 &format!("d='{}'", d.display()),
             )
-            .replace("chown root:root \"$t\"\n", "");
+            .replace("chown root:root \"$t\"\n", "")
+            // The guard changes the system's sshd and firewall.
+            .replace(GUARD_LINE, "");
+        assert!(!script.contains("env-runtime\" guard"), "{script}");
         let run = |stdin: &str, version: &str| {
             with_stdin("sh", &["-c", &script, "install", version], stdin.as_bytes())
         };
