@@ -50,6 +50,9 @@ printf '%s\n' "$1" >"$t.version"
 chmod 0644 "$t.version"
 mv -f "$t" "$d/env-runtime"
 mv -f "$t.version" "$d/version"
+# Environments that already run get this runtime's guard now rather than at
+# their next start; a failure stops the next start, which says why.
+"$d/env-runtime" guard >/dev/null 2>&1 || true
 "#;
 
 /// Installs or upgrades the runtime: run it with [`RUNTIME`] on stdin. Does
@@ -343,6 +346,129 @@ mod tests {
         );
     }
 
+    /// Runs the runtime's guard functions with every system command they
+    /// use replaced by a stub that logs its arguments (and, for the
+    /// restores, the rules on stdin) to `$T/log`, and every path in `t`.
+    fn run_guard(t: &std::path::Path, calls: &str) -> std::process::Output {
+        let start = RUNTIME.find("\nensure_guard() {").expect("ensure_guard");
+        let end = RUNTIME.find("\ncmd_guard() {").expect("cmd_guard");
+        let harness = format!(
+            r#"set -eEuo pipefail
+T=$1
+SELF=$T/libexec/env-runtime STATE=$T/state LOCKS=$T/state/locks
+GUARD_MARK=$T/run/guard SSHD_DROPIN=$T/ssh/sshd_config.d/00-llima-box.conf
+FW_CHAIN=LLIMA-BOX-ENV UID_MIN=60001 UID_MAX=64999 SLIRP_GATEWAY=192.168.5.2
+SLIRP_DNS=192.168.5.3 RESOLV_CONF=$T/resolv.conf IF_INET6=$T/if_inet6
+die() {{ echo "die $*" >>"$T/log"; exit "$1"; }}
+id() {{ echo alice; }}
+# What sshd makes of the configuration: the drop-in is read.
+sshd() {{ sed -n 's/^AllowUsers /allowusers /p' "$SSHD_DROPIN"; }}
+systemctl() {{ echo "systemctl $*" >>"$T/log"; }}
+iptables-restore() {{ echo "iptables-restore $*" >>"$T/log"; cat >>"$T/log"; }}
+ip6tables-restore() {{ echo "ip6tables-restore $*" >>"$T/log"; cat >>"$T/log"; }}
+# -C finds the jump only once it was inserted.
+iptables() {{ echo "iptables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump4" ] ;; -I) touch "$T/jump4" ;; esac; }}
+ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] ;; -I) touch "$T/jump6" ;; esac; }}
+{}
+{calls}
+"#,
+            &RUNTIME[start..end]
+        );
+        std::process::Command::new("bash")
+            .args(["-c", &harness, "harness"])
+            .arg(t)
+            .output()
+            .unwrap()
+    }
+
+    /// The guard lets only the admin into sshd and firewalls the
+    /// environments' uids away from the host, link-local and private
+    /// addresses but for DNS; it does its work once per boot and version,
+    /// and again (without reloading sshd) when forced.
+    #[test]
+    fn guard_writes_sshd_config_and_firewall_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        std::fs::create_dir_all(t.join("libexec")).unwrap();
+        std::fs::write(t.join("libexec/version"), "v1\n").unwrap();
+        std::fs::write(
+            t.join("resolv.conf"),
+            "# generated\nnameserver 10.0.0.2\nnameserver fd00::53\nsearch lan\n",
+        )
+        .unwrap();
+        std::fs::write(t.join("if_inet6"), "").unwrap();
+        let log = || std::fs::read_to_string(t.join("log")).unwrap_or_default();
+
+        let out = run_guard(t, "ensure_guard 1000");
+        assert!(out.status.success(), "{out:?}\n{}", log());
+        assert_eq!(
+            std::fs::read_to_string(t.join("ssh/sshd_config.d/00-llima-box.conf")).unwrap(),
+            "# Written by llima-box: only the admin user may log in, never an environment\n\
+             # user (uids 60001-64999). Read before the other files of this directory.\n\
+             AllowUsers alice\n"
+        );
+        assert_eq!(
+            log(),
+            "systemctl try-reload-or-restart ssh.service\n\
+             iptables-restore -w --noflush\n\
+             *filter\n\
+             :LLIMA-BOX-ENV - [0:0]\n\
+             -A LLIMA-BOX-ENV -d 192.168.5.3/32 -p udp --dport 53 -j RETURN\n\
+             -A LLIMA-BOX-ENV -d 192.168.5.3/32 -p tcp --dport 53 -j RETURN\n\
+             -A LLIMA-BOX-ENV -d 10.0.0.2/32 -p udp --dport 53 -j RETURN\n\
+             -A LLIMA-BOX-ENV -d 10.0.0.2/32 -p tcp --dport 53 -j RETURN\n\
+             -A LLIMA-BOX-ENV -p tcp --dport 22 -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
+             -A LLIMA-BOX-ENV -d 192.168.5.2/32 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d 169.254.0.0/16 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d 10.0.0.0/8 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d 172.16.0.0/12 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d 192.168.0.0/16 -j REJECT\n\
+             COMMIT\n\
+             iptables -w -C OUTPUT -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
+             iptables -w -I OUTPUT 1 -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
+             ip6tables-restore -w --noflush\n\
+             *filter\n\
+             :LLIMA-BOX-ENV - [0:0]\n\
+             -A LLIMA-BOX-ENV -d fd00::53/128 -p udp --dport 53 -j RETURN\n\
+             -A LLIMA-BOX-ENV -d fd00::53/128 -p tcp --dport 53 -j RETURN\n\
+             -A LLIMA-BOX-ENV -p tcp --dport 22 -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
+             -A LLIMA-BOX-ENV -d fe80::/10 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d fc00::/7 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d fec0::/10 -j REJECT\n\
+             COMMIT\n\
+             ip6tables -w -C OUTPUT -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
+             ip6tables -w -I OUTPUT 1 -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.join("run/guard")).unwrap(),
+            "v1 1000\n"
+        );
+
+        // Done for this boot and version: nothing runs.
+        std::fs::remove_file(t.join("log")).unwrap();
+        assert!(run_guard(t, "ensure_guard 1000").status.success());
+        assert_eq!(log(), "");
+
+        // Forced (after an upgrade): the rules again, the jump found,
+        // sshd left alone since its file is unchanged.
+        let out = run_guard(t, "ensure_guard 1000 force");
+        assert!(out.status.success(), "{out:?}\n{}", log());
+        let log_text = log();
+        assert!(!log_text.contains("systemctl"), "{log_text}");
+        assert!(!log_text.contains(" -I OUTPUT"), "{log_text}");
+        assert_eq!(log_text.matches("-restore -w --noflush").count(), 2);
+
+        // Without IPv6 there are no IPv6 rules; root is no admin.
+        std::fs::remove_file(t.join("log")).unwrap();
+        std::fs::remove_file(t.join("if_inet6")).unwrap();
+        assert!(run_guard(t, "guard_firewall").status.success());
+        assert!(!log().contains("ip6tables"), "{}", log());
+        assert!(!run_guard(t, "guard_sshd 0").status.success());
+        assert!(log().contains("die 125 cannot tell the VM's admin user"));
+    }
+
+    const GUARD_LINE: &str = "\"$d/env-runtime\" guard >/dev/null 2>&1 || true\n";
+
     /// The install script for real, with sudo and the install directory
     /// swapped for a temporary one: installs, skips when current, refuses a
     /// damaged upload and keeps the old runtime then.
@@ -355,7 +481,10 @@ mod tests {
                 "d=/usr/local/libexec/llima-box",
                 &format!("d='{}'", d.display()),
             )
-            .replace("chown root:root \"$t\"\n", "");
+            .replace("chown root:root \"$t\"\n", "")
+            // The guard changes the system's sshd and firewall.
+            .replace(GUARD_LINE, "");
+        assert!(!script.contains("env-runtime\" guard"), "{script}");
         let run = |stdin: &str, version: &str| {
             with_stdin("sh", &["-c", &script, "install", version], stdin.as_bytes())
         };

@@ -151,6 +151,12 @@ fn environments_end_to_end() {
         std::fs::canonicalize(&a).unwrap().to_str().unwrap()
     );
 
+    // No way out through the guest's sshd or the host's loopback.
+    let canary = Canary::start();
+    check_sshd_escape(&lb, &a, &name_a);
+    check_network_escape(&lb, &a, &canary);
+    check_guard_idempotent(&lb);
+
     // Piped stdin arrives byte for byte.
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut child = lb
@@ -309,6 +315,9 @@ fn environments_end_to_end() {
     lb.ok(&["vm", "stop"]);
     lb.ok(&["vm", "start"]);
     check_tool(&lb, &a, &name_a, "after-restart");
+    // The firewall rules are gone with the old boot; they are back before
+    // the environment runs again.
+    check_network_escape(&lb, &a, &canary);
     assert_eq!(lb.list().len(), total, "environments lost in the restart");
 
     // Deleting an environment leaves the project untouched, and nothing of
@@ -581,6 +590,193 @@ fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
     assert_eq!(admin_view()("bpid"), bpid, "B's sleep was killed from A");
     assert!(!projects.path().join("llb-probe").exists());
     assert!(!host_home.join("llb-probe").exists());
+}
+
+/// A server on the host's 127.0.0.1 that sends a secret to whoever
+/// connects: the guest reaches it at QEMU's gateway address.
+struct Canary {
+    port: u16,
+    secret: String,
+}
+
+impl Canary {
+    fn start() -> Canary {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let secret = format!("host-loopback-secret-{}-{nanos}", std::process::id());
+        let sent = secret.clone();
+        // Lives as long as the test process.
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.write_all(sent.as_bytes());
+            }
+        });
+        Canary { port, secret }
+    }
+}
+
+/// As an environment user: plant a key of its own for sshd and log in to
+/// the guest with it. Prints `planted=yes` once the key is in
+/// authorized_keys, then ssh's status and output.
+const SSHD_ESCAPE: &str = r#"
+mkdir -p -m 0700 ~/.ssh
+rm -f ~/.ssh/k ~/.ssh/k.pub
+ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/k >/dev/null
+cat ~/.ssh/k.pub >>~/.ssh/authorized_keys
+chmod 0600 ~/.ssh/authorized_keys
+grep -qxF "$(cat ~/.ssh/k.pub)" ~/.ssh/authorized_keys && echo planted=yes
+out=$(timeout 120 ssh -i ~/.ssh/k -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    -o BatchMode=yes -o IdentitiesOnly=yes "$(id -un)@127.0.0.1" 'echo "escaped as $(id -un)"' 2>&1)
+echo "ssh_rc=$?"
+echo "ssh_out=$(printf '%s' "$out" | tr '\n' ' ')"
+exit 0
+"#;
+
+/// As the admin, who is not firewalled: the environment user `$1`'s
+/// planted key against sshd, so that sshd's own refusal is what is seen.
+const SSHD_AS_ENV_USER: &str = r#"
+k=$(mktemp)
+sudo -n cat "/home/$1/.ssh/k" >"$k"
+test -s "$k" && echo key=yes
+out=$(timeout 120 ssh -i "$k" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    -o BatchMode=yes -o IdentitiesOnly=yes "$1@127.0.0.1" 'echo "escaped as $(id -un)"' 2>&1)
+echo "ssh_rc=$?"
+echo "ssh_out=$(printf '%s' "$out" | tr '\n' ' ')"
+rm -f "$k"
+exit 0
+"#;
+
+/// `KEY=value` of `out`'s first line for KEY.
+fn field(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An environment user cannot log in to the guest's sshd with a key it
+/// planted, neither from inside nor with the key carried elsewhere.
+fn check_sshd_escape(lb: &Lb, a: &Path, name: &str) {
+    let inside = lb.shell_ok(a, &["bash", "-c", SSHD_ESCAPE]);
+    assert_eq!(field(&inside, "planted"), "yes", "{inside}");
+    assert_ne!(field(&inside, "ssh_rc"), "0", "{inside}");
+    assert!(!inside.contains("escaped as"), "{inside}");
+
+    let admin = lb.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "bash",
+        "-c",
+        SSHD_AS_ENV_USER,
+        "sh",
+        name,
+    ]);
+    assert_eq!(field(&admin, "key"), "yes", "{admin}");
+    assert_ne!(field(&admin, "ssh_rc"), "0", "{admin}");
+    assert!(!admin.contains("escaped as"), "{admin}");
+    assert!(admin.contains("Permission denied"), "{admin}");
+}
+
+/// Connects to the canary through QEMU's gateway (`$1` its port) and
+/// sends a UDP datagram to each address of the list: prints `tcp=` what
+/// arrived and `udp ADDRESS:PORT=sent|refused` for each.
+const NETWORK_ESCAPE: &str = r#"
+got=$(timeout 30 bash -c 'exec 3<>"/dev/tcp/192.168.5.2/$0" && cat <&3' "$1" 2>&1)
+echo "tcp=$(printf '%s' "$got" | tr '\n' ' ')"
+python3 - <<'PY'
+import socket
+for host, port in [("192.168.5.2", 9), ("169.254.169.254", 80), ("10.0.0.1", 53),
+                   ("172.16.0.1", 53), ("192.168.1.1", 53), ("192.168.5.3", 53),
+                   ("192.0.2.1", 53)]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (host, port))
+        r = "sent"
+    except OSError:
+        r = "refused"
+    print("udp %s:%d=%s" % (host, port, r))
+PY
+exit 0
+"#;
+
+/// The host's loopback (through the gateway), link-local and private
+/// addresses are out of an environment's reach, DNS and the rest are not;
+/// the admin, as a control, reaches them all.
+fn check_network_escape(lb: &Lb, a: &Path, canary: &Canary) {
+    let port = canary.port.to_string();
+    let admin = lb.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "bash",
+        "-c",
+        NETWORK_ESCAPE,
+        "sh",
+        &port,
+    ]);
+    assert!(
+        field(&admin, "tcp").contains(&canary.secret),
+        "the admin did not reach the host's loopback canary (the test is void):\n{admin}"
+    );
+    let inside = lb.shell_ok(a, &["bash", "-c", NETWORK_ESCAPE, "sh", &port]);
+    assert!(
+        !inside.contains(&canary.secret),
+        "an environment read the host's loopback:\n{inside}"
+    );
+    for (addr, from_env) in [
+        ("192.168.5.2:9", "refused"),
+        ("169.254.169.254:80", "refused"),
+        ("10.0.0.1:53", "refused"),
+        ("172.16.0.1:53", "refused"),
+        ("192.168.1.1:53", "refused"),
+        ("192.168.5.3:53", "sent"),
+        ("192.0.2.1:53", "sent"),
+    ] {
+        let key = format!("udp {addr}");
+        assert_eq!(field(&admin, &key), "sent", "admin, {addr}:\n{admin}");
+        assert_eq!(
+            field(&inside, &key),
+            from_env,
+            "environment, {addr}:\n{inside}"
+        );
+    }
+}
+
+/// What the guard installed, as the admin sees it.
+const GUARD_STATE: &str = r#"
+cat /etc/ssh/sshd_config.d/00-llima-box.conf
+for t in iptables ip6tables; do
+    sudo -n "$t" -S LLIMA-BOX-ENV
+    sudo -n "$t" -S OUTPUT | grep -c LLIMA-BOX-ENV
+done
+"#;
+
+/// Installing the guard again (as an upgrade does) changes nothing.
+fn check_guard_idempotent(lb: &Lb) {
+    let state = || lb.ok(&["vm", "shell", "--", "sh", "-c", GUARD_STATE]);
+    let before = state();
+    assert!(before.contains("\nAllowUsers "), "{before}");
+    assert!(before.contains("-d 192.168.5.2/32 -j REJECT"), "{before}");
+    assert!(before.contains("-d fec0::/10 -j REJECT"), "{before}");
+    // One jump to the chain in OUTPUT, for each of IPv4 and IPv6.
+    assert_eq!(before.lines().filter(|l| *l == "1").count(), 2, "{before}");
+    for _ in 0..2 {
+        lb.ok(&[
+            "vm",
+            "shell",
+            "--",
+            "sudo",
+            "-n",
+            "/usr/local/libexec/llima-box/env-runtime",
+            "guard",
+        ]);
+    }
+    assert_eq!(state(), before, "the guard is not idempotent");
 }
 
 /// Waits (bindfs caches attributes for a second) until `$1` is or is not
