@@ -85,6 +85,10 @@ pub struct ShellArgs {
     /// Do not forward the host's SSH agent.
     #[arg(long)]
     pub no_agent: bool,
+    /// Use the directory even if it is the home directory, holds keys or
+    /// the VM's files, or is reached through a symlink.
+    #[arg(long)]
+    pub force: bool,
     /// Command and arguments to run instead of a login shell.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

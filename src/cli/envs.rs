@@ -2,7 +2,7 @@
 //! command shares: reaching the guest as its admin and keeping the
 //! in-guest runtime current.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -206,11 +206,7 @@ fn confirm(question: &str, yes: &YesArg) -> Result<bool> {
     if yes.yes || !std::io::stdin().is_terminal() {
         return Ok(true);
     }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    Ok(super::prompt::ask_yes_no(question)?)
 }
 
 pub fn delete(instance: &str, args: &DeleteArgs, out: &Output) -> Result<ExitCode> {

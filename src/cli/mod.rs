@@ -5,6 +5,7 @@ pub mod args;
 mod envs;
 mod output;
 mod progress;
+mod prompt;
 mod shell;
 mod test_vm;
 mod vm_list;

@@ -1,6 +1,7 @@
 //! `llima-box shell [PATH] [-- CMD ARGS...]`: a login shell or one command
 //! in the project's environment, as the environment's user, in the project.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -16,12 +17,12 @@ use crate::vm::access::{self, AccessError};
 use crate::vm::{config, dirs};
 
 pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
-    let path = match &args.path {
-        Some(p) => p.clone(),
-        None => std::env::current_dir().context("cannot read the current directory")?,
-    };
+    let path = logical_path(args.path.as_deref())?;
     let project = env::canonical_project(&path)?;
     let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+    if !args.force {
+        check_selection(&path, &project, &lima_home)?;
+    }
     let dir = lima_home.join(instance);
     // Refused before anything boots.
     let guest_project = guest_path(&dir, &lima_home, &project)?;
@@ -72,6 +73,54 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
     // the runtime prints its diagnosis ("llima-box env-runtime: ...") on
     // the same stderr, which is what tells the user.
     Ok(exit_code(result, out))
+}
+
+/// The project directory as the user named it: `PATH` made absolute
+/// against the logical working directory, or that directory itself (the
+/// shell's `$PWD`, when it is where we are, keeps the symlinks it went
+/// through; `getcwd` has none).
+fn logical_path(arg: Option<&Path>) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let logical_cwd = std::env::var_os("PWD")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && std::fs::canonicalize(p).ok().as_ref() == Some(&cwd))
+        .unwrap_or(cwd);
+    Ok(match arg {
+        Some(p) => env::selection::normalise(&logical_cwd.join(p)),
+        None => logical_cwd,
+    })
+}
+
+/// Refuses a project that would expose the home, keys or the VM's files;
+/// asks (on a terminal) before using a directory reached through a symlink.
+fn check_selection(logical: &Path, project: &Path, lima_home: &Path) -> Result<()> {
+    let home = dirs::home_dir().context("cannot locate the home directory")?;
+    let cx = env::selection::Context {
+        home: &home,
+        lima_home,
+    };
+    let env::selection::Selection::ThroughSymlink { logical } =
+        env::selection::check(logical, project, &cx)?
+    else {
+        return Ok(());
+    };
+    let what = format!(
+        "{} leads through a symlink to {}",
+        logical.display(),
+        project.display()
+    );
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "{what}; refusing without a terminal to ask on (an agent may have planted the link): give the real path, or pass --force"
+        );
+    }
+    if !super::prompt::ask_yes_no(&format!(
+        "{what}. Use {} as the project?",
+        project.display()
+    ))? {
+        bail!("not using {}", project.display());
+    }
+    Ok(())
 }
 
 /// Where `project` (canonical) is in the guest: it must be inside a

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod naming;
 pub mod runtime;
+pub mod selection;
 
 pub use llima_box_proto::message::EnvInfo;
 pub use naming::{canonical_project, env_name, validate_name};
@@ -24,6 +25,13 @@ pub enum Error {
     NotADirectory(std::path::PathBuf),
     #[error("project path {0:?} is not valid UTF-8; rename it, environments need a UTF-8 path")]
     NotUtf8(std::path::PathBuf),
+    #[error(
+        "refusing {path} as a project: {reason}; pick a directory that holds only the project, or pass --force if you mean it"
+    )]
+    SensitiveProject {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("project path {path:?} is not supported: {reason}")]
     Unsupported { path: String, reason: &'static str },
     #[error(
