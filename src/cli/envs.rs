@@ -143,6 +143,21 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `s` with control characters escaped (`\n`, `\u{1b}`): a project path
+/// may contain any byte but `/` and NUL, and an escape sequence in it must
+/// not reach the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn table(envs: &[EnvInfo]) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
@@ -156,10 +171,10 @@ fn table(envs: &[EnvInfo]) -> String {
         rows.push([
             e.name.clone(),
             state(e).into(),
-            e.created.clone(),
-            e.last_used.clone(),
+            printable(&e.created),
+            printable(&e.last_used),
             human_bytes(e.home_bytes),
-            e.project.clone(),
+            printable(&e.project),
         ]);
     }
     let widths: Vec<usize> = (0..6)
@@ -223,7 +238,7 @@ pub fn delete(instance: &str, args: &DeleteArgs, out: &Output) -> Result<ExitCod
         };
         let question = format!(
             "Delete environment {name} (its home and processes; the files of {} stay)?",
-            e.project
+            printable(&e.project)
         );
         if !confirm(&question, &args.yes)? {
             out.info("nothing deleted");
@@ -285,6 +300,28 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023B");
         assert_eq!(human_bytes(12288), "12.0KiB");
         assert_eq!(human_bytes(3 << 30), "3.0GiB");
+    }
+
+    #[test]
+    fn the_table_never_carries_control_characters() {
+        let e = EnvInfo {
+            name: "x-0123abcd".into(),
+            project: "/home/u/\u{1b}]0;owned\u{7}\u{1b}[2J\nfake line\u{9b}31m ü".into(),
+            created: "2026-11-30T07:00:00Z".into(),
+            last_used: "2026-11-30T07:00:00Z\r".into(),
+            running: false,
+            active: false,
+            processes: 0,
+            home_bytes: 0,
+        };
+        let t = table(&[e]);
+        assert!(
+            !t.trim_end().chars().any(|c| c.is_control() && c != '\n'),
+            "{t:?}"
+        );
+        assert_eq!(t.trim_end().lines().count(), 2, "{t}");
+        assert!(t.contains("\\u{1b}]0;owned\\u{7}"), "{t}");
+        assert!(t.contains("\\nfake line\\u{9b}31m ü"), "{t}");
     }
 
     #[test]
