@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use llima_box::vm::layout;
+
 fn var(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| {
         eprintln!("bench-host-agent: {k} is unset (run by tests/bench/ssh-bench)");
@@ -26,7 +28,7 @@ fn main() {
         match var("LLIMA_BOX_BENCH_SERVE").as_str() {
             "api" => {
                 use llima_box::vm::{hostagent::api, store::Info};
-                let listener = api::bind(&dir.join("ha.sock")).expect("bind ha.sock");
+                let listener = api::bind(&dir.join(layout::HOST_AGENT_SOCK)).expect("bind ha.sock");
                 let port = var("LLIMA_BOX_BENCH_PORT").parse().expect("a port number");
                 api::serve(
                     listener,
@@ -45,7 +47,7 @@ fn main() {
                     None,
                 )
                 .expect("the instance is reachable");
-                let path = dir.join(llima_box::ssh::mux::SOCKET);
+                let path = dir.join(layout::MUX_SOCK);
                 let listener = llima_box::ssh::mux::bind(&path).expect("bind mux.sock");
                 llima_box::ssh::mux::serve(listener, opts).await;
             }

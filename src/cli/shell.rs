@@ -14,6 +14,7 @@ use super::vm_shell::{agent_socket, block_on, deadline, exit_code, run_attached}
 use crate::env::{self, ExecRequest, runtime};
 use crate::ssh::{self, Session};
 use crate::vm::access::{self, AccessError};
+use crate::vm::layout;
 use crate::vm::{config, dirs};
 
 pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
@@ -126,7 +127,7 @@ fn check_selection(logical: &Path, project: &Path, lima_home: &Path) -> Result<(
 /// Where `project` (canonical) is in the guest: it must be inside a
 /// writable mount of the instance's filled config.
 fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
-    let yaml = dir.join("lima.yaml");
+    let yaml = dir.join(layout::LIMA_YAML);
     let config = if yaml.exists() {
         config::load_instance(dir, lima_home)
     } else {
@@ -151,7 +152,7 @@ fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
             (location, point, m.writable.unwrap_or(false))
         })
         .collect();
-    mount_for(&mounts, project, &dir.join("lima.yaml"))
+    mount_for(&mounts, project, &dir.join(layout::LIMA_YAML))
 }
 
 /// The guest path of `project` under the deepest mount containing it.

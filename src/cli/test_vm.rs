@@ -13,7 +13,7 @@ use super::vm_start;
 use crate::ssh::Session;
 use crate::vm::lifecycle::{self, InstanceLock};
 use crate::vm::store::{self, Status};
-use crate::vm::{access, dirs};
+use crate::vm::{access, dirs, layout};
 
 pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
     let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
@@ -35,7 +35,7 @@ pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
             let _lock = InstanceLock::acquire(&lima_home, &name)?;
             lifecycle::stop(&lima_home, &name, lifecycle::STOP_TIMEOUT)?;
             let inst = store::inspect(&lima_home, &name)?;
-            let leftovers: Vec<_> = ["ha.pid", "qemu.pid", "ha.sock", "qmp.sock"]
+            let leftovers: Vec<_> = layout::RUNNING_ONLY
                 .into_iter()
                 .filter(|f| inst.dir.join(f).exists())
                 .collect();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::args::LogsArgs;
-use crate::vm::{dirs, store};
+use crate::vm::{dirs, layout, store};
 
 pub fn run(instance: &str, args: &LogsArgs) -> Result<ExitCode> {
     let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
@@ -18,9 +18,9 @@ pub fn run(instance: &str, args: &LogsArgs) -> Result<ExitCode> {
         anyhow::bail!("instance {instance:?} does not exist; `llima-box vm start` creates it");
     }
     let path = dir.join(if args.serial {
-        "serial.log"
+        layout::SERIAL_LOG
     } else {
-        "ha.stderr.log"
+        layout::HOST_AGENT_STDERR_LOG
     });
     print_log(&path, args.follow).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(ExitCode::SUCCESS)

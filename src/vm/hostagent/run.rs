@@ -18,6 +18,7 @@ use crate::ssh;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::host::RealHost;
+use crate::vm::layout;
 use crate::vm::qemu;
 use crate::vm::store;
 
@@ -57,9 +58,9 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
                 ..Default::default()
             },
         );
-        let _ = std::fs::remove_file(dir.join("ha.sock"));
-        let _ = std::fs::remove_file(dir.join(ssh::mux::SOCKET));
-        let _ = std::fs::remove_file(dir.join("ha.pid"));
+        let _ = std::fs::remove_file(dir.join(layout::HOST_AGENT_SOCK));
+        let _ = std::fs::remove_file(dir.join(layout::MUX_SOCK));
+        let _ = std::fs::remove_file(dir.join(layout::HOST_AGENT_PID));
     }
     code
 }
@@ -118,7 +119,7 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let pid_file = dir.join("ha.pid");
+    let pid_file = dir.join(layout::HOST_AGENT_PID);
     store::write_pid_file(&pid_file, std::process::id()).map_err(|e| match e {
         store::PidFileError::StillRunning { pid, .. } => HostAgentError::AlreadyRunning { pid },
         e => e.into(),
@@ -141,11 +142,12 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
     let mut plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid, port)?;
     plan.write_files()?;
 
-    let listener = api::bind(&dir.join("ha.sock")).map_err(|source| HostAgentError::Io {
-        what: "listen on",
-        path: dir.join("ha.sock"),
-        source,
-    })?;
+    let listener =
+        api::bind(&dir.join(layout::HOST_AGENT_SOCK)).map_err(|source| HostAgentError::Io {
+            what: "listen on",
+            path: dir.join(layout::HOST_AGENT_SOCK),
+            source,
+        })?;
     let server = tokio::spawn(api::serve(
         listener,
         store::Info {
@@ -174,7 +176,7 @@ async fn supervise(
         port,
         &format!("booting the guest ({})", plan.qemu.accel.as_str()),
     );
-    let (spec, log_path) = (plan.qemu.clone(), dir.join("qemu.log"));
+    let (spec, log_path) = (plan.qemu.clone(), dir.join(layout::QEMU_LOG));
     let launched = tokio::task::spawn_blocking(move || {
         qemu::launch_with_fallback(&RealHost, &exe, &spec, &log_path, qemu::stuck::KVM_WINDOW)
     })
@@ -208,7 +210,7 @@ async fn supervise(
     if let Err(e) = ready {
         kill(qemu_pid);
         let _ = (&mut exited).await;
-        let _ = std::fs::remove_file(dir.join("qemu.pid"));
+        let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
         return Err(e);
     }
     log("guest is ready");
@@ -224,7 +226,7 @@ async fn supervise(
         _ = sigterm.recv() => {}
         status = &mut exited => {
             log(&format!("QEMU exited ({}); the guest powered off", status.ok().and_then(Result::ok).unwrap_or_default()));
-            let _ = std::fs::remove_file(dir.join("qemu.pid"));
+            let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
             return Ok(());
         }
     }
@@ -240,7 +242,7 @@ async fn supervise(
         kill(qemu_pid);
         let _ = exited.await;
     }
-    let _ = std::fs::remove_file(dir.join("qemu.pid"));
+    let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
     log("stopped");
     Ok(())
 }
@@ -248,7 +250,7 @@ async fn supervise(
 /// Serves `mux.sock` (see [`ssh::mux`]) until dropped; without it the CLI
 /// connects directly, so a failure here is only logged.
 fn serve_mux(dir: &Path, plan: &plan::Plan, port: u16) -> Option<AbortOnDrop> {
-    let path = dir.join(ssh::mux::SOCKET);
+    let path = dir.join(layout::MUX_SOCK);
     let served = || -> Result<AbortOnDrop, String> {
         let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim())
             .map_err(|e| format!("cannot parse the pinned host key: {e}"))?;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::{LifecycleError, create, force_stop};
 use crate::vm::hostagent::events::{self, Status as EventStatus};
 use crate::vm::image::Progress;
+use crate::vm::layout;
 use crate::vm::store::{self, Instance, Status};
 
 /// What `start` reports as it goes.
@@ -110,8 +111,8 @@ fn spawn_agent(inst: &Instance) -> Result<u32, LifecycleError> {
         let path = path.to_path_buf();
         move |source| LifecycleError::Io { what, path, source }
     };
-    let stdout_log = inst.dir.join("ha.stdout.log");
-    let stderr_log = inst.dir.join("ha.stderr.log");
+    let stdout_log = inst.dir.join(layout::HOST_AGENT_STDOUT_LOG);
+    let stderr_log = inst.dir.join(layout::HOST_AGENT_STDERR_LOG);
     let stdout = File::create(&stdout_log).map_err(io("create", &stdout_log))?;
     let stderr = File::create(&stderr_log).map_err(io("create", &stderr_log))?;
     let exe = std::env::current_exe().map_err(io("locate", Path::new("llima-box")))?;
@@ -136,7 +137,7 @@ fn follow_events(
     offset: u64,
     ui: &mut dyn StartUi,
 ) -> Result<u16, LifecycleError> {
-    let log = dir.join("ha.stdout.log");
+    let log = dir.join(layout::HOST_AGENT_STDOUT_LOG);
     let timeout = start_timeout();
     let deadline = Instant::now() + timeout;
     let mut pos = offset;
@@ -217,7 +218,7 @@ fn failure(dir: &Path, errors: Vec<String>) -> LifecycleError {
 
 /// The last `n` lines of the guest's serial console, for error messages.
 pub fn serial_tail(dir: &Path, n: usize) -> String {
-    log_tail(&dir.join("serial.log"), n)
+    log_tail(&dir.join(layout::SERIAL_LOG), n)
 }
 
 /// The last `n` lines of a log file; empty when it cannot be read.
