@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod env;
+pub mod errors;
 pub mod ssh;
 pub mod vm;
 

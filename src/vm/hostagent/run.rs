@@ -40,7 +40,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
     let code = match &result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("error: {}", store::error_chain(e)));
+            log(&format!("error: {}", crate::errors::one_line(e)));
             std::process::ExitCode::FAILURE
         }
     };
@@ -53,7 +53,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
                 exiting: true,
                 errors: result
                     .err()
-                    .map(|e| vec![store::error_chain(&e)])
+                    .map(|e| vec![crate::errors::one_line(&e)])
                     .unwrap_or_default(),
                 ..Default::default()
             },

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::format::Globals;
 use super::message::{self, Rendered};
 use super::{StoreError, hostname, instance_dir, pidfile, unix_http};
+use crate::errors;
 use crate::vm::config::{self, ConfigError, LimaYaml};
 use crate::vm::layout;
 use crate::vm::units::parse_bytes;
@@ -169,7 +170,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
             });
         }
         Err(e) => {
-            inst.errors.push(error_chain(&e));
+            inst.errors.push(errors::one_line(&e));
             return Ok(inst);
         }
     };
@@ -183,7 +184,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
 
     match pidfile::read_pid_file(&dir.join(layout::HOST_AGENT_PID)) {
         Ok(pid) => inst.host_agent_pid = pid,
-        Err(e) => inst.broken(error_chain(&e)),
+        Err(e) => inst.broken(errors::one_line(&e)),
     }
     if inst.host_agent_pid.is_some() {
         let sock = inst.ha_sock();
@@ -200,7 +201,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
                 }
                 Err(e) => inst.broken(format!(
                     "cannot get info from the host agent: {}",
-                    error_chain(&e)
+                    errors::one_line(&e)
                 )),
             }
         }
@@ -279,7 +280,7 @@ fn inspect_driver_status(inst: &mut Instance, vm_type: &str) {
     }
     match pidfile::read_pid_file(&inst.dir.join(layout::driver_pid(vm_type))) {
         Ok(pid) => inst.driver_pid = pid,
-        Err(e) => inst.broken(error_chain(&e)),
+        Err(e) => inst.broken(errors::one_line(&e)),
     }
     if inst.status != Status::Unknown {
         return;
@@ -415,16 +416,4 @@ fn exists_lstat(p: &Path) -> bool {
 
 fn is_not_found(e: &ConfigError) -> bool {
     matches!(e, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-}
-
-/// An error and its causes on one line, for `errors` and logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

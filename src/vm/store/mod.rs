@@ -10,7 +10,7 @@ mod unix_http;
 
 pub use crate::vm::host::{host_arch, host_os};
 pub use format::{Globals, list_json, table};
-pub use instance::{DiskLayout, Instance, Status, error_chain, inspect, inspect_for_list};
+pub use instance::{DiskLayout, Instance, Status, inspect, inspect_for_list};
 pub use pidfile::{PidFileError, read_pid_file, write_pid_file};
 pub use unix_http::{
     HOSTAGENT_HOST, HOSTAGENT_TIMEOUT, Info, Response, UnixHttpError, get, get_json, hostagent_info,
