@@ -10,6 +10,7 @@ pub mod cli;
 pub mod env;
 pub mod errors;
 pub mod ssh;
+pub mod timeouts;
 pub mod vm;
 
 #[doc(hidden)]

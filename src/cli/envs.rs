@@ -10,9 +10,10 @@ use anyhow::{Context, Result, bail};
 
 use super::Output;
 use super::args::{DeleteArgs, JsonArg, YesArg};
-use super::vm_shell::{block_on, deadline};
+use super::vm_shell::block_on;
 use crate::env::{self, EnvInfo, runtime};
 use crate::ssh::{Captured, Session};
+use crate::timeouts;
 use crate::vm::access::{self, AccessError};
 use crate::vm::dirs;
 
@@ -64,11 +65,15 @@ struct Guest {
 impl Guest {
     /// `Ok(None)` when the VM does not exist or is not running.
     async fn connect(lima_home: &Path, instance: &str) -> Result<Option<Guest>> {
-        let opts = match access::connect_options(lima_home, instance, deadline()?, None) {
-            Ok((opts, _)) => opts,
-            Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let opts =
+            match access::connect_options(lima_home, instance, timeouts::SSH_DEADLINE.get()?, None)
+            {
+                Ok((opts, _)) => opts,
+                Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            };
         let session = Session::connect(opts)
             .await
             .context("cannot connect to the VM")?;

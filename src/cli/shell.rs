@@ -10,9 +10,10 @@ use anyhow::{Context, Result, bail};
 use super::Output;
 use super::args::ShellArgs;
 use super::envs::{install_runtime, runtime_is_current};
-use super::vm_shell::{agent_socket, block_on, deadline, exit_code, run_attached};
+use super::vm_shell::{agent_socket, block_on, exit_code, run_attached};
 use crate::env::{self, ExecRequest, runtime};
 use crate::ssh::{self, Session};
+use crate::timeouts;
 use crate::vm::access::{self, AccessError};
 use crate::vm::layout;
 use crate::vm::{config, dirs};
@@ -28,11 +29,16 @@ pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
     // Refused before anything boots.
     let guest_project = guest_path(&dir, &lima_home, &project)?;
     let agent = agent_socket(args.no_agent);
-    let opts = match access::connect_options(&lima_home, instance, deadline()?, agent.clone()) {
+    let opts = match access::connect_options(
+        &lima_home,
+        instance,
+        timeouts::SSH_DEADLINE.get()?,
+        agent.clone(),
+    ) {
         Ok((opts, _)) => opts,
         Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
             super::vm_start::start(instance, None, out)?;
-            access::connect_options(&lima_home, instance, deadline()?, agent)?.0
+            access::connect_options(&lima_home, instance, timeouts::SSH_DEADLINE.get()?, agent)?.0
         }
         Err(e) => return Err(e.into()),
     };

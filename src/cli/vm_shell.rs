@@ -3,17 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::Output;
 use super::args::VmShellArgs;
 use crate::ssh::{self, ConnectOptions, RemoteExit, Session};
+use crate::timeouts;
 use crate::vm::{access, dirs};
 
-/// How long to wait for sshd when the VM was just started.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 /// ssh's own status for "the connection failed", distinct from any status
 /// of the remote command.
 const SSH_FAILURE: u8 = 255;
@@ -23,7 +21,7 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
     let (opts, _) = access::connect_options(
         &lima_home,
         instance,
-        deadline()?,
+        timeouts::SSH_DEADLINE.get()?,
         agent_socket(args.no_agent),
     )?;
     let cwd = std::env::current_dir().ok();
@@ -105,19 +103,6 @@ pub(super) fn agent_socket(disabled: bool) -> Option<PathBuf> {
     std::env::var_os("SSH_AUTH_SOCK")
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
-}
-
-pub(super) fn deadline() -> Result<Duration> {
-    match std::env::var("LLIMA_BOX_SSH_DEADLINE_SECS") {
-        Ok(v) => v
-            .parse::<f64>()
-            .ok()
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .with_context(|| {
-                format!("LLIMA_BOX_SSH_DEADLINE_SECS={v:?} is not a number of seconds")
-            }),
-        Err(_) => Ok(DEFAULT_DEADLINE),
-    }
 }
 
 /// `cd` to the requested or current directory, then a login shell, or a

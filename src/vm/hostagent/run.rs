@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::events::{self, Status};
 use super::{HostAgentError, api, plan, readiness};
 use crate::ssh;
+use crate::timeouts;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::host::RealHost;
@@ -89,25 +90,6 @@ fn stage(port: u16, text: &str) {
     });
 }
 
-/// How long the guest may take to become ready after QEMU starts.
-pub fn boot_timeout() -> Duration {
-    env_secs("LLIMA_BOX_BOOT_TIMEOUT", 600)
-}
-
-/// How long the guest gets to power off after the ACPI button.
-fn shutdown_grace() -> Duration {
-    env_secs("LLIMA_BOX_SHUTDOWN_GRACE", 120)
-}
-
-fn env_secs(var: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default),
-    )
-}
-
 async fn run(dir: &Path) -> Result<(), HostAgentError> {
     let dir = std::fs::canonicalize(dir).map_err(|source| HostAgentError::Io {
         what: "resolve",
@@ -168,6 +150,10 @@ async fn supervise(
     port: u16,
     iid: &str,
 ) -> Result<(), HostAgentError> {
+    // Both read before QEMU starts: a bad value must fail the start, not
+    // the shutdown.
+    let boot_timeout = timeouts::BOOT.get()?;
+    let grace = timeouts::SHUTDOWN_GRACE.get()?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(HostAgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(HostAgentError::Signal)?;
 
@@ -200,7 +186,7 @@ async fn supervise(
 
     stage(port, "waiting for SSH and cloud-init");
     let ready = tokio::select! {
-        r = readiness::wait(plan, port, iid, boot_timeout(), |s| stage(port, s)) => r,
+        r = readiness::wait(plan, port, iid, boot_timeout, |s| stage(port, s)) => r,
         status = &mut exited => Err(HostAgentError::GuestExited {
             status: status.ok().and_then(Result::ok).unwrap_or_default(),
         }),
@@ -231,7 +217,6 @@ async fn supervise(
         }
     }
     log("shutting the guest down (ACPI power button)");
-    let grace = shutdown_grace();
     let graceful = tokio::task::block_in_place(|| qmp.system_powerdown()).is_ok()
         && tokio::time::timeout(grace, &mut exited).await.is_ok();
     if !graceful {

@@ -42,6 +42,8 @@ pub enum LifecycleError {
     )]
     StopTimeout { name: String, secs: u64 },
     #[error(transparent)]
+    Timeout(#[from] crate::timeouts::TimeoutError),
+    #[error(transparent)]
     Config(#[from] crate::vm::config::ConfigError),
     #[error(transparent)]
     Image(#[from] crate::vm::image::ImageError),
