@@ -19,11 +19,7 @@ fn main() {
     let home = std::path::PathBuf::from(var("LLIMA_BOX_BENCH_HOME"));
     let name = var("LLIMA_BOX_BENCH_INSTANCE");
     let dir = home.join(&name);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = llima_box::async_runtime::new().expect("tokio runtime");
     rt.block_on(async {
         match var("LLIMA_BOX_BENCH_SERVE").as_str() {
             "api" => {

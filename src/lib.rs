@@ -6,6 +6,7 @@
 //! client that carries every byte into the guest; `env` maps project paths to
 //! environments.
 
+pub mod async_runtime;
 pub mod cli;
 pub mod env;
 pub mod errors;

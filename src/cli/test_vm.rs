@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use super::Output;
 use super::args::TestVmArgs;
+use super::vm_shell::block_on;
 use super::vm_start;
 use crate::ssh::Session;
 use crate::vm::lifecycle::{self, InstanceLock};
@@ -73,16 +74,12 @@ pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
 
 fn ssh_uname(lima_home: &std::path::Path, name: &str) -> Result<String> {
     let (opts, _) = access::connect_options(lima_home, name, Duration::from_secs(60), None)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let captured = rt.block_on(async {
+    let captured = block_on(async {
         let session = Session::connect(opts).await?;
         let out = session.exec_capture(&["uname", "-a"]).await?;
         let _ = session.close().await;
         Ok::<_, crate::ssh::Error>(out)
-    })?;
+    })??;
     let text = String::from_utf8_lossy(&captured.stdout).trim().to_string();
     if !captured.exit.success() || !text.starts_with("Linux") {
         bail!(

@@ -41,11 +41,7 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
 
 /// Runs `f` to completion on a small async runtime.
 pub(super) fn block_on<T>(f: impl Future<Output = T>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::async_runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(f);
     // Nothing left to wait for: output is flushed as it arrives.
     runtime.shutdown_background();

@@ -26,11 +26,7 @@ use crate::vm::store;
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
 pub fn main(dir: &Path) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::async_runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             log(&format!("cannot start the async runtime: {e}"));
