@@ -15,30 +15,29 @@ use crate::env::{self, ExecRequest, runtime};
 use crate::ssh::{self, Session};
 use crate::timeouts;
 use crate::vm::access::{self, AccessError};
+use crate::vm::config;
 use crate::vm::layout;
-use crate::vm::{config, dirs};
 
-pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
+pub fn run(lima_home: &Path, instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
     let path = logical_path(args.path.as_deref())?;
     let project = env::canonical_project(&path)?;
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
     if !args.force {
-        check_selection(&path, &project, &lima_home)?;
+        check_selection(&path, &project, lima_home)?;
     }
     let dir = lima_home.join(instance);
     // Refused before anything boots.
-    let guest_project = guest_path(&dir, &lima_home, &project)?;
+    let guest_project = guest_path(&dir, lima_home, &project)?;
     let agent = agent_socket(args.no_agent);
     let opts = match access::connect_options(
-        &lima_home,
+        lima_home,
         instance,
         timeouts::SSH_DEADLINE.get()?,
         agent.clone(),
     ) {
         Ok((opts, _)) => opts,
         Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
-            super::vm_start::start(instance, None, out)?;
-            access::connect_options(&lima_home, instance, timeouts::SSH_DEADLINE.get()?, agent)?.0
+            super::vm_start::start(lima_home, instance, None, out)?;
+            access::connect_options(lima_home, instance, timeouts::SSH_DEADLINE.get()?, agent)?.0
         }
         Err(e) => return Err(e.into()),
     };

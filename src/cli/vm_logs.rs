@@ -9,11 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::args::LogsArgs;
-use crate::vm::{dirs, layout, store};
+use crate::vm::{layout, store};
 
-pub fn run(instance: &str, args: &LogsArgs) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
-    let dir = store::instance_dir(&lima_home, instance)?;
+pub fn run(lima_home: &Path, instance: &str, args: &LogsArgs) -> Result<ExitCode> {
+    let dir = store::instance_dir(lima_home, instance)?;
     if !dir.is_dir() {
         anyhow::bail!("instance {instance:?} does not exist; `llima-box vm start` creates it");
     }

@@ -10,16 +10,15 @@ use super::Output;
 use super::args::VmShellArgs;
 use crate::ssh::{self, ConnectOptions, RemoteExit, Session};
 use crate::timeouts;
-use crate::vm::{access, dirs};
+use crate::vm::access;
 
 /// ssh's own status for "the connection failed", distinct from any status
 /// of the remote command.
 const SSH_FAILURE: u8 = 255;
 
-pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+pub fn run(lima_home: &Path, instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode> {
     let (opts, _) = access::connect_options(
-        &lima_home,
+        lima_home,
         instance,
         timeouts::SSH_DEADLINE.get()?,
         agent_socket(args.no_agent),
