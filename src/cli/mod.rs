@@ -2,6 +2,7 @@
 //! humans. Domain modules return typed errors; `anyhow` context is added here.
 
 pub mod args;
+mod docs;
 mod envs;
 mod output;
 mod progress;
@@ -83,6 +84,8 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
             refuse_root()?;
             vm_start::run(&lima_home()?, instance, &args, out)
         }
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
         Command::Hostagent(args) => {
             refuse_root()?;
             Ok(crate::vm::hostagent::main(&args.dir))
