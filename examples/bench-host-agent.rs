@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use llima_box::vm::layout;
+
 fn var(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| {
         eprintln!("bench-host-agent: {k} is unset (run by tests/bench/ssh-bench)");
@@ -17,16 +19,12 @@ fn main() {
     let home = std::path::PathBuf::from(var("LLIMA_BOX_BENCH_HOME"));
     let name = var("LLIMA_BOX_BENCH_INSTANCE");
     let dir = home.join(&name);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = llima_box::async_runtime::new().expect("tokio runtime");
     rt.block_on(async {
         match var("LLIMA_BOX_BENCH_SERVE").as_str() {
             "api" => {
                 use llima_box::vm::{hostagent::api, store::Info};
-                let listener = api::bind(&dir.join("ha.sock")).expect("bind ha.sock");
+                let listener = api::bind(&dir.join(layout::HOST_AGENT_SOCK)).expect("bind ha.sock");
                 let port = var("LLIMA_BOX_BENCH_PORT").parse().expect("a port number");
                 api::serve(
                     listener,
@@ -45,7 +43,7 @@ fn main() {
                     None,
                 )
                 .expect("the instance is reachable");
-                let path = dir.join(llima_box::ssh::mux::SOCKET);
+                let path = dir.join(layout::MUX_SOCK);
                 let listener = llima_box::ssh::mux::bind(&path).expect("bind mux.sock");
                 llima_box::ssh::mux::serve(listener, opts).await;
             }

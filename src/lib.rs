@@ -6,9 +6,12 @@
 //! client that carries every byte into the guest; `env` maps project paths to
 //! environments.
 
+pub mod async_runtime;
 pub mod cli;
 pub mod env;
+pub mod errors;
 pub mod ssh;
+pub mod timeouts;
 pub mod vm;
 
 #[doc(hidden)]

@@ -4,6 +4,7 @@
 # scripts on it are executable by root only.
 set -eu
 LIMA_CIDATA_MNT=/mnt/lima-cidata
+# shellcheck disable=SC2174 # /mnt exists: only the last directory is new
 mkdir -p -m 700 "$LIMA_CIDATA_MNT"
 if ! grep -qs " $LIMA_CIDATA_MNT " /proc/mounts; then
 	mount -t iso9660 -o ro,mode=0700,dmode=0700,overriderockperm,exec,uid=0 \

@@ -70,6 +70,7 @@ update_etc_environment() {
 }
 
 write_data_files() {
+	# shellcheck disable=SC2154 # owner, perms and overwrite are set by eval
 	for f in "$LIMA_CIDATA_MNT"/provision.data/*; do
 		[ -f "$f" ] || continue
 		i=${f##*/}

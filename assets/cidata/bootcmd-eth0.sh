@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2154
 # $mac is set by the line above. If the NIC with that MAC did not come up as
 # eth0, rename it, then give eth0 up to 30 s to get an IPv4 address.
 if [ ! -e /sys/class/net/eth0 ]; then

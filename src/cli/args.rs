@@ -73,6 +73,18 @@ pub enum Command {
     #[command(subcommand)]
     Vm(VmCommand),
 
+    /// Print a completion script for a shell.
+    #[command(
+        after_help = "Examples:\n  llima-box completions bash > ~/.local/share/bash-completion/completions/llima-box\n  llima-box completions zsh > ~/.zfunc/_llima-box    # a directory in $fpath\n  llima-box completions fish > ~/.config/fish/completions/llima-box.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Print the manual page, or write one page per command into a directory.
+    #[command(
+        after_help = "Examples:\n  llima-box man | man -l -\n  llima-box man --dir ~/.local/share/man/man1 && man llima-box-vm-start"
+    )]
+    Man(ManArgs),
+
     /// Internal: the detached host agent that owns QEMU.
     #[command(hide = true)]
     Hostagent(HostagentArgs),
@@ -217,6 +229,20 @@ pub struct VmShellArgs {
     /// Command and arguments (default: a login shell).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write llima-box.1 and a page for every command (llima-box-vm-start.1,
+    /// ...) into this directory instead of printing llima-box.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -10,11 +10,11 @@ use anyhow::{Context, Result, bail};
 
 use super::Output;
 use super::args::{DeleteArgs, JsonArg, YesArg};
-use super::vm_shell::{block_on, deadline};
+use super::vm_shell::block_on;
 use crate::env::{self, EnvInfo, runtime};
 use crate::ssh::{Captured, Session};
+use crate::timeouts;
 use crate::vm::access::{self, AccessError};
-use crate::vm::dirs;
 
 /// Records, in the instance directory, which runtime version the guest has.
 /// The guest's disk lives and dies with that directory, so a matching stamp
@@ -64,11 +64,15 @@ struct Guest {
 impl Guest {
     /// `Ok(None)` when the VM does not exist or is not running.
     async fn connect(lima_home: &Path, instance: &str) -> Result<Option<Guest>> {
-        let opts = match access::connect_options(lima_home, instance, deadline()?, None) {
-            Ok((opts, _)) => opts,
-            Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let opts =
+            match access::connect_options(lima_home, instance, timeouts::SSH_DEADLINE.get()?, None)
+            {
+                Ok((opts, _)) => opts,
+                Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            };
         let session = Session::connect(opts)
             .await
             .context("cannot connect to the VM")?;
@@ -96,13 +100,12 @@ impl Guest {
 
 const STOPPED: &str = "the VM is stopped; start it with `llima-box vm start` to list environments";
 
-pub fn list(instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+pub fn list(lima_home: &Path, instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
     block_on(async {
         // Environments live only in the guest; nothing is recorded on the
         // host, so a stopped VM has nothing to show (and is never booted
         // just to list).
-        let Some(guest) = Guest::connect(&lima_home, instance).await? else {
+        let Some(guest) = Guest::connect(lima_home, instance).await? else {
             out.info(STOPPED);
             return Ok(ExitCode::SUCCESS);
         };
@@ -224,11 +227,15 @@ fn confirm(question: &str, yes: &YesArg) -> Result<bool> {
     Ok(super::prompt::ask_yes_no(question)?)
 }
 
-pub fn delete(instance: &str, args: &DeleteArgs, out: &Output) -> Result<ExitCode> {
+pub fn delete(
+    lima_home: &Path,
+    instance: &str,
+    args: &DeleteArgs,
+    out: &Output,
+) -> Result<ExitCode> {
     let name = target_name(args.target.as_deref())?;
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
     block_on(async {
-        let Some(guest) = Guest::connect(&lima_home, instance).await? else {
+        let Some(guest) = Guest::connect(lima_home, instance).await? else {
             bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
         };
         let envs = guest.list().await?;
@@ -250,10 +257,14 @@ pub fn delete(instance: &str, args: &DeleteArgs, out: &Output) -> Result<ExitCod
     })?
 }
 
-pub fn delete_all(instance: &str, args: &YesArg, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+pub fn delete_all(
+    lima_home: &Path,
+    instance: &str,
+    args: &YesArg,
+    out: &Output,
+) -> Result<ExitCode> {
     block_on(async {
-        let Some(guest) = Guest::connect(&lima_home, instance).await? else {
+        let Some(guest) = Guest::connect(lima_home, instance).await? else {
             bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
         };
         let envs = guest.list().await?;

@@ -2,6 +2,7 @@
 //! humans. Domain modules return typed errors; `anyhow` context is added here.
 
 pub mod args;
+mod docs;
 mod envs;
 mod output;
 mod progress;
@@ -18,11 +19,13 @@ mod vm_validate;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 
 use args::{Cli, Command, VmCommand};
 pub use output::Output;
+
+use crate::vm::dirs;
 
 /// Entry point of the `llima-box` binary.
 pub fn main() -> ExitCode {
@@ -38,50 +41,58 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
+    // Every command but the host agent (given its instance directory)
+    // works under $LIMA_HOME; resolved here, once, after refuse_root.
+    let lima_home = || {
+        dirs::lima_home().context("cannot find the Lima directory ($LIMA_HOME, default ~/.lima)")
+    };
+    let instance = cli.instance.as_str();
     match cli.command {
-        Command::Vm(VmCommand::List(args)) => vm_list::run(&args, out),
-        Command::Vm(VmCommand::Validate(args)) => vm_validate::run(&args, out),
+        Command::Vm(VmCommand::List(args)) => vm_list::run(&lima_home()?, &args, out),
+        Command::Vm(VmCommand::Validate(args)) => vm_validate::run(&lima_home()?, &args, out),
         Command::Vm(VmCommand::Shell(args)) => {
             refuse_root()?;
-            vm_shell::run(&cli.instance, &args, out)
+            vm_shell::run(&lima_home()?, instance, &args, out)
         }
         Command::Shell(args) => {
             refuse_root()?;
-            shell::run(&cli.instance, &args, out)
+            shell::run(&lima_home()?, instance, &args, out)
         }
         Command::List(args) => {
             refuse_root()?;
-            envs::list(&cli.instance, &args, out)
+            envs::list(&lima_home()?, instance, &args, out)
         }
         Command::Delete(args) => {
             refuse_root()?;
-            envs::delete(&cli.instance, &args, out)
+            envs::delete(&lima_home()?, instance, &args, out)
         }
         Command::DeleteAll(args) => {
             refuse_root()?;
-            envs::delete_all(&cli.instance, &args, out)
+            envs::delete_all(&lima_home()?, instance, &args, out)
         }
-        Command::Vm(VmCommand::Status(args)) => vm_status::run(&cli.instance, &args),
-        Command::Vm(VmCommand::Logs(args)) => vm_logs::run(&cli.instance, &args),
+        Command::Vm(VmCommand::Status(args)) => vm_status::run(&lima_home()?, instance, &args),
+        Command::Vm(VmCommand::Logs(args)) => vm_logs::run(&lima_home()?, instance, &args),
         Command::Vm(VmCommand::Stop(args)) => {
             refuse_root()?;
-            vm_stop::stop(&cli.instance, &args, out)
+            vm_stop::stop(&lima_home()?, instance, &args, out)
         }
         Command::Vm(VmCommand::Delete(args)) => {
             refuse_root()?;
-            vm_stop::delete(&cli.instance, &args, out)
+            vm_stop::delete(&lima_home()?, instance, &args, out)
         }
         Command::Vm(VmCommand::Start(args)) => {
             refuse_root()?;
-            vm_start::run(&cli.instance, &args, out)
+            vm_start::run(&lima_home()?, instance, &args, out)
         }
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
         Command::Hostagent(args) => {
             refuse_root()?;
             Ok(crate::vm::hostagent::main(&args.dir))
         }
         Command::TestVm(args) => {
             refuse_root()?;
-            test_vm::run(&args, out)
+            test_vm::run(&lima_home()?, &args, out)
         }
     }
 }

@@ -10,28 +10,34 @@ use anyhow::{Context, Result, bail};
 use super::Output;
 use super::args::ShellArgs;
 use super::envs::{install_runtime, runtime_is_current};
-use super::vm_shell::{agent_socket, block_on, deadline, exit_code, run_attached};
+use super::vm_shell::{agent_socket, block_on, exit_code, run_attached};
 use crate::env::{self, ExecRequest, runtime};
 use crate::ssh::{self, Session};
+use crate::timeouts;
 use crate::vm::access::{self, AccessError};
-use crate::vm::{config, dirs};
+use crate::vm::config;
+use crate::vm::layout;
 
-pub fn run(instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
+pub fn run(lima_home: &Path, instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
     let path = logical_path(args.path.as_deref())?;
     let project = env::canonical_project(&path)?;
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
     if !args.force {
-        check_selection(&path, &project, &lima_home)?;
+        check_selection(&path, &project, lima_home)?;
     }
     let dir = lima_home.join(instance);
     // Refused before anything boots.
-    let guest_project = guest_path(&dir, &lima_home, &project)?;
+    let guest_project = guest_path(&dir, lima_home, &project)?;
     let agent = agent_socket(args.no_agent);
-    let opts = match access::connect_options(&lima_home, instance, deadline()?, agent.clone()) {
+    let opts = match access::connect_options(
+        lima_home,
+        instance,
+        timeouts::SSH_DEADLINE.get()?,
+        agent.clone(),
+    ) {
         Ok((opts, _)) => opts,
         Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
-            super::vm_start::start(instance, None, out)?;
-            access::connect_options(&lima_home, instance, deadline()?, agent)?.0
+            super::vm_start::start(lima_home, instance, None, out)?;
+            access::connect_options(lima_home, instance, timeouts::SSH_DEADLINE.get()?, agent)?.0
         }
         Err(e) => return Err(e.into()),
     };
@@ -126,7 +132,7 @@ fn check_selection(logical: &Path, project: &Path, lima_home: &Path) -> Result<(
 /// Where `project` (canonical) is in the guest: it must be inside a
 /// writable mount of the instance's filled config.
 fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
-    let yaml = dir.join("lima.yaml");
+    let yaml = dir.join(layout::LIMA_YAML);
     let config = if yaml.exists() {
         config::load_instance(dir, lima_home)
     } else {
@@ -151,7 +157,7 @@ fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
             (location, point, m.writable.unwrap_or(false))
         })
         .collect();
-    mount_for(&mounts, project, &dir.join("lima.yaml"))
+    mount_for(&mounts, project, &dir.join(layout::LIMA_YAML))
 }
 
 /// The guest path of `project` under the deepest mount containing it.

@@ -2,21 +2,22 @@
 //! (create and boot, SSH exec, stop, delete) on a throwaway instance, so a
 //! person can tell in one command whether their machine runs the VM.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::Output;
 use super::args::TestVmArgs;
+use super::vm_shell::block_on;
 use super::vm_start;
 use crate::ssh::Session;
 use crate::vm::lifecycle::{self, InstanceLock};
 use crate::vm::store::{self, Status};
-use crate::vm::{access, dirs};
+use crate::vm::{access, layout};
 
-pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
+pub fn run(lima_home: &Path, args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
     let throwaway = args.existing.is_none();
     let name = args
         .existing
@@ -27,15 +28,15 @@ pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
     let mut steps = Steps::default();
     let result = (|| -> Result<()> {
         steps.run("create and boot", || {
-            let started = vm_start::start(&name, None, out)?;
+            let started = vm_start::start(lima_home, &name, None, out)?;
             Ok(format!("SSH on 127.0.0.1:{}", started.ssh_local_port))
         })?;
-        steps.run("SSH exec `uname -a`", || ssh_uname(&lima_home, &name))?;
+        steps.run("SSH exec `uname -a`", || ssh_uname(lima_home, &name))?;
         steps.run("stop", || {
-            let _lock = InstanceLock::acquire(&lima_home, &name)?;
-            lifecycle::stop(&lima_home, &name, lifecycle::STOP_TIMEOUT)?;
-            let inst = store::inspect(&lima_home, &name)?;
-            let leftovers: Vec<_> = ["ha.pid", "qemu.pid", "ha.sock", "qmp.sock"]
+            let _lock = InstanceLock::acquire(lima_home, &name)?;
+            lifecycle::stop(lima_home, &name, lifecycle::STOP_TIMEOUT)?;
+            let inst = store::inspect(lima_home, &name)?;
+            let leftovers: Vec<_> = layout::RUNNING_ONLY
                 .into_iter()
                 .filter(|f| inst.dir.join(f).exists())
                 .collect();
@@ -46,8 +47,8 @@ pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
         })?;
         if throwaway && !args.keep {
             steps.run("delete", || {
-                let _lock = InstanceLock::acquire(&lima_home, &name)?;
-                lifecycle::delete(&lima_home, &name, false)?;
+                let _lock = InstanceLock::acquire(lima_home, &name)?;
+                lifecycle::delete(lima_home, &name, false)?;
                 Ok("instance directory removed".to_string())
             })?;
         }
@@ -62,8 +63,8 @@ pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
         Err(e) => {
             if throwaway && !args.keep {
                 // Leave nothing behind: kill whatever is left and remove it.
-                if let Ok(_lock) = InstanceLock::acquire(&lima_home, &name) {
-                    let _ = lifecycle::delete(&lima_home, &name, true);
+                if let Ok(_lock) = InstanceLock::acquire(lima_home, &name) {
+                    let _ = lifecycle::delete(lima_home, &name, true);
                 }
             }
             Err(e.context(format!("self-test failed at step {:?}", steps.current)))
@@ -71,18 +72,14 @@ pub fn run(args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
     }
 }
 
-fn ssh_uname(lima_home: &std::path::Path, name: &str) -> Result<String> {
+fn ssh_uname(lima_home: &Path, name: &str) -> Result<String> {
     let (opts, _) = access::connect_options(lima_home, name, Duration::from_secs(60), None)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let captured = rt.block_on(async {
+    let captured = block_on(async {
         let session = Session::connect(opts).await?;
         let out = session.exec_capture(&["uname", "-a"]).await?;
         let _ = session.close().await;
         Ok::<_, crate::ssh::Error>(out)
-    })?;
+    })??;
     let text = String::from_utf8_lossy(&captured.stdout).trim().to_string();
     if !captured.exit.success() || !text.starts_with("Linux") {
         bail!(

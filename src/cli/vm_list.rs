@@ -3,6 +3,7 @@
 //! stale-pid-file cleanup), so unlike the VM commands it also runs as root.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -11,9 +12,8 @@ use super::Output;
 use super::args::VmListArgs;
 use crate::vm::{dirs, store};
 
-pub fn run(args: &VmListArgs, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
-    let all = store::instance_names(&lima_home)?;
+pub fn run(lima_home: &Path, args: &VmListArgs, out: &Output) -> Result<ExitCode> {
+    let all = store::instance_names(lima_home)?;
     if args.names.is_empty() && all.is_empty() {
         out.warn(&format!(
             "no instance found in {}; `llima-box vm start` creates one",
@@ -49,7 +49,7 @@ pub fn run(args: &VmListArgs, out: &Output) -> Result<ExitCode> {
     } else {
         let mut instances = Vec::new();
         for name in selected {
-            let inst = store::inspect_for_list(&lima_home, name)
+            let inst = store::inspect_for_list(lima_home, name)
                 .with_context(|| format!("unable to load instance {name:?}"))?;
             if !inst.errors.is_empty() {
                 out.warn(&format!(
@@ -61,7 +61,7 @@ pub fn run(args: &VmListArgs, out: &Output) -> Result<ExitCode> {
             instances.push(inst);
         }
         if args.json {
-            let globals = store::Globals::new(&lima_home);
+            let globals = store::Globals::new(lima_home);
             for inst in &instances {
                 let v = store::list_json(inst, &globals);
                 // JSON Lines for programs; indented for a person, as limactl.

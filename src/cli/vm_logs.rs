@@ -9,18 +9,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::args::LogsArgs;
-use crate::vm::{dirs, store};
+use crate::vm::{layout, store};
 
-pub fn run(instance: &str, args: &LogsArgs) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
-    let dir = store::instance_dir(&lima_home, instance)?;
+pub fn run(lima_home: &Path, instance: &str, args: &LogsArgs) -> Result<ExitCode> {
+    let dir = store::instance_dir(lima_home, instance)?;
     if !dir.is_dir() {
         anyhow::bail!("instance {instance:?} does not exist; `llima-box vm start` creates it");
     }
     let path = dir.join(if args.serial {
-        "serial.log"
+        layout::SERIAL_LOG
     } else {
-        "ha.stderr.log"
+        layout::HOST_AGENT_STDERR_LOG
     });
     print_log(&path, args.follow).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(ExitCode::SUCCESS)

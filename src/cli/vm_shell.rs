@@ -3,27 +3,24 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::Output;
 use super::args::VmShellArgs;
 use crate::ssh::{self, ConnectOptions, RemoteExit, Session};
-use crate::vm::{access, dirs};
+use crate::timeouts;
+use crate::vm::access;
 
-/// How long to wait for sshd when the VM was just started.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 /// ssh's own status for "the connection failed", distinct from any status
 /// of the remote command.
 const SSH_FAILURE: u8 = 255;
 
-pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot locate $LIMA_HOME")?;
+pub fn run(lima_home: &Path, instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode> {
     let (opts, _) = access::connect_options(
-        &lima_home,
+        lima_home,
         instance,
-        deadline()?,
+        timeouts::SSH_DEADLINE.get()?,
         agent_socket(args.no_agent),
     )?;
     let cwd = std::env::current_dir().ok();
@@ -43,11 +40,7 @@ pub fn run(instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode>
 
 /// Runs `f` to completion on a small async runtime.
 pub(super) fn block_on<T>(f: impl Future<Output = T>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::async_runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(f);
     // Nothing left to wait for: output is flushed as it arrives.
     runtime.shutdown_background();
@@ -105,19 +98,6 @@ pub(super) fn agent_socket(disabled: bool) -> Option<PathBuf> {
     std::env::var_os("SSH_AUTH_SOCK")
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
-}
-
-pub(super) fn deadline() -> Result<Duration> {
-    match std::env::var("LLIMA_BOX_SSH_DEADLINE_SECS") {
-        Ok(v) => v
-            .parse::<f64>()
-            .ok()
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .with_context(|| {
-                format!("LLIMA_BOX_SSH_DEADLINE_SECS={v:?} is not a number of seconds")
-            }),
-        Err(_) => Ok(DEFAULT_DEADLINE),
-    }
 }
 
 /// `cd` to the requested or current directory, then a login shell, or a

@@ -10,7 +10,6 @@ use super::Output;
 use super::args::StartArgs;
 use super::progress::Stages;
 use crate::vm::config::{self, TemplateSearch};
-use crate::vm::dirs;
 use crate::vm::image::{BarReporter, NoProgress, Progress};
 use crate::vm::lifecycle::{self, StartUi, Started};
 
@@ -48,21 +47,21 @@ impl StartUi for CliStartUi {
 
 /// Boots `instance` (creating it first, from `template` or the built-in
 /// config, if needed) and returns where it is.
-pub fn start(instance: &str, template: Option<&Path>, out: &Output) -> Result<Started> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
+pub fn start(
+    lima_home: &Path,
+    instance: &str,
+    template: Option<&Path>,
+    out: &Output,
+) -> Result<Started> {
     let yaml = match template {
         Some(t) => Some(
-            config::instance_yaml_from_template(
-                t,
-                &lima_home,
-                &TemplateSearch::from_env(&lima_home),
-            )
-            .with_context(|| format!("cannot use {} as the instance config", t.display()))?,
+            config::instance_yaml_from_template(t, lima_home, &TemplateSearch::from_env(lima_home))
+                .with_context(|| format!("cannot use {} as the instance config", t.display()))?,
         ),
         None => None,
     };
     let mut ui = CliStartUi::new(out);
-    let started = lifecycle::start(&lima_home, instance, yaml.as_deref(), &mut ui)
+    let started = lifecycle::start(lima_home, instance, yaml.as_deref(), &mut ui)
         .with_context(|| format!("cannot start instance {instance:?}"))?;
     if started.already_running {
         out.info(&format!(
@@ -79,7 +78,7 @@ pub fn start(instance: &str, template: Option<&Path>, out: &Output) -> Result<St
     Ok(started)
 }
 
-pub fn run(instance: &str, args: &StartArgs, out: &Output) -> Result<ExitCode> {
-    start(instance, args.template.as_deref(), out)?;
+pub fn run(lima_home: &Path, instance: &str, args: &StartArgs, out: &Output) -> Result<ExitCode> {
+    start(lima_home, instance, args.template.as_deref(), out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,16 +1,16 @@
 //! `llima-box vm status [--json]`: one instance, as `vm list` shows it,
 //! with the paths a person needs when something is wrong.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::args::JsonArg;
-use crate::vm::{dirs, store};
+use crate::vm::store;
 
-pub fn run(instance: &str, args: &JsonArg) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
-    let inst = match store::inspect(&lima_home, instance) {
+pub fn run(lima_home: &Path, instance: &str, args: &JsonArg) -> Result<ExitCode> {
+    let inst = match store::inspect(lima_home, instance) {
         Err(store::StoreError::NotFound { .. }) => {
             anyhow::bail!(
                 "instance {instance:?} does not exist in {}; `llima-box vm start` creates it",
@@ -20,7 +20,7 @@ pub fn run(instance: &str, args: &JsonArg) -> Result<ExitCode> {
         other => other?,
     };
     if args.json {
-        let v = store::list_json(&inst, &store::Globals::new(&lima_home));
+        let v = store::list_json(&inst, &store::Globals::new(lima_home));
         println!("{}", serde_json::to_string(&v)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,19 +1,19 @@
 //! `llima-box vm stop [--force]` and `llima-box vm delete [--force]`.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Output;
 use super::args::ForceArg;
 use crate::vm::lifecycle::{self, InstanceLock};
-use crate::vm::{dirs, store};
+use crate::vm::store;
 
-pub fn stop(instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
-    let _lock = InstanceLock::acquire(&lima_home, instance)?;
+pub fn stop(lima_home: &Path, instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
+    let _lock = InstanceLock::acquire(lima_home, instance)?;
     if args.force {
-        let inst = match store::inspect(&lima_home, instance) {
+        let inst = match store::inspect(lima_home, instance) {
             Err(store::StoreError::NotFound { .. }) => {
                 anyhow::bail!("instance {instance:?} does not exist")
             }
@@ -23,16 +23,15 @@ pub fn stop(instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
         out.info(&format!("{instance}: killed (forced stop)"));
     } else {
         out.info(&format!("{instance}: shutting the guest down..."));
-        lifecycle::stop(&lima_home, instance, lifecycle::STOP_TIMEOUT)?;
+        lifecycle::stop(lima_home, instance, lifecycle::STOP_TIMEOUT)?;
         out.info(&format!("{instance}: stopped"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn delete(instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot find the Lima directory")?;
-    let _lock = InstanceLock::acquire(&lima_home, instance)?;
-    lifecycle::delete(&lima_home, instance, args.force)?;
+pub fn delete(lima_home: &Path, instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
+    let _lock = InstanceLock::acquire(lima_home, instance)?;
+    lifecycle::delete(lima_home, instance, args.force)?;
     out.info(&format!("{instance}: deleted"));
     Ok(ExitCode::SUCCESS)
 }

@@ -5,20 +5,19 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Output;
 use super::args::ValidateArgs;
 use crate::vm::config::{self, FillContext, Host, LimaYaml, TemplateSearch};
 use crate::vm::dirs;
 
-pub fn run(args: &ValidateArgs, out: &Output) -> Result<ExitCode> {
-    let lima_home = dirs::lima_home().context("cannot locate the Lima home directory")?;
-    let search = TemplateSearch::from_env(&lima_home);
+pub fn run(lima_home: &Path, args: &ValidateArgs, out: &Output) -> Result<ExitCode> {
+    let search = TemplateSearch::from_env(lima_home);
     let host = Host::current();
     let mut failed = 0;
     for file in &args.files {
-        match check(file, &lima_home, &search, &host, args.fill) {
+        match check(file, lima_home, &search, &host, args.fill) {
             Ok(y) => {
                 out.info(&format!("{}: OK", file.display()));
                 if args.fill {

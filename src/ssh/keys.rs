@@ -162,6 +162,7 @@ fn file_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::layout;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -189,10 +190,10 @@ mod tests {
     #[test]
     fn host_key_parse_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ssh_host_key.pub");
+        let p = dir.path().join(layout::HOST_KEY_PUB);
         std::fs::write(&p, "ssh-ed25519 not-base64!\n").unwrap();
         let err = load_host_public_key(&p).unwrap_err();
         assert!(matches!(err, Error::HostKeyParse { .. }), "{err:?}");
-        assert!(err.to_string().contains("ssh_host_key.pub"));
+        assert!(err.to_string().contains(layout::HOST_KEY_PUB));
     }
 }

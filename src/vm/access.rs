@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ssh::{self, ConnectOptions, HostKeyPolicy};
-use crate::vm::lifecycle::HOST_KEY_PUB;
+use crate::vm::layout;
 use crate::vm::store::{self, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub fn connect_options(
             status,
         });
     }
-    let host_key_path = inst.dir.join(HOST_KEY_PUB);
+    let host_key_path = inst.dir.join(layout::HOST_KEY_PUB);
     let host_key =
         ssh::keys::load_host_public_key(&host_key_path).map_err(|e| AccessError::NoHostKey {
             name: name.to_string(),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::vm::host::Host;
+use crate::vm::layout;
 use crate::vm::units::format_bytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,14 +94,14 @@ pub fn is_iso9660(path: &Path) -> io::Result<bool> {
 /// names at them (relative symlinks) and delete nothing, so both versions
 /// keep working.
 pub fn migrate_layout(dir: &Path) -> Result<(), DiskError> {
-    let disk = dir.join("disk");
-    if !disk.exists() && dir.join("diffdisk").exists() {
-        std::os::unix::fs::symlink("diffdisk", &disk).map_err(io_err(&disk))?;
+    let disk = dir.join(layout::DISK);
+    if !disk.exists() && dir.join(layout::DIFF_DISK).exists() {
+        std::os::unix::fs::symlink(layout::DIFF_DISK, &disk).map_err(io_err(&disk))?;
     }
-    let basedisk = dir.join("basedisk");
-    let iso = dir.join("iso");
+    let basedisk = dir.join(layout::BASE_DISK);
+    let iso = dir.join(layout::ISO);
     if basedisk.exists() && !iso.exists() && is_iso9660(&basedisk).map_err(io_err(&basedisk))? {
-        std::os::unix::fs::symlink("basedisk", &iso).map_err(io_err(&iso))?;
+        std::os::unix::fs::symlink(layout::BASE_DISK, &iso).map_err(io_err(&iso))?;
     }
     Ok(())
 }
@@ -109,11 +110,11 @@ pub fn migrate_layout(dir: &Path) -> Result<(), DiskError> {
 /// an ISO is kept as `$D/iso` and a blank qcow2 disk of `size_bytes` is
 /// created; any other image is renamed to `$D/disk` and used in place.
 pub fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
-    let disk = dir.join("disk");
+    let disk = dir.join(layout::DISK);
     if disk.exists() {
         return Ok(());
     }
-    let image = dir.join("image");
+    let image = dir.join(layout::IMAGE);
     let info = info(host, &image)?;
     if let Some(backing) = info.backing_filename {
         return Err(DiskError::BackingFile {
@@ -122,7 +123,7 @@ pub fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), D
         });
     }
     if is_iso9660(&image).map_err(io_err(&image))? {
-        let iso = dir.join("iso");
+        let iso = dir.join(layout::ISO);
         std::fs::rename(&image, &iso).map_err(io_err(&iso))?;
         let d = disk.to_string_lossy();
         qemu_img(
@@ -138,7 +139,7 @@ pub fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), D
 /// Grows `$D/disk` to `size_bytes` (nothing to do when it is absent or
 /// already that size). Shrinking would destroy guest data, so it is refused.
 pub fn ensure_size(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
-    let disk = dir.join("disk");
+    let disk = dir.join(layout::DISK);
     if !disk.exists() {
         return Ok(());
     }
@@ -174,12 +175,12 @@ mod tests {
     #[test]
     fn qcow2_image_is_renamed_to_disk_and_grown() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("image"), b"qcow2 bytes").unwrap();
+        std::fs::write(dir.path().join(layout::IMAGE), b"qcow2 bytes").unwrap();
         let host = FakeHost::new(|_, _| ok(&info_json("qcow2", 1 << 30)));
         ensure_disk(&host, dir.path(), 100 << 30).unwrap();
-        assert!(!dir.path().join("image").exists());
+        assert!(!dir.path().join(layout::IMAGE).exists());
         assert_eq!(
-            std::fs::read(dir.path().join("disk")).unwrap(),
+            std::fs::read(dir.path().join(layout::DISK)).unwrap(),
             b"qcow2 bytes"
         );
         ensure_size(&host, dir.path(), 100 << 30).unwrap();
@@ -199,10 +200,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut iso = vec![0u8; 34816];
         iso[32769..32774].copy_from_slice(b"CD001");
-        std::fs::write(dir.path().join("image"), &iso).unwrap();
+        std::fs::write(dir.path().join(layout::IMAGE), &iso).unwrap();
         let host = FakeHost::new(|_, _| ok(&info_json("raw", 34816)));
         ensure_disk(&host, dir.path(), 1 << 30).unwrap();
-        assert!(dir.path().join("iso").exists());
+        assert!(dir.path().join(layout::ISO).exists());
         let d = dir.path().display();
         assert_eq!(
             host.calls()[1],
@@ -213,7 +214,7 @@ mod tests {
     #[test]
     fn existing_disk_is_left_alone_and_same_size_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("disk"), b"").unwrap();
+        std::fs::write(dir.path().join(layout::DISK), b"").unwrap();
         let host = FakeHost::new(|_, _| ok(&info_json("raw", 4096)));
         ensure_disk(&host, dir.path(), 4096).unwrap();
         ensure_size(&host, dir.path(), 4096).unwrap();
@@ -228,7 +229,7 @@ mod tests {
     #[test]
     fn shrinking_and_backing_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("disk"), b"").unwrap();
+        std::fs::write(dir.path().join(layout::DISK), b"").unwrap();
         let host = FakeHost::new(|_, _| ok(&info_json("qcow2", 10 << 30)));
         let err = ensure_size(&host, dir.path(), 5 << 30).unwrap_err();
         assert!(
@@ -238,8 +239,8 @@ mod tests {
         );
         assert!(err.to_string().contains("10GiB"), "{err}");
 
-        std::fs::remove_file(dir.path().join("disk")).unwrap();
-        std::fs::write(dir.path().join("image"), b"").unwrap();
+        std::fs::remove_file(dir.path().join(layout::DISK)).unwrap();
+        std::fs::write(dir.path().join(layout::IMAGE), b"").unwrap();
         let host = FakeHost::new(|_, _| {
             ok(r#"{"format":"qcow2","virtual-size":1,"backing-filename":"/b"}"#)
         });
@@ -250,7 +251,7 @@ mod tests {
     #[test]
     fn qemu_img_failure_carries_stderr() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("disk"), b"").unwrap();
+        std::fs::write(dir.path().join(layout::DISK), b"").unwrap();
         let host = FakeHost::new(|_, _| {
             Ok(Output {
                 success: false,
@@ -268,15 +269,18 @@ mod tests {
     #[test]
     fn legacy_layout_gets_relative_symlinks() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("diffdisk"), b"overlay").unwrap();
+        std::fs::write(dir.path().join(layout::DIFF_DISK), b"overlay").unwrap();
         let mut iso = vec![0u8; 34816];
         iso[32769..32774].copy_from_slice(b"CD001");
-        std::fs::write(dir.path().join("basedisk"), &iso).unwrap();
+        std::fs::write(dir.path().join(layout::BASE_DISK), &iso).unwrap();
         migrate_layout(dir.path()).unwrap();
         let link = |n: &str| std::fs::read_link(dir.path().join(n)).unwrap();
-        assert_eq!(link("disk"), PathBuf::from("diffdisk"));
-        assert_eq!(link("iso"), PathBuf::from("basedisk"));
-        assert!(dir.path().join("diffdisk").exists() && dir.path().join("basedisk").exists());
+        assert_eq!(link(layout::DISK), PathBuf::from(layout::DIFF_DISK));
+        assert_eq!(link(layout::ISO), PathBuf::from(layout::BASE_DISK));
+        assert!(
+            dir.path().join(layout::DIFF_DISK).exists()
+                && dir.path().join(layout::BASE_DISK).exists()
+        );
         // Idempotent: a second run changes nothing.
         migrate_layout(dir.path()).unwrap();
     }
@@ -284,7 +288,7 @@ mod tests {
     #[test]
     fn real_qemu_img_grows_a_qcow2_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("image");
+        let image = dir.path().join(layout::IMAGE);
         let st = std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
             .arg(&image)
@@ -294,7 +298,7 @@ mod tests {
         assert!(st.success());
         ensure_disk(&RealHost, dir.path(), 4 << 20).unwrap();
         ensure_size(&RealHost, dir.path(), 4 << 20).unwrap();
-        let info = info(&RealHost, &dir.path().join("disk")).unwrap();
+        let info = info(&RealHost, &dir.path().join(layout::DISK)).unwrap();
         assert_eq!(
             (info.format.as_str(), info.virtual_size),
             ("qcow2", 4 << 20)

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod host;
 pub mod hostagent;
 pub mod image;
+pub mod layout;
 pub mod lifecycle;
 pub mod qemu;
 pub mod qmp;

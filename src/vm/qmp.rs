@@ -127,6 +127,7 @@ impl Qmp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::layout;
     use std::os::unix::net::UnixListener;
 
     /// Serves one client: sends the greeting, then answers each request with
@@ -155,7 +156,7 @@ mod tests {
     #[test]
     fn negotiates_skips_events_and_maps_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("qmp.sock");
+        let sock = dir.path().join(layout::QMP_SOCK);
         let server = fake_server(&sock, |req| {
             let id = req["id"].clone();
             match req["execute"].as_str().unwrap() {

@@ -1,29 +1,35 @@
-//! The command-line surface itself: help, refusal as root, pending commands.
+//! The command-line surface itself: help, refusal as root, completions and
+//! manual pages.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use crate::common::*;
 
+/// Every command a user runs (the host agent is internal).
+const COMMANDS: [&[&str]; 15] = [
+    &["shell"],
+    &["list"],
+    &["delete"],
+    &["delete-all"],
+    &["test-vm"],
+    &["completions"],
+    &["man"],
+    &["vm", "start"],
+    &["vm", "stop"],
+    &["vm", "status"],
+    &["vm", "delete"],
+    &["vm", "logs"],
+    &["vm", "list"],
+    &["vm", "validate"],
+    &["vm", "shell"],
+];
+
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in [
-        vec!["shell"],
-        vec!["list"],
-        vec!["delete"],
-        vec!["delete-all"],
-        vec!["test-vm"],
-        vec!["vm", "start"],
-        vec!["vm", "stop"],
-        vec!["vm", "status"],
-        vec!["vm", "delete"],
-        vec!["vm", "logs"],
-        vec!["vm", "list"],
-        vec!["vm", "validate"],
-        vec!["vm", "shell"],
-    ] {
-        let out = std::process::Command::new(bin())
-            .args(&cmd)
+    for cmd in COMMANDS {
+        let out = Command::new(bin())
+            .args(cmd)
             .arg("--help")
             .output()
             .unwrap();
@@ -42,7 +48,7 @@ fn root_is_refused_for_vm_commands() {
         return;
     }
     let home = TestDir::new();
-    let out = std::process::Command::new(bin())
+    let out = Command::new(bin())
         .args(["vm", "start"])
         .env("LIMA_HOME", home.path())
         .output()
@@ -108,4 +114,80 @@ fn shell_refuses_the_home_keys_and_planted_symlinks() {
             .next()
             .is_none()
     );
+}
+
+/// Sources the bash completion in a real bash and completes `vm st` and
+/// `vm start --t`, which needs the subcommands' own completion to work.
+#[test]
+fn bash_completion_registers_and_completes_subcommands() {
+    let script = r#"
+        source <("$1" completions bash) || exit 1
+        complete -p llima-box || exit 1
+        fn=$(complete -p llima-box | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+        COMP_WORDS=(llima-box vm st); COMP_CWORD=2
+        "$fn" llima-box st vm; echo "vm st: ${COMPREPLY[*]}"
+        COMP_WORDS=(llima-box vm start --t); COMP_CWORD=3
+        "$fn" llima-box --t start; echo "vm start --t: ${COMPREPLY[*]}"
+    "#;
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", script, "bash"])
+        .arg(bin())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(" llima-box\n"), "not registered:\n{stdout}");
+    let line = |prefix: &str| {
+        let l = stdout.lines().find(|l| l.starts_with(prefix));
+        l.unwrap_or_else(|| panic!("no {prefix:?} in:\n{stdout}"))
+            .to_string()
+    };
+    let vm = line("vm st:");
+    for sub in ["start", "stop", "status"] {
+        assert!(vm.split(' ').any(|w| w == sub), "{vm}");
+    }
+    assert!(line("vm start --t:").ends_with(" --template"), "{stdout}");
+}
+
+#[test]
+fn every_shell_gets_a_completion_without_the_internal_command() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = Command::new(bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{shell}: {stderr}");
+        assert!(stdout.contains("delete-all"), "{shell}:\n{stdout}");
+        assert!(!stdout.contains("hostagent"), "{shell} offers hostagent");
+    }
+}
+
+#[test]
+fn man_page_lists_the_commands_and_dir_gets_one_page_each() {
+    let out = Command::new(bin()).arg("man").output().unwrap();
+    let (page, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(page.contains(".TH llima-box 1"), "{page}");
+    // Each top-level command (vm included), as roff spells it.
+    let top: std::collections::BTreeSet<&str> = COMMANDS.iter().map(|c| c[0]).collect();
+    for cmd in top {
+        let entry = format!("llima\\-box\\-{}(1)", cmd.replace('-', "\\-"));
+        assert!(page.contains(&entry), "no {entry} in:\n{page}");
+    }
+    assert!(!page.contains("hostagent"), "{page}");
+
+    let dir = TestDir::new();
+    let out = Command::new(bin())
+        .args(["man", "--dir"])
+        .arg(dir.path().join("man1"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let pages = COMMANDS
+        .iter()
+        .map(|c| format!("llima-box-{}.1", c.join("-")));
+    for file in pages.chain(["llima-box.1".into(), "llima-box-vm.1".into()]) {
+        assert!(dir.path().join("man1").join(&file).is_file(), "no {file}");
+    }
 }

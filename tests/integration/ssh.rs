@@ -4,6 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use llima_box::vm::layout;
+
 use crate::common::*;
 use crate::ssh_support::*;
 
@@ -248,7 +250,7 @@ fn missing_or_stopped_instance_is_a_clear_error() {
     assert_ne!(c, 0);
     assert!(e.contains("does not exist"), "{e}");
     write_instance(&home, free_port(), "ssh-ed25519 AAAA");
-    std::fs::remove_file(home.path().join(INSTANCE).join("ha.pid")).unwrap();
+    std::fs::remove_file(home.path().join(INSTANCE).join(layout::HOST_AGENT_PID)).unwrap();
     let (c, _, e) = code(llima_box(home.path()).args(["--instance", INSTANCE, "vm", "shell"]));
     assert_ne!(c, 0);
     assert!(e.contains("not running"), "{e}");

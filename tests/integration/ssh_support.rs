@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use llima_box::vm::layout;
+
 use crate::common::*;
 
 pub const INSTANCE: &str = "sshtest";
@@ -199,7 +201,7 @@ pub fn write_instance(home: &TestDir, port: u16, host_pub: &str) {
             user().name
         ),
     );
-    serve_host_agent_api(&home.path().join(i).join("ha.sock"), port);
+    serve_host_agent_api(&home.path().join(i).join(layout::HOST_AGENT_SOCK), port);
 }
 
 /// The product's own `ha.sock` server on a thread of this test process.
@@ -421,7 +423,7 @@ pub fn serve_mux(inst: &Instance) -> PathBuf {
     let (opts, _) =
         llima_box::vm::access::connect_options(home, INSTANCE, Duration::from_secs(10), None)
             .unwrap();
-    let sock = home.join(INSTANCE).join(llima_box::ssh::mux::SOCKET);
+    let sock = home.join(INSTANCE).join(layout::MUX_SOCK);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let path = sock.clone();
     std::thread::spawn(move || {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use llima_box::vm::layout;
 use serde_json::Value;
 
 use crate::common::*;
@@ -134,7 +135,7 @@ fn lifecycle_end_to_end() {
     assert_eq!(st["status"], "Running", "{st}");
     let port = st["sshLocalPort"].as_u64().unwrap();
     assert!(port > 0);
-    let info = llima_box::vm::store::hostagent_info(&dir.join("ha.sock")).unwrap();
+    let info = llima_box::vm::store::hostagent_info(&dir.join(layout::HOST_AGENT_SOCK)).unwrap();
     assert_eq!(u64::from(info.ssh_local_port), port);
     let listed = home.ok(&["vm", "list", "--json"]);
     let entry: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
@@ -148,7 +149,7 @@ fn lifecycle_end_to_end() {
     let out = as_user("ssh")
         .args([
             "-F",
-            dir.join("ssh.config").to_str().unwrap(),
+            dir.join(layout::SSH_CONFIG).to_str().unwrap(),
             "lima-e2e",
             "true",
         ])
@@ -190,7 +191,7 @@ fn lifecycle_end_to_end() {
     ]);
     home.ok(&["--instance", name, "vm", "stop"]);
     assert_eq!(home.status(name)["status"], "Stopped");
-    for f in ["ha.pid", "qemu.pid", "ha.sock", "qmp.sock"] {
+    for f in layout::RUNNING_ONLY {
         assert!(!dir.join(f).exists(), "{f} left after stop");
     }
 
@@ -299,7 +300,7 @@ fn a_guest_that_never_comes_up_times_out_with_the_serial_tail() {
     assert!(stderr.contains("last serial console lines"), "{stderr}");
     // The Debian initramfs, still looking for its root device.
     assert!(stderr.contains("Begin: "), "{stderr}");
-    assert!(stderr.contains("serial.log"), "{stderr}");
+    assert!(stderr.contains(layout::SERIAL_LOG), "{stderr}");
     // The agent shut QEMU down and cleaned up.
     let st = home.status("never");
     assert_eq!(st["status"], "Stopped", "{st}");

@@ -126,6 +126,23 @@ fn missing_qemu_is_reported_before_any_download() {
     assert!(walk(&home.path().join("_cache")).is_empty());
 }
 
+#[test]
+fn a_timeout_that_is_not_seconds_is_refused_before_anything_is_made() {
+    let home = TestDir::new();
+    let out = llima_box(home.path())
+        .args(["--instance", "fail", "vm", "start"])
+        .env("LLIMA_BOX_BOOT_TIMEOUT", "10m")
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("LLIMA_BOX_BOOT_TIMEOUT=\"10m\" is not a number of seconds"),
+        "{stderr}"
+    );
+    assert_nothing_left(&home);
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {

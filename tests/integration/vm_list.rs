@@ -8,6 +8,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use llima_box::vm::layout;
 use llima_box::vm::store::{self, DiskLayout, Status};
 use serde_json::Value;
 
@@ -243,7 +244,7 @@ fn running_instance_reports_the_host_agents_port() {
     // ssh.config says otherwise: the host agent wins.
     home.file("run/ssh.config", "Host lima-run\n  Port 1111\n");
     let _srv = serve_info(
-        &dir.join("ha.sock"),
+        &dir.join(layout::HOST_AGENT_SOCK),
         r#"{"autoStartedIdentifier":"io.lima-vm.run","sshLocalPort":45022}"#,
     );
     let v = home.one("run");
@@ -268,7 +269,7 @@ fn host_agent_without_socket_is_broken() {
     home.file("nosock/qemu.pid", &qemu.pid().to_string());
     let v = home.one("nosock");
     assert_eq!(v["status"], "Broken");
-    assert!(errors(&v).contains("ha.sock"), "{v}");
+    assert!(errors(&v).contains(layout::HOST_AGENT_SOCK), "{v}");
     assert_eq!(v["hostAgentPID"], ha.pid());
 }
 
@@ -279,7 +280,7 @@ fn host_agent_socket_that_never_answers_is_broken_after_3s() {
     let (ha, qemu) = (Proc::sleep(), Proc::sleep());
     home.file("hung/ha.pid", &ha.pid().to_string());
     home.file("hung/qemu.pid", &qemu.pid().to_string());
-    let sock = dir.join("ha.sock");
+    let sock = dir.join(layout::HOST_AGENT_SOCK);
     let _listener = UnixListener::bind(&sock).unwrap(); // never accepts
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
     let start = std::time::Instant::now();
@@ -297,7 +298,10 @@ fn host_agent_without_driver_is_broken() {
     let dir = home.inst("nodrv", SIZED);
     let ha = Proc::sleep();
     home.file("nodrv/ha.pid", &ha.pid().to_string());
-    let _srv = serve_info(&dir.join("ha.sock"), r#"{"sshLocalPort":2222}"#);
+    let _srv = serve_info(
+        &dir.join(layout::HOST_AGENT_SOCK),
+        r#"{"sshLocalPort":2222}"#,
+    );
     let v = home.one("nodrv");
     assert_eq!(v["status"], "Broken");
     assert!(
@@ -329,7 +333,7 @@ fn unparsable_pid_file_is_broken() {
     home.file("garbage/ha.pid", "twelve\n");
     let v = home.one("garbage");
     assert_eq!(v["status"], "Broken");
-    assert!(errors(&v).contains("ha.pid"), "{v}");
+    assert!(errors(&v).contains(layout::HOST_AGENT_PID), "{v}");
 }
 
 #[test]
@@ -350,8 +354,11 @@ fn stale_pid_files_are_removed() {
     home.file("stale/qemu.pid", &format!("{}\n", exited_pid()));
     let v = home.one("stale");
     assert_eq!(v["status"], "Stopped", "{v}");
-    assert!(!dir.join("ha.pid").exists(), "stale ha.pid kept");
-    assert!(!dir.join("qemu.pid").exists(), "stale qemu.pid kept");
+    assert!(
+        !dir.join(layout::HOST_AGENT_PID).exists(),
+        "stale ha.pid kept"
+    );
+    assert!(!dir.join(layout::QEMU_PID).exists(), "stale qemu.pid kept");
 }
 
 #[test]
@@ -378,7 +385,7 @@ fn directory_without_lima_yaml_is_listed_broken() {
     let v = home.one("empty");
     assert_eq!(v["status"], "Broken");
     assert_eq!(v["hostname"], "");
-    assert!(errors(&v).contains("lima.yaml"), "{v}");
+    assert!(errors(&v).contains(layout::LIMA_YAML), "{v}");
     assert!(
         v.get("config").is_none() && v.get("sshAddress").is_none(),
         "{v}"
@@ -460,19 +467,19 @@ fn both_disk_layouts_are_recognised() {
     home.file("new/iso", "");
     let migrated = home.inst("moved", SIZED);
     home.file("moved/diffdisk", "");
-    std::os::unix::fs::symlink("diffdisk", migrated.join("disk")).unwrap();
+    std::os::unix::fs::symlink(layout::DIFF_DISK, migrated.join(layout::DISK)).unwrap();
     home.inst("fresh", SIZED);
 
     let inspect = |n| store::inspect(&home.path(), n).unwrap();
     let old = inspect("old");
     assert_eq!(old.disk_layout, DiskLayout::Legacy);
-    assert_eq!(old.disk_path(), legacy.join("diffdisk"));
-    assert_eq!(old.iso_path(), Some(legacy.join("basedisk")));
+    assert_eq!(old.disk_path(), legacy.join(layout::DIFF_DISK));
+    assert_eq!(old.iso_path(), Some(legacy.join(layout::BASE_DISK)));
     assert_eq!(old.status, Status::Stopped);
     let new = inspect("new");
     assert_eq!(new.disk_layout, DiskLayout::Current);
-    assert_eq!(new.disk_path(), current.join("disk"));
-    assert_eq!(new.iso_path(), Some(current.join("iso")));
+    assert_eq!(new.disk_path(), current.join(layout::DISK));
+    assert_eq!(new.iso_path(), Some(current.join(layout::ISO)));
     assert_eq!(inspect("moved").disk_layout, DiskLayout::Current);
     assert_eq!(inspect("fresh").disk_layout, DiskLayout::None);
     assert!(store::is_existing_instance_dir(&legacy));

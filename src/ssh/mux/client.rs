@@ -10,7 +10,8 @@ use tokio::net::UnixStream;
 use super::super::exec::{Control, Event, Setup, Tty};
 use super::super::{Error, RemoteExit, Spawn, terminal};
 use super::wire::Conn;
-use super::{SOCKET, ToAgent, ToClient};
+use super::{ToAgent, ToClient};
+use crate::vm::layout;
 
 /// What became of a command offered to the mux.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub async fn run_via_mux(
     pty: bool,
     agent_socket: Option<PathBuf>,
 ) -> Outcome {
-    let path = dir.join(SOCKET);
+    let path = dir.join(layout::MUX_SOCK);
     let unavailable = |what, source| {
         Outcome::Unavailable(Error::MuxSocket {
             what,

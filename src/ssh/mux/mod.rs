@@ -25,10 +25,6 @@ use super::exec::Setup;
 pub use client::{Outcome, run_via_mux};
 pub use server::{Listener, bind, serve};
 
-/// The socket's name in the instance directory (kept short: unix socket
-/// paths are limited to about 100 bytes).
-pub const SOCKET: &str = "mux.sock";
-
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ToAgent {

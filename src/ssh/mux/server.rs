@@ -139,7 +139,7 @@ async fn handle(stream: UnixStream, held: Arc<Held>) {
         Ok(RemoteExit::Signal { name, core_dumped }) => ToClient::Signal { name, core_dumped },
         Err(e) => ToClient::Failed {
             broken_pipe: matches!(&e, Error::LocalIo(io) if io.kind() == io::ErrorKind::BrokenPipe),
-            message: chain(&e),
+            message: crate::errors::one_line(&e),
         },
     };
     let _ = conn.send(&reply).await;
@@ -240,16 +240,4 @@ impl Read for CancellableFd {
             }
         }
     }
-}
-
-/// An error and its causes on one line, for the client to print.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -361,6 +361,7 @@ fn validate(input: &CidataInput) -> Result<(), CidataError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::vm::layout;
     use std::sync::OnceLock;
 
     /// A fixed host key, generated once per test run (key generation is real).
@@ -489,7 +490,7 @@ pub(crate) mod tests {
     fn writes_the_iso_atomically_and_privately() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cidata.iso");
+        let path = dir.path().join(layout::CIDATA_ISO);
         std::fs::write(&path, b"old").unwrap();
         let input = sample();
         write_cidata_iso(&path, &input).unwrap();
@@ -510,7 +511,7 @@ pub(crate) mod tests {
     fn complete_cidata_round_trips_through_xorriso() {
         let input = sample();
         let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("cidata.iso");
+        let image = dir.path().join(layout::CIDATA_ISO);
         write_cidata_iso(&image, &input).unwrap();
         let out = dir.path().join("out");
         let status = std::process::Command::new("xorriso")
@@ -538,7 +539,7 @@ pub(crate) mod tests {
     /// Builds the ISO, extracts it with xorriso and runs the extracted
     /// boot.sh with dash, with /run and /etc redirected into a temp dir.
     fn run_boot_sh(input: &CidataInput, root: &Path) -> std::process::Output {
-        let image = root.join("cidata.iso");
+        let image = root.join(layout::CIDATA_ISO);
         write_cidata_iso(&image, input).unwrap();
         let mnt = root.join("mnt");
         let _ = std::fs::remove_dir_all(&mnt);

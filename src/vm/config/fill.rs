@@ -11,6 +11,7 @@ use super::host::Host;
 use super::model::*;
 use super::template::{self, Vars};
 use super::{COMPAT_VERSION, ConfigError, version_less};
+use crate::vm::layout;
 use crate::vm::units::format_bytes;
 
 /// Where the config being filled lives, for templates and versioned defaults.
@@ -664,7 +665,7 @@ pub fn existing_version(dir: &Path) -> String {
     if !exists {
         return COMPAT_VERSION.to_string();
     }
-    std::fs::read_to_string(dir.join("lima-version"))
+    std::fs::read_to_string(dir.join(layout::LIMA_VERSION))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
@@ -710,9 +711,9 @@ mod tests {
     fn existing_version_of_new_and_old_instances() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(existing_version(dir.path()), COMPAT_VERSION);
-        std::fs::write(dir.path().join("disk"), "").unwrap();
+        std::fs::write(dir.path().join(layout::DISK), "").unwrap();
         assert_eq!(existing_version(dir.path()), "");
-        std::fs::write(dir.path().join("lima-version"), "v2.0.3\n").unwrap();
+        std::fs::write(dir.path().join(layout::LIMA_VERSION), "v2.0.3\n").unwrap();
         assert_eq!(existing_version(dir.path()), "v2.0.3");
     }
 }

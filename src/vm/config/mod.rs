@@ -20,6 +20,7 @@ pub use host::Host;
 pub use model::*;
 pub use validate::{ARCHES, validate};
 
+use crate::vm::layout;
 use std::path::Path;
 
 /// The Lima version whose behaviour llima-box implements; templates that
@@ -36,7 +37,7 @@ pub fn default_instance_yaml() -> &'static str {
 /// `_config/default.yaml` and `_config/override.yaml`, fill defaults for
 /// this host, validate.
 pub fn load_instance(instance_dir: &Path, lima_home: &Path) -> Result<LimaYaml, ConfigError> {
-    let path = instance_dir.join("lima.yaml");
+    let path = instance_dir.join(layout::LIMA_YAML);
     let text = read(&path)?;
     let cx = FillContext {
         host: &Host::current(),

@@ -68,6 +68,7 @@ fn respond(request_line: &str, info_body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::layout;
 
     #[test]
     fn routes() {
@@ -81,7 +82,7 @@ mod tests {
     #[tokio::test]
     async fn answers_over_a_real_socket() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("ha.sock");
+        let sock = dir.path().join(layout::HOST_AGENT_SOCK);
         std::fs::write(&sock, b"stale").unwrap();
         let listener = bind(&sock).unwrap();
         let server = tokio::spawn(serve(

@@ -9,7 +9,7 @@ mod readiness;
 mod run;
 pub mod ssh_config;
 
-pub use run::{boot_timeout, main};
+pub use run::main;
 
 use std::path::PathBuf;
 
@@ -19,6 +19,8 @@ pub enum HostAgentError {
     AlreadyRunning { pid: u32 },
     #[error(transparent)]
     PidFile(#[from] crate::vm::store::PidFileError),
+    #[error(transparent)]
+    Timeout(#[from] crate::timeouts::TimeoutError),
     #[error(transparent)]
     Config(#[from] crate::vm::config::ConfigError),
     #[error(transparent)]

@@ -9,7 +9,7 @@ use super::HostAgentError;
 use super::ssh_config::{SshConfig, known_hosts_line};
 use crate::vm::cidata::{self, CidataInput, GuestUser, HostKey, InstanceId, NinePOptions};
 use crate::vm::config::LimaYaml;
-use crate::vm::lifecycle::{HOST_KEY, HOST_KEY_PUB};
+use crate::vm::layout;
 use crate::vm::qemu::{self, MountSpec, QemuSpec};
 use crate::vm::units::parse_bytes;
 
@@ -42,8 +42,8 @@ impl Plan {
             })
         };
         let host_key = HostKey {
-            private_openssh: read(HOST_KEY)?,
-            public_openssh: read(HOST_KEY_PUB)?.trim().to_string(),
+            private_openssh: read(layout::HOST_KEY)?,
+            public_openssh: read(layout::HOST_KEY_PUB)?.trim().to_string(),
         };
         let user_pub = crate::ssh::keys::ensure_user_key(lima_home)?
             .public_key()
@@ -165,8 +165,8 @@ impl Plan {
     /// now present.
     pub fn write_files(&mut self) -> Result<(), HostAgentError> {
         let d = &self.dir;
-        cidata::write_cidata_iso(&d.join("cidata.iso"), &self.cidata)?;
-        let cc = d.join("cloud-config.yaml");
+        cidata::write_cidata_iso(&d.join(layout::CIDATA_ISO), &self.cidata)?;
+        let cc = d.join(layout::CLOUD_CONFIG);
         let _ = std::fs::remove_file(&cc);
         write(&cc, &cidata::cloud_config_yaml(&self.cidata)?, 0o444)?;
         let known_hosts = d.join("known_hosts");
@@ -180,11 +180,11 @@ impl Plan {
             user: &self.user,
             identity: &crate::vm::dirs::config_dir(&self.lima_home).join("user"),
             known_hosts: &known_hosts,
-            control_path: &d.join("ssh.sock"),
+            control_path: &d.join(layout::SSH_SOCK),
             forward_agent: self.forward_agent,
             port: self.qemu.ssh_local_port,
         };
-        write(&d.join("ssh.config"), &config.render(), 0o600)?;
+        write(&d.join(layout::SSH_CONFIG), &config.render(), 0o600)?;
         self.qemu =
             self.qemu
                 .clone()

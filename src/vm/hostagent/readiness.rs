@@ -29,7 +29,7 @@ pub async fn wait(
     let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim()).map_err(|e| {
         HostAgentError::Io {
             what: "parse the pinned host key in",
-            path: plan.dir.join(crate::vm::lifecycle::HOST_KEY_PUB),
+            path: plan.dir.join(crate::vm::layout::HOST_KEY_PUB),
             source: std::io::Error::other(e.to_string()),
         }
     })?;

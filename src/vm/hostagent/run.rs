@@ -15,20 +15,18 @@ use tokio::sync::oneshot;
 use super::events::{self, Status};
 use super::{HostAgentError, api, plan, readiness};
 use crate::ssh;
+use crate::timeouts;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::host::RealHost;
+use crate::vm::layout;
 use crate::vm::qemu;
 use crate::vm::store;
 
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
 pub fn main(dir: &Path) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::async_runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             log(&format!("cannot start the async runtime: {e}"));
@@ -39,7 +37,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
     let code = match &result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("error: {}", store::error_chain(e)));
+            log(&format!("error: {}", crate::errors::one_line(e)));
             std::process::ExitCode::FAILURE
         }
     };
@@ -52,14 +50,14 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
                 exiting: true,
                 errors: result
                     .err()
-                    .map(|e| vec![store::error_chain(&e)])
+                    .map(|e| vec![crate::errors::one_line(&e)])
                     .unwrap_or_default(),
                 ..Default::default()
             },
         );
-        let _ = std::fs::remove_file(dir.join("ha.sock"));
-        let _ = std::fs::remove_file(dir.join(ssh::mux::SOCKET));
-        let _ = std::fs::remove_file(dir.join("ha.pid"));
+        let _ = std::fs::remove_file(dir.join(layout::HOST_AGENT_SOCK));
+        let _ = std::fs::remove_file(dir.join(layout::MUX_SOCK));
+        let _ = std::fs::remove_file(dir.join(layout::HOST_AGENT_PID));
     }
     code
 }
@@ -88,25 +86,6 @@ fn stage(port: u16, text: &str) {
     });
 }
 
-/// How long the guest may take to become ready after QEMU starts.
-pub fn boot_timeout() -> Duration {
-    env_secs("LLIMA_BOX_BOOT_TIMEOUT", 600)
-}
-
-/// How long the guest gets to power off after the ACPI button.
-fn shutdown_grace() -> Duration {
-    env_secs("LLIMA_BOX_SHUTDOWN_GRACE", 120)
-}
-
-fn env_secs(var: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default),
-    )
-}
-
 async fn run(dir: &Path) -> Result<(), HostAgentError> {
     let dir = std::fs::canonicalize(dir).map_err(|source| HostAgentError::Io {
         what: "resolve",
@@ -118,7 +97,7 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let pid_file = dir.join("ha.pid");
+    let pid_file = dir.join(layout::HOST_AGENT_PID);
     store::write_pid_file(&pid_file, std::process::id()).map_err(|e| match e {
         store::PidFileError::StillRunning { pid, .. } => HostAgentError::AlreadyRunning { pid },
         e => e.into(),
@@ -141,11 +120,12 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
     let mut plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid, port)?;
     plan.write_files()?;
 
-    let listener = api::bind(&dir.join("ha.sock")).map_err(|source| HostAgentError::Io {
-        what: "listen on",
-        path: dir.join("ha.sock"),
-        source,
-    })?;
+    let listener =
+        api::bind(&dir.join(layout::HOST_AGENT_SOCK)).map_err(|source| HostAgentError::Io {
+            what: "listen on",
+            path: dir.join(layout::HOST_AGENT_SOCK),
+            source,
+        })?;
     let server = tokio::spawn(api::serve(
         listener,
         store::Info {
@@ -166,6 +146,10 @@ async fn supervise(
     port: u16,
     iid: &str,
 ) -> Result<(), HostAgentError> {
+    // Both read before QEMU starts: a bad value must fail the start, not
+    // the shutdown.
+    let boot_timeout = timeouts::BOOT.get()?;
+    let grace = timeouts::SHUTDOWN_GRACE.get()?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(HostAgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(HostAgentError::Signal)?;
 
@@ -174,7 +158,7 @@ async fn supervise(
         port,
         &format!("booting the guest ({})", plan.qemu.accel.as_str()),
     );
-    let (spec, log_path) = (plan.qemu.clone(), dir.join("qemu.log"));
+    let (spec, log_path) = (plan.qemu.clone(), dir.join(layout::QEMU_LOG));
     let launched = tokio::task::spawn_blocking(move || {
         qemu::launch_with_fallback(&RealHost, &exe, &spec, &log_path, qemu::stuck::KVM_WINDOW)
     })
@@ -198,7 +182,7 @@ async fn supervise(
 
     stage(port, "waiting for SSH and cloud-init");
     let ready = tokio::select! {
-        r = readiness::wait(plan, port, iid, boot_timeout(), |s| stage(port, s)) => r,
+        r = readiness::wait(plan, port, iid, boot_timeout, |s| stage(port, s)) => r,
         status = &mut exited => Err(HostAgentError::GuestExited {
             status: status.ok().and_then(Result::ok).unwrap_or_default(),
         }),
@@ -208,7 +192,7 @@ async fn supervise(
     if let Err(e) = ready {
         kill(qemu_pid);
         let _ = (&mut exited).await;
-        let _ = std::fs::remove_file(dir.join("qemu.pid"));
+        let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
         return Err(e);
     }
     log("guest is ready");
@@ -224,12 +208,11 @@ async fn supervise(
         _ = sigterm.recv() => {}
         status = &mut exited => {
             log(&format!("QEMU exited ({}); the guest powered off", status.ok().and_then(Result::ok).unwrap_or_default()));
-            let _ = std::fs::remove_file(dir.join("qemu.pid"));
+            let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
             return Ok(());
         }
     }
     log("shutting the guest down (ACPI power button)");
-    let grace = shutdown_grace();
     let graceful = tokio::task::block_in_place(|| qmp.system_powerdown()).is_ok()
         && tokio::time::timeout(grace, &mut exited).await.is_ok();
     if !graceful {
@@ -240,7 +223,7 @@ async fn supervise(
         kill(qemu_pid);
         let _ = exited.await;
     }
-    let _ = std::fs::remove_file(dir.join("qemu.pid"));
+    let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
     log("stopped");
     Ok(())
 }
@@ -248,7 +231,7 @@ async fn supervise(
 /// Serves `mux.sock` (see [`ssh::mux`]) until dropped; without it the CLI
 /// connects directly, so a failure here is only logged.
 fn serve_mux(dir: &Path, plan: &plan::Plan, port: u16) -> Option<AbortOnDrop> {
-    let path = dir.join(ssh::mux::SOCKET);
+    let path = dir.join(layout::MUX_SOCK);
     let served = || -> Result<AbortOnDrop, String> {
         let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim())
             .map_err(|e| format!("cannot parse the pinned host key: {e}"))?;

@@ -6,6 +6,7 @@ mod compress;
 mod digest;
 pub mod progress;
 
+use crate::vm::layout;
 use std::path::{Path, PathBuf};
 
 pub use cache::{Downloader, Fetched, default_cache_root};
@@ -74,7 +75,7 @@ pub fn prepare(
     images: &[ImageSpec],
     progress: &dyn Progress,
 ) -> Result<bool, ImageError> {
-    if instance_dir.join("image").exists() || instance_dir.join("disk").exists() {
+    if instance_dir.join(layout::IMAGE).exists() || instance_dir.join(layout::DISK).exists() {
         return Ok(false);
     }
     let candidates: Vec<&ImageSpec> = images
@@ -111,23 +112,28 @@ fn fetch_entry(
         .map(drop)
     };
     let result = (|| {
-        get(&img.file, "image", true)?;
+        get(&img.file, layout::IMAGE, true)?;
         if let Some(k) = &img.kernel {
-            get(k, "kernel", true)?;
+            get(k, layout::KERNEL, true)?;
             if let Some(c) = img.kernel_cmdline.as_deref().filter(|c| !c.is_empty()) {
-                let p = d.join("kernel.cmdline");
+                let p = d.join(layout::KERNEL_CMDLINE);
                 std::fs::write(&p, c).map_err(|source| ImageError::Io { path: p, source })?;
             }
         }
         if let Some(i) = &img.initrd {
-            get(i, "initrd", false)?;
+            get(i, layout::INITRD, false)?;
         }
         Ok(())
     })();
     // A half-fetched entry must not make the next entry (or the next
     // start) skip its files.
     if result.is_err() {
-        for name in ["image", "kernel", "kernel.cmdline", "initrd"] {
+        for name in [
+            layout::IMAGE,
+            layout::KERNEL,
+            layout::KERNEL_CMDLINE,
+            layout::INITRD,
+        ] {
             let _ = std::fs::remove_file(d.join(name));
         }
     }
@@ -228,7 +234,7 @@ mod tests {
         let digest = sha256(&packed);
         let rec = Recorder::default();
 
-        let dest = tmp.path().join("image");
+        let dest = tmp.path().join(layout::IMAGE);
         assert_eq!(
             dl.fetch(&url, Some(&digest), &dest, true, &rec).unwrap(),
             Fetched::Downloaded
@@ -312,7 +318,7 @@ mod tests {
         let dl = Downloader::new(tmp.path().join("c"));
         let url = format!("{base}/img");
         let want = sha256(b"good");
-        let dest = tmp.path().join("image");
+        let dest = tmp.path().join(layout::IMAGE);
         let err = dl
             .fetch(&url, Some(&want), &dest, true, &NoProgress)
             .unwrap_err()
@@ -443,7 +449,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            !d2.join("image").exists(),
+            !d2.join(layout::IMAGE).exists(),
             "a half-fetched entry is removed"
         );
         let err = prepare(&dl, &d2, "riscv64", &images, &NoProgress).unwrap_err();

@@ -10,6 +10,7 @@ use super::LifecycleError;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::image::{self, Progress};
+use crate::vm::layout;
 use crate::vm::units::format_bytes;
 
 /// What `lima-version` records: the Lima release whose layout and defaults
@@ -24,11 +25,6 @@ const UNIX_PATH_MAX: usize = 104;
 #[cfg(not(target_os = "macos"))]
 const UNIX_PATH_MAX: usize = 108;
 
-/// Names of the host key files; the private half goes into cidata at every
-/// boot, the public half is what the SSH client pins.
-pub const HOST_KEY: &str = "ssh_host_key";
-pub const HOST_KEY_PUB: &str = "ssh_host_key.pub";
-
 /// Creates `$LIMA_HOME/<name>` from `template` (bases already embedded)
 /// or the built-in config, fetching the image and making the disk. The
 /// caller holds the instance lock.
@@ -39,7 +35,10 @@ pub fn create(
     progress: &dyn Progress,
 ) -> Result<PathBuf, LifecycleError> {
     let dir = crate::vm::store::instance_dir(lima_home, name)?;
-    let sock_len = dir.join("ssh.sock.1234567890123456").as_os_str().len();
+    let sock_len = dir
+        .join(format!("{}.1234567890123456", layout::SSH_SOCK))
+        .as_os_str()
+        .len();
     if sock_len >= UNIX_PATH_MAX {
         return Err(LifecycleError::PathTooLong {
             dir,
@@ -57,11 +56,15 @@ pub fn create(
     let guard = RemoveOnDrop(Some(staging.clone()));
 
     let yaml = template.map_or_else(default_instance_yaml, str::to_string);
-    write(&staging.join("lima.yaml"), &yaml, 0o644)?;
-    write(&staging.join("lima-version"), LIMA_VERSION, 0o444)?;
+    write(&staging.join(layout::LIMA_YAML), &yaml, 0o644)?;
+    write(&staging.join(layout::LIMA_VERSION), LIMA_VERSION, 0o444)?;
     let key = cidata::generate_host_key()?;
-    write(&staging.join(HOST_KEY), &key.private_openssh, 0o600)?;
-    write(&staging.join(HOST_KEY_PUB), &key.public_openssh, 0o644)?;
+    write(&staging.join(layout::HOST_KEY), &key.private_openssh, 0o600)?;
+    write(
+        &staging.join(layout::HOST_KEY_PUB),
+        &key.public_openssh,
+        0o644,
+    )?;
 
     let cfg = config::load_instance(&staging, lima_home)?;
     prepare_disk(&staging, &cfg, progress)?;

@@ -7,13 +7,14 @@ mod lock;
 mod start;
 mod stop;
 
-pub use create::{HOST_KEY, HOST_KEY_PUB, LIMA_VERSION};
+pub use create::LIMA_VERSION;
 pub use lock::InstanceLock;
 pub use start::{StartUi, Started, log_tail, serial_tail, start};
 pub use stop::{STOP_TIMEOUT, delete, force_stop, stop};
 
 use std::path::PathBuf;
 
+use crate::vm::layout;
 use crate::vm::store::{PidFileError, Status, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub enum LifecycleError {
     )]
     StopTimeout { name: String, secs: u64 },
     #[error(transparent)]
+    Timeout(#[from] crate::timeouts::TimeoutError),
+    #[error(transparent)]
     Config(#[from] crate::vm::config::ConfigError),
     #[error(transparent)]
     Image(#[from] crate::vm::image::ImageError),
@@ -54,13 +57,13 @@ pub enum LifecycleError {
     PathTooLong { dir: PathBuf, max: usize },
     #[error("instance {name:?} has an invalid lima.yaml: {errors}")]
     InvalidConfig { name: String, errors: String },
-    #[error("{errors}\nlast serial console lines:\n{serial_tail}\nlogs: {}/ha.stderr.log, {}/serial.log", dir.display(), dir.display())]
+    #[error("{errors}\nlast serial console lines:\n{serial_tail}\nlogs: {}, {}", dir.join(layout::HOST_AGENT_STDERR_LOG).display(), dir.join(layout::SERIAL_LOG).display())]
     StartFailed {
         errors: String,
         serial_tail: String,
         dir: PathBuf,
     },
-    #[error("the guest did not report ready within {secs} s; last serial console lines:\n{serial_tail}\nlogs: {}/ha.stderr.log, {}/serial.log", dir.display(), dir.display())]
+    #[error("the guest did not report ready within {secs} s; last serial console lines:\n{serial_tail}\nlogs: {}, {}", dir.join(layout::HOST_AGENT_STDERR_LOG).display(), dir.join(layout::SERIAL_LOG).display())]
     StartTimeout {
         secs: u64,
         serial_tail: String,

@@ -10,8 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{LifecycleError, create, force_stop};
+use crate::timeouts;
 use crate::vm::hostagent::events::{self, Status as EventStatus};
 use crate::vm::image::Progress;
+use crate::vm::layout;
 use crate::vm::store::{self, Instance, Status};
 
 /// What `start` reports as it goes.
@@ -28,21 +30,6 @@ pub struct Started {
     pub already_running: bool,
 }
 
-/// How long to wait for the agent to say `running`. By default a minute
-/// more than the agent gives the guest, so that a slow boot ends with the
-/// agent's own error, which says what the guest was still missing.
-pub fn start_timeout() -> Duration {
-    start_timeout_from(
-        std::env::var("LLIMA_BOX_START_TIMEOUT").ok().as_deref(),
-        crate::vm::hostagent::boot_timeout(),
-    )
-}
-
-fn start_timeout_from(var: Option<&str>, boot_timeout: Duration) -> Duration {
-    var.and_then(|s| s.parse().ok())
-        .map_or(boot_timeout + Duration::from_secs(60), Duration::from_secs)
-}
-
 /// Boots `name`, creating it first from `template` (a lima.yaml with its
 /// bases embedded) or the built-in config when it does not exist.
 pub fn start(
@@ -51,6 +38,8 @@ pub fn start(
     template: Option<&str>,
     ui: &mut dyn StartUi,
 ) -> Result<Started, LifecycleError> {
+    // Before anything boots: a bad value must not cost a boot.
+    let timeout = timeouts::start()?;
     let _lock = super::InstanceLock::acquire(lima_home, name)?;
     let (inst, created) = match store::inspect(lima_home, name) {
         Ok(inst) => (inst, false),
@@ -66,7 +55,7 @@ pub fn start(
     match inst.status {
         Status::Running => {
             ui.stage("already running; waiting until it is ready");
-            let port = follow_events(&inst.dir, inst.host_agent_pid, 0, ui)?;
+            let port = follow_events(&inst.dir, inst.host_agent_pid, 0, timeout, ui)?;
             return Ok(Started {
                 dir: inst.dir,
                 ssh_local_port: port,
@@ -94,7 +83,7 @@ pub fn start(
     }
     ui.stage("starting the host agent");
     let agent = spawn_agent(&inst)?;
-    let port = follow_events(&inst.dir, Some(agent), 0, ui)?;
+    let port = follow_events(&inst.dir, Some(agent), 0, timeout, ui)?;
     Ok(Started {
         dir: inst.dir,
         ssh_local_port: port,
@@ -110,8 +99,8 @@ fn spawn_agent(inst: &Instance) -> Result<u32, LifecycleError> {
         let path = path.to_path_buf();
         move |source| LifecycleError::Io { what, path, source }
     };
-    let stdout_log = inst.dir.join("ha.stdout.log");
-    let stderr_log = inst.dir.join("ha.stderr.log");
+    let stdout_log = inst.dir.join(layout::HOST_AGENT_STDOUT_LOG);
+    let stderr_log = inst.dir.join(layout::HOST_AGENT_STDERR_LOG);
     let stdout = File::create(&stdout_log).map_err(io("create", &stdout_log))?;
     let stderr = File::create(&stderr_log).map_err(io("create", &stderr_log))?;
     let exe = std::env::current_exe().map_err(io("locate", Path::new("llima-box")))?;
@@ -129,15 +118,15 @@ fn spawn_agent(inst: &Instance) -> Result<u32, LifecycleError> {
 }
 
 /// Tails `ha.stdout.log` from `offset` until an event says running or
-/// exiting, the agent dies, or the start timeout passes.
+/// exiting, the agent dies, or `timeout` passes.
 fn follow_events(
     dir: &Path,
     agent_pid: Option<u32>,
     offset: u64,
+    timeout: Duration,
     ui: &mut dyn StartUi,
 ) -> Result<u16, LifecycleError> {
-    let log = dir.join("ha.stdout.log");
-    let timeout = start_timeout();
+    let log = dir.join(layout::HOST_AGENT_STDOUT_LOG);
     let deadline = Instant::now() + timeout;
     let mut pos = offset;
     let mut buf = Vec::new();
@@ -217,7 +206,7 @@ fn failure(dir: &Path, errors: Vec<String>) -> LifecycleError {
 
 /// The last `n` lines of the guest's serial console, for error messages.
 pub fn serial_tail(dir: &Path, n: usize) -> String {
-    log_tail(&dir.join("serial.log"), n)
+    log_tail(&dir.join(layout::SERIAL_LOG), n)
 }
 
 /// The last `n` lines of a log file; empty when it cannot be read.
@@ -226,23 +215,4 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_outlasts_the_agents_boot_timeout_unless_told_otherwise() {
-        let boot = Duration::from_secs(900);
-        assert_eq!(start_timeout_from(None, boot), Duration::from_secs(960));
-        assert_eq!(
-            start_timeout_from(Some("garbage"), boot),
-            Duration::from_secs(960)
-        );
-        assert_eq!(
-            start_timeout_from(Some("30"), boot),
-            Duration::from_secs(30)
-        );
-    }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
 use super::LifecycleError;
+use crate::vm::layout;
 use crate::vm::store::{self, Instance, Status};
 
 /// How long a graceful stop may take: the agent gives the guest a grace
@@ -62,7 +63,7 @@ pub fn delete(lima_home: &Path, name: &str, force: bool) -> Result<(), Lifecycle
     if inst.protected {
         return Err(LifecycleError::Protected {
             name: name.to_string(),
-            path: inst.dir.join("protected"),
+            path: inst.dir.join(layout::PROTECTED),
         });
     }
     if !force && inst.status != Status::Stopped {
@@ -139,7 +140,7 @@ fn remove_temporary_files(dir: &Path) -> Result<(), LifecycleError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if [".pid", ".sock", ".tmp"].iter().any(|s| name.ends_with(s)) {
+        if layout::TMP_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             let path = entry.path();
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -164,16 +165,8 @@ mod tests {
     #[test]
     fn removes_only_temporary_files() {
         let d = tempfile::tempdir().unwrap();
-        for f in [
-            "ha.pid",
-            "qemu.pid",
-            "ha.sock",
-            "qmp.sock",
-            "x.tmp",
-            "disk",
-            "ssh.config",
-            "serial.log",
-        ] {
+        let kept = [layout::DISK, layout::SERIAL_LOG, layout::SSH_CONFIG];
+        for f in layout::RUNNING_ONLY.iter().chain(&["x.tmp"]).chain(&kept) {
             std::fs::write(d.path().join(f), "").unwrap();
         }
         remove_temporary_files(d.path()).unwrap();
@@ -182,6 +175,6 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["disk", "serial.log", "ssh.config"]);
+        assert_eq!(left, kept);
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Accel;
+use crate::vm::layout;
 
 /// One host directory shared with the guest over 9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +51,11 @@ impl QemuSpec {
     pub fn with_instance_files(mut self) -> std::io::Result<Self> {
         let d = &self.instance_dir;
         let existing = |n: &str| Some(d.join(n)).filter(|p| p.exists());
-        self.iso = existing("iso");
-        self.cidata_iso = existing("cidata.iso");
-        self.kernel = existing("kernel");
-        self.initrd = existing("initrd");
-        self.kernel_cmdline = match existing("kernel.cmdline") {
+        self.iso = existing(layout::ISO);
+        self.cidata_iso = existing(layout::CIDATA_ISO);
+        self.kernel = existing(layout::KERNEL);
+        self.initrd = existing(layout::INITRD);
+        self.kernel_cmdline = match existing(layout::KERNEL_CMDLINE) {
             Some(p) => Some(std::fs::read_to_string(p)?.trim_end().to_string()),
             None => None,
         };
@@ -127,7 +128,10 @@ pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
     };
     match &spec.iso {
         None => {
-            let disk = format!("file={},if=none,discard=on,id=boot-disk", file("disk"));
+            let disk = format!(
+                "file={},if=none,discard=on,id=boot-disk",
+                file(layout::DISK)
+            );
             a.push(&["-drive", &disk]);
             a.push(&["-device", &format!("{blk},drive=boot-disk,bootindex=1")]);
             a.push(&["-boot", "order=c,splash-time=0,menu=on"]);
@@ -135,7 +139,7 @@ pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
         Some(iso) => {
             a.push(&[
                 "-drive",
-                &format!("file={},if=virtio,discard=on", file("disk")),
+                &format!("file={},if=virtio,discard=on", file(layout::DISK)),
             ]);
             a.push(&["-boot", "order=d,splash-time=0,menu=on"]);
             let cd = format!("file={},format=raw,media=cdrom,readonly=on", esc(iso));
@@ -180,20 +184,37 @@ pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
     a.push(&["-vga", "none"]);
     a.push(&["-parallel", "none"]);
 
-    let serial = |id: &str, stem: &str| {
+    let serial = |id: &str, sock: &str, log: &str| {
         format!(
             "socket,id={id},path={},server=on,wait=off,logfile={}",
-            file(&format!("{stem}.sock")),
-            file(&format!("{stem}.log"))
+            file(sock),
+            file(log)
         )
     };
-    a.push(&["-chardev", &serial("char-serial", "serial")]);
+    a.push(&[
+        "-chardev",
+        &serial("char-serial", layout::SERIAL_SOCK, layout::SERIAL_LOG),
+    ]);
     a.push(&["-serial", "chardev:char-serial"]);
     if matches!(spec.arch.as_str(), "aarch64" | "armv7l") {
-        a.push(&["-chardev", &serial("char-serial-pci", "serialp")]);
+        a.push(&[
+            "-chardev",
+            &serial(
+                "char-serial-pci",
+                layout::SERIAL_PCI_SOCK,
+                layout::SERIAL_PCI_LOG,
+            ),
+        ]);
         a.push(&["-device", "pci-serial,chardev=char-serial-pci"]);
     }
-    a.push(&["-chardev", &serial("char-serial-virtio", "serialv")]);
+    a.push(&[
+        "-chardev",
+        &serial(
+            "char-serial-virtio",
+            layout::SERIAL_VIRTIO_SOCK,
+            layout::SERIAL_VIRTIO_LOG,
+        ),
+    ]);
     let ports = if spec.arch == "s390x" { 2 } else { 1 };
     a.push(&[
         "-device",
@@ -218,12 +239,12 @@ pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
 
     let qmp = format!(
         "socket,id=char-qmp,path={},server=on,wait=off",
-        file("qmp.sock")
+        file(layout::QMP_SOCK)
     );
     a.push(&["-chardev", &qmp]);
     a.push(&["-qmp", "chardev:char-qmp"]);
     a.push(&["-name", &format!("lima-{}", spec.name)]);
-    a.push(&["-pidfile", &d.join("qemu.pid").to_string_lossy()]);
+    a.push(&["-pidfile", &d.join(layout::QEMU_PID).to_string_lossy()]);
     a.0
 }
 

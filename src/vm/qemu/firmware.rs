@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use super::QemuError;
+use crate::vm::layout;
 
 /// Where UEFI code firmware for `arch` may be, best first: the instance's
 /// own copy, the user's, the one next to the QEMU binary, then distro paths.
 fn candidates(arch: &str, instance_dir: &Path, qemu: &Path, home: &Path) -> Vec<PathBuf> {
-    let mut c = vec![instance_dir.join("qemu-efi-code.fd")];
+    let mut c = vec![instance_dir.join(layout::QEMU_EFI_CODE)];
     let (e, distro): (&str, &[&str]) = match arch {
         "x86_64" => (
             "x86_64",
@@ -107,7 +108,7 @@ mod tests {
     #[test]
     fn instance_copy_wins_and_missing_firmware_lists_the_search() {
         let dir = tempfile::tempdir().unwrap();
-        let fw = dir.path().join("qemu-efi-code.fd");
+        let fw = dir.path().join(layout::QEMU_EFI_CODE);
         std::fs::write(&fw, b"fw").unwrap();
         let q = Path::new("/nonexistent/bin/qemu-system-riscv64");
         assert_eq!(

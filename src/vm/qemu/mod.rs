@@ -6,6 +6,7 @@ mod cmdline;
 mod firmware;
 pub mod stuck;
 
+use crate::vm::layout;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -240,14 +241,14 @@ pub fn free_port() -> io::Result<u16> {
 /// file), and creates the 9p mount sources as Lima does.
 pub fn prepare_start(spec: &QemuSpec) -> Result<(), QemuError> {
     for name in [
-        "qmp.sock",
-        "serial.sock",
-        "serial.log",
-        "serialp.sock",
-        "serialp.log",
-        "serialv.sock",
-        "serialv.log",
-        "qemu.pid",
+        layout::QMP_SOCK,
+        layout::SERIAL_SOCK,
+        layout::SERIAL_LOG,
+        layout::SERIAL_PCI_SOCK,
+        layout::SERIAL_PCI_LOG,
+        layout::SERIAL_VIRTIO_SOCK,
+        layout::SERIAL_VIRTIO_LOG,
+        layout::QEMU_PID,
     ] {
         let p = spec.instance_dir.join(name);
         match std::fs::remove_file(&p) {
@@ -336,7 +337,7 @@ pub fn connect_qmp(
 ) -> Result<Qmp, QemuError> {
     let deadline = host.now() + timeout;
     loop {
-        match Qmp::connect(&instance_dir.join("qmp.sock"), Duration::from_secs(5)) {
+        match Qmp::connect(&instance_dir.join(layout::QMP_SOCK), Duration::from_secs(5)) {
             Ok(q) => return Ok(q),
             Err(QmpError::Connect { .. }) if host.now() < deadline => {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -386,7 +387,7 @@ pub fn launch(
     let up = wait_for_pidfile(
         host,
         &mut child,
-        &spec.instance_dir.join("qemu.pid"),
+        &spec.instance_dir.join(layout::QEMU_PID),
         PID_TIMEOUT,
         log,
     )
@@ -526,7 +527,7 @@ mod tests {
     fn test_spec(dir: &Path, firmware: Option<PathBuf>) -> QemuSpec {
         let st = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
-            .arg(dir.join("disk"))
+            .arg(dir.join(layout::DISK))
             .arg("16M")
             .status()
             .expect("qemu-img must be installed");
@@ -562,9 +563,9 @@ mod tests {
         use crate::vm::host::RealHost;
         let exe = find_exe_from_env("x86_64").expect("qemu-system-x86_64 must be installed");
         let spec = test_spec(dir, firmware);
-        let r = launch(&RealHost, &exe, &spec, &dir.join("qemu.log")).unwrap();
+        let r = launch(&RealHost, &exe, &spec, &dir.join(layout::QEMU_LOG)).unwrap();
         assert_eq!(
-            std::fs::read_to_string(dir.join("qemu.pid"))
+            std::fs::read_to_string(dir.join(layout::QEMU_PID))
                 .unwrap()
                 .trim(),
             r.child.id().to_string()
@@ -623,13 +624,13 @@ mod tests {
         use crate::vm::host::RealHost;
         let dir = tempfile::tempdir().unwrap();
         let exe = find_exe_from_env("x86_64").unwrap();
-        let log = dir.path().join("qemu.log");
+        let log = dir.path().join(layout::QEMU_LOG);
         let args = vec!["-drive".to_string(), "file=/nonexistent/disk".to_string()];
         let mut child = spawn(&exe, &args, &log).unwrap();
         let err = wait_for_pidfile(
             &RealHost,
             &mut child,
-            &dir.path().join("qemu.pid"),
+            &dir.path().join(layout::QEMU_PID),
             Duration::from_secs(20),
             &log,
         )
@@ -649,7 +650,7 @@ mod tests {
         let fw = find_firmware("x86_64", dir.path(), &exe.path, &home).unwrap();
         let mut spec = test_spec(dir.path(), Some(fw));
         spec.accel = Accel::Kvm;
-        let log = dir.path().join("qemu.log");
+        let log = dir.path().join(layout::QEMU_LOG);
         let mut r = launch_with_fallback(&RealHost, &exe, &spec, &log, stuck::KVM_WINDOW).unwrap();
         assert_eq!(
             r.accel == Accel::Tcg,

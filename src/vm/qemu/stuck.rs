@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use super::Accel;
 use crate::vm::host::Host;
+use crate::vm::layout;
 use crate::vm::qmp::Qmp;
 
 /// How long kvm/hvf may stay silent before the accelerator is given up.
@@ -116,7 +117,7 @@ pub fn watch(
 /// used for `query-status` when given (a failed query counts as unknown).
 pub fn observe(instance_dir: &Path, child: &mut Child, qmp: Option<&mut Qmp>) -> Observation {
     Observation {
-        serial_bytes: std::fs::metadata(instance_dir.join("serial.log"))
+        serial_bytes: std::fs::metadata(instance_dir.join(layout::SERIAL_LOG))
             .map(|m| m.len())
             .unwrap_or(0),
         status: qmp.and_then(|q| q.query_status().ok()),

@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::format::Globals;
 use super::message::{self, Rendered};
 use super::{StoreError, hostname, instance_dir, pidfile, unix_http};
+use crate::errors;
 use crate::vm::config::{self, ConfigError, LimaYaml};
+use crate::vm::layout;
 use crate::vm::units::parse_bytes;
 
 /// Lima's instance states. `Unknown` (shown as an empty string) means
@@ -124,16 +126,16 @@ impl Instance {
     /// current layout would put it when there is none yet.
     pub fn disk_path(&self) -> PathBuf {
         match self.disk_layout {
-            DiskLayout::Legacy => self.dir.join("diffdisk"),
-            DiskLayout::Current | DiskLayout::None => self.dir.join("disk"),
+            DiskLayout::Legacy => self.dir.join(layout::DIFF_DISK),
+            DiskLayout::Current | DiskLayout::None => self.dir.join(layout::DISK),
         }
     }
 
     /// The installer CD or legacy base image, if the instance has one.
     pub fn iso_path(&self) -> Option<PathBuf> {
         let name = match self.disk_layout {
-            DiskLayout::Legacy => "basedisk",
-            DiskLayout::Current | DiskLayout::None => "iso",
+            DiskLayout::Legacy => layout::BASE_DISK,
+            DiskLayout::Current | DiskLayout::None => layout::ISO,
         };
         let p = self.dir.join(name);
         exists_lstat(&p).then_some(p)
@@ -141,7 +143,7 @@ impl Instance {
 
     /// `$D/ha.sock`, the host agent's API socket.
     pub fn ha_sock(&self) -> PathBuf {
-        self.dir.join("ha.sock")
+        self.dir.join(layout::HOST_AGENT_SOCK)
     }
 
     fn broken(&mut self, error: String) {
@@ -168,7 +170,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
             });
         }
         Err(e) => {
-            inst.errors.push(error_chain(&e));
+            inst.errors.push(errors::one_line(&e));
             return Ok(inst);
         }
     };
@@ -177,12 +179,12 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
     inst.arch = y.arch.clone().unwrap_or_default();
     inst.ssh_address = "127.0.0.1".to_string();
     inst.ssh_local_port = y.ssh.as_ref().and_then(|s| s.local_port).unwrap_or(0);
-    let ssh_config = dir.join("ssh.config");
+    let ssh_config = dir.join(layout::SSH_CONFIG);
     inst.ssh_config_file = Some(ssh_config.clone());
 
-    match pidfile::read_pid_file(&dir.join("ha.pid")) {
+    match pidfile::read_pid_file(&dir.join(layout::HOST_AGENT_PID)) {
         Ok(pid) => inst.host_agent_pid = pid,
-        Err(e) => inst.broken(error_chain(&e)),
+        Err(e) => inst.broken(errors::one_line(&e)),
     }
     if inst.host_agent_pid.is_some() {
         let sock = inst.ha_sock();
@@ -199,7 +201,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
                 }
                 Err(e) => inst.broken(format!(
                     "cannot get info from the host agent: {}",
-                    error_chain(&e)
+                    errors::one_line(&e)
                 )),
             }
         }
@@ -223,7 +225,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
     }
     // Any answer but "not found" (even a permission error) means protected.
     inst.protected = !matches!(
-        std::fs::symlink_metadata(dir.join("protected")),
+        std::fs::symlink_metadata(dir.join(layout::PROTECTED)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound
     );
 
@@ -240,12 +242,12 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
         }
     }
 
-    match std::fs::read_to_string(dir.join("lima-version")) {
+    match std::fs::read_to_string(dir.join(layout::LIMA_VERSION)) {
         Ok(v) => inst.lima_version = v.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => inst.errors.push(format!(
             "cannot read {}: {e}",
-            dir.join("lima-version").display()
+            dir.join(layout::LIMA_VERSION).display()
         )),
     }
     inst.param = param;
@@ -276,9 +278,9 @@ fn inspect_driver_status(inst: &mut Instance, vm_type: &str) {
         ));
         return;
     }
-    match pidfile::read_pid_file(&inst.dir.join(format!("{vm_type}.pid"))) {
+    match pidfile::read_pid_file(&inst.dir.join(layout::driver_pid(vm_type))) {
         Ok(pid) => inst.driver_pid = pid,
-        Err(e) => inst.broken(error_chain(&e)),
+        Err(e) => inst.broken(errors::one_line(&e)),
     }
     if inst.status != Status::Unknown {
         return;
@@ -399,9 +401,9 @@ fn template_field(
 }
 
 fn disk_layout(dir: &Path) -> DiskLayout {
-    if exists_lstat(&dir.join("disk")) {
+    if exists_lstat(&dir.join(layout::DISK)) {
         DiskLayout::Current
-    } else if exists_lstat(&dir.join("diffdisk")) {
+    } else if exists_lstat(&dir.join(layout::DIFF_DISK)) {
         DiskLayout::Legacy
     } else {
         DiskLayout::None
@@ -414,16 +416,4 @@ fn exists_lstat(p: &Path) -> bool {
 
 fn is_not_found(e: &ConfigError) -> bool {
     matches!(e, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-}
-
-/// An error and its causes on one line, for `errors` and logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -10,7 +10,7 @@ mod unix_http;
 
 pub use crate::vm::host::{host_arch, host_os};
 pub use format::{Globals, list_json, table};
-pub use instance::{DiskLayout, Instance, Status, error_chain, inspect, inspect_for_list};
+pub use instance::{DiskLayout, Instance, Status, inspect, inspect_for_list};
 pub use pidfile::{PidFileError, read_pid_file, write_pid_file};
 pub use unix_http::{
     HOSTAGENT_HOST, HOSTAGENT_TIMEOUT, Info, Response, UnixHttpError, get, get_json, hostagent_info,
@@ -19,6 +19,7 @@ pub use unix_http::{
 use std::path::{Path, PathBuf};
 
 use crate::vm::config::ConfigError;
+use crate::vm::layout;
 
 /// Longest instance name Lima accepts.
 pub const MAX_NAME_LEN: usize = 76;
@@ -33,7 +34,7 @@ pub enum StoreError {
     },
     #[error("invalid instance name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
-    #[error("instance {name:?} does not exist: {} is missing", dir.join("lima.yaml").display())]
+    #[error("instance {name:?} does not exist: {} is missing", dir.join(layout::LIMA_YAML).display())]
     NotFound {
         name: String,
         dir: PathBuf,
@@ -124,14 +125,14 @@ pub fn hostname(name: &str) -> String {
 /// instance exist; one of the files a create or start leaves behind does.
 pub fn is_existing_instance_dir(dir: &Path) -> bool {
     [
-        "ha.stdout.log",
-        "ha.stderr.log",
-        "vz-identifier",
-        "image",
-        "disk",
-        "basedisk",
-        "diffdisk",
-        "cidata.iso",
+        layout::HOST_AGENT_STDOUT_LOG,
+        layout::HOST_AGENT_STDERR_LOG,
+        layout::VZ_IDENTIFIER,
+        layout::IMAGE,
+        layout::DISK,
+        layout::BASE_DISK,
+        layout::DIFF_DISK,
+        layout::CIDATA_ISO,
     ]
     .iter()
     .any(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
@@ -192,9 +193,9 @@ mod tests {
     #[test]
     fn existing_instance_dir_needs_more_than_lima_yaml() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("lima.yaml"), "").unwrap();
+        std::fs::write(d.path().join(layout::LIMA_YAML), "").unwrap();
         assert!(!is_existing_instance_dir(d.path()));
-        std::os::unix::fs::symlink("nowhere", d.path().join("disk")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.path().join(layout::DISK)).unwrap();
         assert!(is_existing_instance_dir(d.path()));
     }
 }

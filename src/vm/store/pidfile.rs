@@ -131,6 +131,7 @@ fn liveness(res: Result<(), Errno>) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::layout;
 
     #[test]
     fn parses_like_atoi_after_trim() {
@@ -154,13 +155,16 @@ mod tests {
     #[test]
     fn missing_file_is_no_process() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_pid_file(&dir.path().join("ha.pid")).unwrap(), None);
+        assert_eq!(
+            read_pid_file(&dir.path().join(layout::HOST_AGENT_PID)).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn live_pid_is_kept_and_stale_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qemu.pid");
+        let path = dir.path().join(layout::QEMU_PID);
         write_pid_file(&path, std::process::id()).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
@@ -184,7 +188,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ha.pid");
+        let path = dir.path().join(layout::HOST_AGENT_PID);
         std::fs::write(&path, "not a pid").unwrap();
         assert!(matches!(
             read_pid_file(&path),

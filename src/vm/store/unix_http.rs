@@ -265,6 +265,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::layout;
     use std::os::unix::net::UnixListener;
 
     /// Serves one connection with `answer`, returning the request it read.
@@ -288,7 +289,7 @@ mod tests {
     fn info_with_content_length() {
         let body = r#"{"autoStartedIdentifier":"x","sshLocalPort":2222}"#;
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("ha.sock");
+        let sock = dir.path().join(layout::HOST_AGENT_SOCK);
         let server = serve_once(
             UnixListener::bind(&sock).unwrap(),
             format!(
@@ -307,7 +308,7 @@ mod tests {
     #[test]
     fn chunked_body_and_error_message() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("ha.sock");
+        let sock = dir.path().join(layout::HOST_AGENT_SOCK);
         let server = serve_once(
             UnixListener::bind(&sock).unwrap(),
             "HTTP/1.1 405 Method Not Allowed\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{\"messag\r\n11\r\ne\":\"not allowed\"}\r\n0\r\n\r\n".into(),
@@ -323,7 +324,7 @@ mod tests {
     #[test]
     fn silent_server_times_out() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("ha.sock");
+        let sock = dir.path().join(layout::HOST_AGENT_SOCK);
         let _listener = UnixListener::bind(&sock).unwrap(); // never accepts
         let start = Instant::now();
         let err = get(
@@ -340,7 +341,7 @@ mod tests {
     #[test]
     fn missing_socket_is_a_connect_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = hostagent_info(&dir.path().join("ha.sock")).unwrap_err();
+        let err = hostagent_info(&dir.path().join(layout::HOST_AGENT_SOCK)).unwrap_err();
         assert!(matches!(err, UnixHttpError::Connect { .. }), "{err:?}");
     }
 

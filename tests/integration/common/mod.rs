@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use llima_box::vm::layout;
+
 /// The unprivileged account product commands run as.
 pub const TEST_USER: &str = "llbtest";
 
@@ -249,7 +251,10 @@ pub fn kill_instances(lima_home: &Path) {
     };
     for dir in entries.flatten() {
         if std::thread::panicking() {
-            for (log, lines) in [("ha.stderr.log", 60), ("serial.log", 150)] {
+            for (log, lines) in [
+                (layout::HOST_AGENT_STDERR_LOG, 60),
+                (layout::SERIAL_LOG, 150),
+            ] {
                 let path = dir.path().join(log);
                 if path.is_file() {
                     let tail = llima_box::vm::lifecycle::log_tail(&path, lines);
@@ -257,7 +262,7 @@ pub fn kill_instances(lima_home: &Path) {
                 }
             }
         }
-        for pid_file in ["ha.pid", "qemu.pid"] {
+        for pid_file in [layout::HOST_AGENT_PID, layout::QEMU_PID] {
             let pid = std::fs::read_to_string(dir.path().join(pid_file))
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok());
