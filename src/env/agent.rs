@@ -101,30 +101,19 @@ fn has_interpreter(b: &[u8]) -> bool {
 /// the agent's; it prints the guest's on stderr.
 const EXIT_WRONG_ARCH: u32 = 4;
 
-// Installs the executable read on stdin (checked against its sha256) and the
-// unit, then (re)starts the agent. Temporary file + rename: a running agent
-// keeps its old inode, a reader never sees half a file. The unit runs as
+// Installs the executable read on stdin and the unit, then (re)starts the
+// agent; a running agent keeps its old inode until then. The unit runs as
 // root; the admin (the sudo caller) owns the socket.
-const INSTALL_SCRIPT: &str = r##"set -eu
-sha=$1 arch=$2 bin=$3 version=$4 unit=$5
+const INSTALL_SCRIPT: &str = concat!(
+    "set -eu\n",
+    super::receive::receive_fn!(),
+    r##"sha=$1 arch=$2 bin=$3 version=$4 unit=$5
 if [ "$(uname -m)" != "$arch" ]; then
     cat >/dev/null
     uname -m >&2
     exit 4
 fi
-d=$(dirname "$bin")
-mkdir -p -m 0755 "$d"
-t=$(mktemp "$d/.guest-agent.XXXXXX")
-trap 'rm -f "$t"' EXIT
-cat >"$t"
-got=$(sha256sum "$t" | cut -d' ' -f1)
-if [ "$got" != "$sha" ]; then
-    echo "the guest agent arrived damaged (sha256 $got, expected $sha); try again" >&2
-    exit 1
-fi
-chown root:root "$t"
-chmod 0755 "$t"
-mv -f "$t" "$bin"
+receive "$bin" "$sha" "the guest agent"
 printf '%s\n' "$sha" >"$version"
 cat >"/etc/systemd/system/$unit" <<UNIT
 [Unit]
@@ -142,7 +131,8 @@ UNIT
 systemctl daemon-reload
 systemctl enable --quiet "$unit"
 systemctl restart "$unit"
-"##;
+"##
+);
 
 impl AgentBinary {
     /// Installs this agent and restarts the service; run with the

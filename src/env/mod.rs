@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod naming;
+mod receive;
 pub mod runtime;
 pub mod selection;
 

@@ -26,34 +26,26 @@ pub fn runtime_version() -> String {
     hex::encode(Sha256::digest(RUNTIME.as_bytes()))
 }
 
-// Installs the script read on stdin when the recorded version differs, after
-// checking it arrived intact; a concurrent install or a reader never sees a
-// half-written file (temporary file + rename).
-const INSTALL_SCRIPT: &str = r#"set -eu
-d=/usr/local/libexec/llima-box
+// Installs the script read on stdin when the recorded version differs (the
+// version file follows the script, so a reader that sees a new version
+// finds the new script).
+const INSTALL_SCRIPT: &str = concat!(
+    "set -eu\n",
+    super::receive::receive_fn!(),
+    r#"d=/usr/local/libexec/llima-box
 if [ -x "$d/env-runtime" ] && [ "$(cat "$d/version" 2>/dev/null)" = "$1" ]; then
     cat >/dev/null
     exit 0
 fi
-mkdir -p -m 0755 "$d"
-t=$(mktemp "$d/.env-runtime.XXXXXX")
-trap 'rm -f "$t" "$t.version"' EXIT
-cat >"$t"
-v=$(sha256sum "$t" | cut -d' ' -f1)
-if [ "$v" != "$1" ]; then
-    echo "the environment runtime arrived damaged (sha256 $v, expected $1); try again" >&2
-    exit 1
-fi
-chown root:root "$t"
-chmod 0755 "$t"
-printf '%s\n' "$1" >"$t.version"
-chmod 0644 "$t.version"
-mv -f "$t" "$d/env-runtime"
-mv -f "$t.version" "$d/version"
+receive "$d/env-runtime" "$1" "the environment runtime"
+printf '%s\n' "$1" >"$d/.version.tmp"
+chmod 0644 "$d/.version.tmp"
+mv -f "$d/.version.tmp" "$d/version"
 # Environments that already run get this runtime's guard now rather than at
 # their next start; a failure stops the next start, which says why.
 "$d/env-runtime" guard >/dev/null 2>&1 || true
-"#;
+"#
+);
 
 /// Installs or upgrades the runtime: run it with [`RUNTIME`] on stdin. Does
 /// nothing (but read stdin) when the guest already has this version, so it
@@ -481,7 +473,6 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
                 "d=/usr/local/libexec/llima-box",
                 &format!("d='{}'", d.display()),
             )
-            .replace("chown root:root \"$t\"\n", "")
             // The guard changes the system's sshd and firewall.
             .replace(GUARD_LINE, "");
         assert!(!script.contains("env-runtime\" guard"), "{script}");

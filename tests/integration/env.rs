@@ -64,6 +64,11 @@ impl Lb {
         stdout
     }
 
+    /// `bash -c SCRIPT sh ARG` as the VM's admin (`vm shell`).
+    fn admin_bash(&self, script: &str, arg: &str) -> String {
+        self.ok(&["vm", "shell", "--", "bash", "-c", script, "sh", arg])
+    }
+
     fn list(&self) -> Vec<Value> {
         self.ok(&["list", "--json"])
             .lines()
@@ -666,16 +671,7 @@ fn check_sshd_escape(lb: &Lb, a: &Path, name: &str) {
     assert_ne!(field(&inside, "ssh_rc"), "0", "{inside}");
     assert!(!inside.contains("escaped as"), "{inside}");
 
-    let admin = lb.ok(&[
-        "vm",
-        "shell",
-        "--",
-        "bash",
-        "-c",
-        SSHD_AS_ENV_USER,
-        "sh",
-        name,
-    ]);
+    let admin = lb.admin_bash(SSHD_AS_ENV_USER, name);
     assert_eq!(field(&admin, "key"), "yes", "{admin}");
     assert_ne!(field(&admin, "ssh_rc"), "0", "{admin}");
     assert!(!admin.contains("escaped as"), "{admin}");
@@ -709,16 +705,7 @@ exit 0
 /// the admin, as a control, reaches them all.
 fn check_network_escape(lb: &Lb, a: &Path, canary: &Canary) {
     let port = canary.port.to_string();
-    let admin = lb.ok(&[
-        "vm",
-        "shell",
-        "--",
-        "bash",
-        "-c",
-        NETWORK_ESCAPE,
-        "sh",
-        &port,
-    ]);
+    let admin = lb.admin_bash(NETWORK_ESCAPE, &port);
     assert!(
         field(&admin, "tcp").contains(&canary.secret),
         "the admin did not reach the host's loopback canary (the test is void):\n{admin}"
