@@ -143,6 +143,14 @@ fn lifecycle_end_to_end() {
     assert_eq!(entry["status"], "Running");
     assert_eq!(entry["sshLocalPort"].as_u64(), Some(port));
 
+    // QEMU runs under its seccomp sandbox (mode 2: a filter).
+    let qemu = std::fs::read_to_string(dir.join(layout::QEMU_PID)).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", qemu.trim())).unwrap();
+    assert!(
+        status.contains("Seccomp:\t2"),
+        "QEMU is not sandboxed:\n{status}"
+    );
+
     // SSH exec through our client and through plain OpenSSH.
     let uname = home.ok(&["--instance", name, "vm", "shell", "--", "uname", "-a"]);
     assert!(uname.starts_with("Linux lima-e2e "), "{uname}");

@@ -71,7 +71,13 @@ fn esc(p: &Path) -> String {
 /// Options that may appear once; extra args from `QEMU_SYSTEM_*` win.
 const SINGLE: &[&str] = &[
     "-m", "-cpu", "-machine", "-smp", "-boot", "-display", "-kernel", "-append", "-initrd",
+    "-sandbox",
 ];
+
+/// QEMU parses everything the guest sends; should a guest break out into
+/// it, seccomp denies it new privileges, new programs, scheduler and
+/// resource changes and obsolete system calls.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 struct Args(Vec<String>);
 
@@ -183,6 +189,7 @@ pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
     a.push(&["-display", "none"]);
     a.push(&["-vga", "none"]);
     a.push(&["-parallel", "none"]);
+    a.push(&["-sandbox", SANDBOX]);
 
     let serial = |id: &str, sock: &str, log: &str| {
         format!(
@@ -357,5 +364,10 @@ mod tests {
         assert_eq!(&args[..4], &extra[..]);
         assert_eq!(args.iter().filter(|a| *a == "-m").count(), 1);
         assert_eq!(args.iter().filter(|a| *a == "-device").count(), 8);
+        // Sandboxed by default; a -sandbox of the user's own wins.
+        assert!(joined(&args).contains("-sandbox on,obsolete=deny,elevateprivileges=deny"));
+        let own = ["-sandbox", "off"].map(String::from).to_vec();
+        let args = cmdline(&spec(), &own);
+        assert_eq!(args.iter().filter(|a| *a == "-sandbox").count(), 1);
     }
 }
