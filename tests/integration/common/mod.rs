@@ -4,6 +4,12 @@
 
 #![allow(dead_code)]
 
+mod checks;
+mod vm_home;
+
+pub use checks::Checks;
+pub use vm_home::VmHome;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

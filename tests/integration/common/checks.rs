@@ -1,0 +1,114 @@
+//! Named checks that share one expensive setup (a booted VM): a failing
+//! check does not hide the ones after it. Each runs with its panic caught
+//! and reported by name; the test fails at the end, listing every check
+//! that failed or could not run.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+enum Outcome {
+    Passed,
+    Failed(String),
+    NotRun(String),
+}
+
+#[derive(Default)]
+pub struct Checks {
+    done: Vec<(String, Outcome)>,
+}
+
+impl Checks {
+    pub fn new() -> Checks {
+        Checks::default()
+    }
+
+    /// Runs check `name`; its value when it passed.
+    pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> Option<T> {
+        eprintln!("---- check {name}");
+        let (outcome, value) = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(v) => (Outcome::Passed, Some(v)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(a panic without a message)".to_string());
+                eprintln!("---- check {name} FAILED: {msg}");
+                (Outcome::Failed(msg), None)
+            }
+        };
+        self.done.push((name.to_string(), outcome));
+        value
+    }
+
+    /// Runs check `name` if every check in `needs` passed; otherwise
+    /// records it as not run (it would test nothing, or the wrong thing).
+    pub fn run_after<T>(&mut self, name: &str, needs: &[&str], f: impl FnOnce() -> T) -> Option<T> {
+        let unmet: Vec<&str> = needs.iter().copied().filter(|n| !self.passed(n)).collect();
+        if unmet.is_empty() {
+            return self.run(name, f);
+        }
+        let why = format!("needs {}", unmet.join(", "));
+        eprintln!("---- check {name} NOT RUN: {why}");
+        self.done.push((name.to_string(), Outcome::NotRun(why)));
+        None
+    }
+
+    fn passed(&self, name: &str) -> bool {
+        self.done
+            .iter()
+            .any(|(n, o)| n == name && matches!(o, Outcome::Passed))
+    }
+
+    /// Fails the test unless every check passed.
+    pub fn finish(self) {
+        let mut report = String::new();
+        let mut bad = 0;
+        for (name, outcome) in &self.done {
+            bad += usize::from(!matches!(outcome, Outcome::Passed));
+            match outcome {
+                Outcome::Passed => {}
+                Outcome::Failed(msg) => report.push_str(&format!("\n{name}: FAILED: {msg}")),
+                Outcome::NotRun(why) => report.push_str(&format!("\n{name}: NOT RUN: {why}")),
+            }
+        }
+        assert!(
+            report.is_empty(),
+            "{} of {} checks did not pass:{report}",
+            bad,
+            self.done.len()
+        );
+    }
+}
+
+#[test]
+fn every_check_runs_and_each_failure_is_reported() {
+    let mut checks = Checks::new();
+    assert_eq!(checks.run("first", || 1), Some(1));
+    assert_eq!(
+        checks.run("second", || -> u8 { panic!("boom {}", 2) }),
+        None
+    );
+    let mut ran = false;
+    checks.run_after("third", &["second"], || ran = true);
+    assert!(!ran, "a check whose dependency failed ran");
+    checks.run_after("fourth", &["first"], || ran = true);
+    assert!(ran, "a check whose dependency passed did not run");
+    checks.run("fifth", || panic!("static"));
+    let report = std::panic::catch_unwind(AssertUnwindSafe(|| checks.finish()))
+        .expect_err("finish passed with failed checks");
+    let report = report.downcast_ref::<String>().unwrap();
+    assert!(
+        report.starts_with("3 of 5 checks did not pass:"),
+        "{report}"
+    );
+    assert!(report.contains("\nsecond: FAILED: boom 2"), "{report}");
+    assert!(
+        report.contains("\nthird: NOT RUN: needs second"),
+        "{report}"
+    );
+    assert!(report.contains("\nfifth: FAILED: static"), "{report}");
+    assert!(
+        !report.contains("first") && !report.contains("fourth"),
+        "{report}"
+    );
+}
