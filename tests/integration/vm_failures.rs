@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
+use std::process::Command;
 
 use crate::common::*;
 
@@ -47,12 +48,17 @@ fn template(dir: &TestDir, location: &str, digest: Option<&str>) -> std::path::P
     )
 }
 
-/// `vm start --template` with a private cache; returns (success, stderr).
-fn start(home: &TestDir, template: &Path, path_env: Option<&str>) -> (bool, String) {
-    let mut cmd = llima_box(home.path());
-    cmd.args(["--instance", "fail", "vm", "start", "--template"])
-        .arg(template)
+/// `vm start --template` with a private cache.
+fn start_cmd(home: &VmHome, template: &Path) -> Command {
+    let mut cmd = home.cmd(&["--instance", "fail", "vm", "start", "--template"]);
+    cmd.arg(template)
         .env("XDG_CACHE_HOME", home.path().join("_cache"));
+    cmd
+}
+
+/// Runs `start_cmd`; returns (success, stderr).
+fn start(home: &VmHome, template: &Path, path_env: Option<&str>) -> (bool, String) {
+    let mut cmd = start_cmd(home, template);
     if let Some(p) = path_env {
         cmd.env("PATH", p);
     }
@@ -60,7 +66,7 @@ fn start(home: &TestDir, template: &Path, path_env: Option<&str>) -> (bool, Stri
     (out.status.success(), text(&out).1)
 }
 
-fn assert_nothing_left(home: &TestDir) {
+fn assert_nothing_left(home: &VmHome) {
     let left: Vec<_> = std::fs::read_dir(home.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -73,11 +79,11 @@ fn assert_nothing_left(home: &TestDir) {
 
 #[test]
 fn bad_image_digest_is_refused_and_nothing_is_cached() {
-    let home = TestDir::new();
+    let home = VmHome::without_guest();
     let port = serve(vec![7u8; 64 * 1024]);
     let wrong = format!("sha256:{}", "0".repeat(64));
     let t = template(
-        &home,
+        home.dir(),
         &format!("http://127.0.0.1:{port}/disk.img"),
         Some(&wrong),
     );
@@ -95,7 +101,7 @@ fn bad_image_digest_is_refused_and_nothing_is_cached() {
 
 #[test]
 fn unreachable_image_location_fails_clearly() {
-    let home = TestDir::new();
+    let home = VmHome::without_guest();
     // A port nobody listens on.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -103,7 +109,7 @@ fn unreachable_image_location_fails_clearly() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/disk.img");
-    let t = template(&home, &url, None);
+    let t = template(home.dir(), &url, None);
     let (ok, stderr) = start(&home, &t, None);
     assert!(!ok);
     assert!(stderr.contains(&url), "{stderr}");
@@ -112,12 +118,16 @@ fn unreachable_image_location_fails_clearly() {
 
 #[test]
 fn missing_qemu_is_reported_before_any_download() {
-    let home = TestDir::new();
-    let bin = home.mkdir("bin");
+    let home = VmHome::without_guest();
+    let bin = home.dir().mkdir("bin");
     // qemu-img is there, qemu-system-* is not.
     std::os::unix::fs::symlink("/usr/bin/qemu-img", bin.join("qemu-img")).unwrap();
     let port = serve(vec![0u8; 1024]);
-    let t = template(&home, &format!("http://127.0.0.1:{port}/disk.img"), None);
+    let t = template(
+        home.dir(),
+        &format!("http://127.0.0.1:{port}/disk.img"),
+        None,
+    );
     let (ok, stderr) = start(&home, &t, Some(bin.to_str().unwrap()));
     assert!(!ok);
     assert!(stderr.contains("qemu-system-"), "{stderr}");
@@ -128,9 +138,9 @@ fn missing_qemu_is_reported_before_any_download() {
 
 #[test]
 fn a_timeout_that_is_not_seconds_is_refused_before_anything_is_made() {
-    let home = TestDir::new();
-    let out = llima_box(home.path())
-        .args(["--instance", "fail", "vm", "start"])
+    let home = VmHome::without_guest();
+    let out = home
+        .cmd(&["--instance", "fail", "vm", "start"])
         .env("LLIMA_BOX_BOOT_TIMEOUT", "10m")
         .output()
         .unwrap();
@@ -189,13 +199,14 @@ fn serve_slowly() -> u16 {
 
 #[test]
 fn ctrl_c_during_a_first_start_leaves_nothing_that_breaks_the_next() {
-    let home = TestDir::new();
+    let home = VmHome::without_guest();
     let port = serve_slowly();
-    let t = template(&home, &format!("http://127.0.0.1:{port}/disk.img"), None);
-    let mut child = llima_box(home.path())
-        .args(["--instance", "fail", "vm", "start", "--template"])
-        .arg(&t)
-        .env("XDG_CACHE_HOME", home.path().join("_cache"))
+    let t = template(
+        home.dir(),
+        &format!("http://127.0.0.1:{port}/disk.img"),
+        None,
+    );
+    let mut child = start_cmd(&home, &t)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -221,15 +232,12 @@ fn ctrl_c_during_a_first_start_leaves_nothing_that_breaks_the_next() {
     // No instance: listing shows none, and the next start is not blocked by
     // leftovers (it fails only on its own bad digest, and cleans up).
     assert!(!home.path().join("fail").exists());
-    let names = llima_box(home.path())
-        .args(["vm", "list", "--names-only"])
-        .output()
-        .unwrap();
-    assert!(text(&names).0.trim().is_empty());
+    let names = home.ok(&["vm", "list", "--names-only"]);
+    assert!(names.trim().is_empty());
     let fast = serve(vec![3u8; 1024]);
     let wrong = format!("sha256:{}", "0".repeat(64));
     let t = template(
-        &home,
+        home.dir(),
         &format!("http://127.0.0.1:{fast}/disk.img"),
         Some(&wrong),
     );
