@@ -1,81 +1,17 @@
 //! Environments end to end: `shell`, `list`, `delete` and `delete-all`
 //! against the local Debian test guest (see vm.rs). One VM boot serves
-//! every step but persistence, which needs one restart; `#[ignore]`d for
-//! a plain `cargo test`, tests/run runs it.
+//! every named check but persistence, which needs one restart;
+//! `#[ignore]`d for a plain `cargo test`, tests/run runs it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
-use crate::ssh_support::{Agent, Pty, wait_timeout};
-
-struct Lb {
-    home: TestDir,
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        kill_instances(self.home.path());
-    }
-}
-
-impl Lb {
-    fn lima_home(&self) -> PathBuf {
-        std::fs::canonicalize(self.home.path()).unwrap()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = llima_box(&self.lima_home());
-        c.args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
-        stdout
-    }
-
-    /// `shell PROJECT -- ARGV...`
-    fn shell(&self, project: &Path, argv: &[&str]) -> Output {
-        let mut args = vec!["shell", project.to_str().unwrap(), "--"];
-        args.extend_from_slice(argv);
-        self.run(&args)
-    }
-
-    fn shell_ok(&self, project: &Path, argv: &[&str]) -> String {
-        let out = self.shell(project, argv);
-        let (stdout, stderr) = text(&out);
-        assert!(
-            out.status.success(),
-            "shell {argv:?} failed:\n{stdout}\n{stderr}"
-        );
-        stdout
-    }
-
-    /// `bash -c SCRIPT sh ARG` as the VM's admin (`vm shell`).
-    fn admin_bash(&self, script: &str, arg: &str) -> String {
-        self.ok(&["vm", "shell", "--", "bash", "-c", script, "sh", arg])
-    }
-
-    fn list(&self) -> Vec<Value> {
-        self.ok(&["list", "--json"])
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
+use crate::ssh_support::{Agent as SshAgent, Pty, wait_timeout};
 
 /// sha256 over every path, type, mode, owner and content below `dir`.
 fn tree_hash(dir: &Path) -> String {
@@ -110,10 +46,7 @@ fn tree_hash(dir: &Path) -> String {
 #[test]
 #[ignore = "boots a VM: run through tests/run"]
 fn environments_end_to_end() {
-    let _turn = one_guest();
-    let home = TestDir::new();
-    home.write("_config/override.yaml", &guest_override());
-    let lb = Lb { home, _turn };
+    let vm = VmHome::new();
     let u = user();
     // Only the user's home is mounted in the guest.
     let projects = TestDir::new_in(&u.home);
@@ -123,10 +56,126 @@ fn environments_end_to_end() {
     let b = projects.mkdir("beta");
     projects.write("beta/secret", "beta only\n");
     let odd = projects.mkdir("it's a $(touch /tmp/pwned) dir");
+    let canary = Canary::start();
+    let mut checks = Checks::new();
 
-    // Outside every mount: refused before anything boots.
+    checks.run("refused_before_boot", || check_refused_before_boot(&vm));
+
+    // The first shell boots the VM and creates A's environment: most
+    // checks need it.
+    let name_a = checks.run("first_shell", || check_first_shell(&vm, &a));
+    let name_a = || name_a.as_deref().expect("first_shell passed");
+    const FIRST: &[&str] = &["first_shell"];
+
+    // No way out through the guest's sshd or the host's loopback.
+    checks.run_after("sshd_escape", FIRST, || {
+        check_sshd_escape(&vm, &a, name_a())
+    });
+    checks.run_after("network_escape", FIRST, || {
+        check_network_escape(&vm, &a, &canary)
+    });
+    checks.run_after("guard_idempotent", FIRST, || check_guard_idempotent(&vm));
+    checks.run_after("piped_stdin", FIRST, || check_piped_stdin(&vm, &a));
+    checks.run_after("files_owned_by_host_user", FIRST, || {
+        check_files_owned_by_host_user(&vm, &a)
+    });
+    checks.run_after("ssh_agent_forwarding", FIRST, || {
+        check_ssh_agent_forwarding(&vm, &a)
+    });
+    checks.run_after("terminal", FIRST, || check_terminal(&vm, &a, name_a()));
+    // Before anything else makes B: B must be the one to claim the spare.
+    checks.run_after("spare_claimed", FIRST, || check_spare_claimed(&vm, &b));
+
+    // Both ways: A was made from scratch, B from the spare.
+    checks.run_after("isolation_of_a", FIRST, || {
+        // Another project's files are out of reach.
+        let out = vm.shell(&a, &["cat", b.join("secret").to_str().unwrap()]);
+        assert!(!out.status.success(), "{:?}", text(&out));
+        assert!(!text(&out).0.contains("beta only"));
+        check_isolation(&vm, &projects, &a, &b)
+    });
+    checks.run_after("isolation_of_b", FIRST, || {
+        check_isolation(&vm, &projects, &b, &a)
+    });
+    checks.run_after("exec_bits_and_git", FIRST, || {
+        check_exec_bits_and_git(&vm, &projects, &a)
+    });
+    checks.run_after("shared_processes", FIRST, || {
+        check_shared_processes(&vm, &a)
+    });
+    checks.run_after("install_tool", FIRST, || install_tool(&vm, &a));
+
+    // How many environments there are from here on: alpha, beta, the
+    // nasty names and the parallel one.
+    checks.run_after("odd_arguments", FIRST, || check_odd_arguments(&vm, &odd));
+    let nasty = checks.run_after("nasty_names", FIRST, || {
+        check_nasty_names(&vm, &projects, &odd)
+    });
+    checks.run_after("nothing_ran", FIRST, || check_nothing_ran(&vm));
+    let total = || 2 + nasty.expect("nasty_names passed") + 1;
+    let fresh = checks.run_after("parallel_first_shells", FIRST, || {
+        check_parallel_first_shells(&vm, &projects)
+    });
+
+    checks.run_after(
+        "list",
+        &["first_shell", "nasty_names", "parallel_first_shells"],
+        || {
+            check_list(
+                &vm,
+                [
+                    &a,
+                    &b,
+                    fresh.as_ref().expect("parallel_first_shells passed"),
+                ],
+                name_a(),
+                total(),
+            )
+        },
+    );
+    checks.run_after("guest_agent", &["nasty_names"], || {
+        check_guest_agent(&vm, total())
+    });
+
+    // The one restart of this test: the home and the tool in it survive
+    // it, and the namespace is re-created on first use.
+    checks.run_after(
+        "restart",
+        &["first_shell", "install_tool", "nasty_names"],
+        || {
+            vm.ok(&["vm", "stop"]);
+            vm.ok(&["vm", "start"]);
+            check_tool(&vm, &a, name_a(), "after-restart");
+            // The firewall rules are gone with the old boot; they are back
+            // before the environment runs again.
+            check_network_escape(&vm, &a, &canary);
+            assert_eq!(vm.list().len(), total(), "environments lost in the restart");
+        },
+    );
+
+    // Deleting last: the checks above count and use the environments.
+    checks.run_after("delete", &["first_shell", "nasty_names"], || {
+        check_delete(&vm, &a, name_a(), total())
+    });
+    checks.run("delete_all", || {
+        let before_a = tree_hash(&a);
+        let before_b = tree_hash(&b);
+        vm.ok(&["delete-all", "-y"]);
+        assert!(vm.list().is_empty());
+        assert_eq!(tree_hash(&b), before_b);
+        assert_eq!(tree_hash(&a), before_a);
+        vm.ok(&["delete-all", "-y"]);
+    });
+    checks.run("stop", || vm.ok(&["vm", "stop", "--force"]));
+
+    checks.finish();
+}
+
+/// Outside every mount: refused before anything boots; and list, with the
+/// VM not running yet, says so and succeeds.
+fn check_refused_before_boot(vm: &VmHome) {
     let outside = TestDir::new();
-    let out = lb.shell(outside.path(), &["true"]);
+    let out = vm.shell(outside.path(), &["true"]);
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("is not shared with the VM"), "{stderr}");
@@ -135,36 +184,34 @@ fn environments_end_to_end() {
         stderr.contains(&outside.path().display().to_string()),
         "{stderr}"
     );
-    // The VM is not running yet: list says so and succeeds.
-    let out = lb.run(&["list"]);
+    let out = vm.run(&["list"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("the VM is stopped"), "{stderr}");
+}
 
-    // The first shell boots the VM and creates the environment; the exit
-    // status is the command's.
-    let out = lb.shell(&a, &["sh", "-c", "exit 7"]);
+/// The first shell boots the VM and creates the environment; the exit
+/// status is the command's. It runs as the environment's own user, in the
+/// project directory. Returns that user.
+fn check_first_shell(vm: &VmHome, a: &Path) -> String {
+    let out = vm.shell(a, &["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{:?}", text(&out));
 
-    // The environment's own user, in the project directory.
-    let name_a = lb.shell_ok(&a, &["id", "-un"]).trim().to_string();
+    let name_a = vm.shell_ok(a, &["id", "-un"]).trim().to_string();
     assert!(name_a.starts_with("alpha-"), "{name_a}");
-    assert_ne!(name_a, u.name);
-    let pwd = lb.shell_ok(&a, &["pwd"]);
+    assert_ne!(name_a, user().name);
+    let pwd = vm.shell_ok(a, &["pwd"]);
     assert_eq!(
         pwd.trim(),
-        std::fs::canonicalize(&a).unwrap().to_str().unwrap()
+        std::fs::canonicalize(a).unwrap().to_str().unwrap()
     );
+    name_a
+}
 
-    // No way out through the guest's sshd or the host's loopback.
-    let canary = Canary::start();
-    check_sshd_escape(&lb, &a, &name_a);
-    check_network_escape(&lb, &a, &canary);
-    check_guard_idempotent(&lb);
-
-    // Piped stdin arrives byte for byte.
+/// Piped stdin arrives byte for byte.
+fn check_piped_stdin(vm: &VmHome, a: &Path) {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut child = lb
+    let mut child = vm
         .cmd(&["shell", a.to_str().unwrap(), "--", "sha256sum"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -178,20 +225,23 @@ fn environments_end_to_end() {
         text(&out).0.split_whitespace().next().unwrap(),
         hex::encode(Sha256::digest(&data))
     );
+}
 
-    // Files made in the environment are the host user's on the host.
-    lb.shell_ok(&a, &["sh", "-c", "printf 'made inside\\n' > new.txt"]);
+/// Files made in the environment are the host user's on the host.
+fn check_files_owned_by_host_user(vm: &VmHome, a: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    vm.shell_ok(a, &["sh", "-c", "printf 'made inside\\n' > new.txt"]);
     let made = a.join("new.txt");
     assert_eq!(std::fs::read_to_string(&made).unwrap(), "made inside\n");
-    {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&made).unwrap();
-        assert_eq!((meta.uid(), meta.gid()), (u.uid, u.gid));
-    }
+    let meta = std::fs::metadata(&made).unwrap();
+    let u = user();
+    assert_eq!((meta.uid(), meta.gid()), (u.uid, u.gid));
+}
 
-    // The host's SSH agent reaches the environment unless refused.
-    let agent = Agent::start(&lb.home);
-    let out = lb
+/// The host's SSH agent reaches the environment unless refused.
+fn check_ssh_agent_forwarding(vm: &VmHome, a: &Path) {
+    let agent = SshAgent::start(vm.dir());
+    let out = vm
         .cmd(&["shell", a.to_str().unwrap(), "--", "ssh-add", "-l"])
         .env("SSH_AUTH_SOCK", &agent.socket)
         .stdin(Stdio::null())
@@ -200,7 +250,7 @@ fn environments_end_to_end() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains(&agent.key_comment), "{stdout}");
-    let out = lb
+    let out = vm
         .cmd(&[
             "shell",
             a.to_str().unwrap(),
@@ -215,10 +265,12 @@ fn environments_end_to_end() {
         .output()
         .unwrap();
     assert!(text(&out).0.contains("rc=2"), "{:?}", text(&out));
+}
 
-    // On a terminal: a remote terminal of the same size.
+/// On a terminal: a remote terminal of the same size.
+fn check_terminal(vm: &VmHome, a: &Path, name_a: &str) {
     let pty = Pty::open(33, 101);
-    let mut child = pty.spawn(&mut lb.cmd(&[
+    let mut child = pty.spawn(&mut vm.cmd(&[
         "shell",
         a.to_str().unwrap(),
         "--",
@@ -230,39 +282,35 @@ fn environments_end_to_end() {
     let at = pty.expect(0, "T=/dev/pts/", t);
     pty.expect(at, &format!("S=33 101 U={name_a}"), t);
     assert!(wait_timeout(&mut child, t).success(), "{}", pty.output());
+}
 
-    // The first environment left a spare behind; the next new project
-    // claims it (same user id, renamed) and a new spare takes its place.
-    let spare = wait_for_spare(&lb, None);
-    let spare_uid = lb.ok(&["vm", "shell", "--", "id", "-u", &spare]);
-    let ids = lb.shell_ok(&b, &["sh", "-c", "id -u; id -un"]);
+/// The first environment left a spare behind; the next new project (B)
+/// claims it (same user id, renamed) and a new spare takes its place.
+fn check_spare_claimed(vm: &VmHome, b: &Path) {
+    let spare = wait_for_spare(vm, None);
+    let spare_uid = vm.ok(&["vm", "shell", "--", "id", "-u", &spare]);
+    let ids = vm.shell_ok(b, &["sh", "-c", "id -u; id -un"]);
     let (uid_b, name_b) = ids.trim().split_once('\n').unwrap();
     assert_eq!(uid_b, spare_uid.trim(), "beta did not claim spare {spare}");
     assert!(name_b.starts_with("beta-"), "{name_b}");
-    let next = wait_for_spare(&lb, Some(&spare));
+    let next = wait_for_spare(vm, Some(&spare));
     assert_ne!(next, spare);
+}
 
-    // Another project's files are out of reach.
-    let out = lb.shell(&a, &["cat", b.join("secret").to_str().unwrap()]);
-    assert!(!out.status.success(), "{:?}", text(&out));
-    assert!(!text(&out).0.contains("beta only"));
-
-    // Both ways: A was made from scratch, B from the spare.
-    check_isolation(&lb, &projects, &a, &b);
-    check_isolation(&lb, &projects, &b, &a);
-    check_exec_bits_and_git(&lb, &projects, &a);
-    check_shared_processes(&lb, &a);
-    install_tool(&lb, &a);
-
-    // Arguments reach the command unchanged and nothing is evaluated.
+/// Arguments reach the command unchanged and nothing is evaluated.
+fn check_odd_arguments(vm: &VmHome, odd: &Path) {
     let _ = std::fs::remove_file("/tmp/pwned");
-    let echoed = lb.shell_ok(
-        &odd,
+    let echoed = vm.shell_ok(
+        odd,
         &["printf", "<%s>", "$(touch /tmp/pwned)", "a  b", "it's"],
     );
     assert_eq!(echoed, "<$(touch /tmp/pwned)><a  b><it's>");
-    let nasty = check_nasty_names(&lb, &projects, &odd);
-    let guest_pwned = lb.ok(&[
+}
+
+/// No `$(...)` in a project's name or arguments ran, in the guest or on
+/// the host.
+fn check_nothing_ran(vm: &VmHome) {
+    let guest_pwned = vm.ok(&[
         "vm",
         "shell",
         "--",
@@ -279,11 +327,12 @@ fn environments_end_to_end() {
         !Path::new("/tmp/pwned").exists(),
         "a $(...) in a name ran on the host"
     );
+}
 
-    let fresh = check_parallel_first_shells(&lb, &projects);
-
-    // list shows every environment with its project.
-    let listed = lb.list();
+/// list shows every environment (`total` of them) with its project: A's
+/// under its name, and `projects`.
+fn check_list(vm: &VmHome, projects: [&Path; 3], name_a: &str, total: usize) {
+    let listed = vm.list();
     let project_of = |name: &str| {
         listed
             .iter()
@@ -291,59 +340,43 @@ fn environments_end_to_end() {
             .map(|e| e["project"].as_str().unwrap().to_string())
     };
     assert_eq!(
-        project_of(&name_a).as_deref(),
-        std::fs::canonicalize(&a).unwrap().to_str()
+        project_of(name_a).as_deref(),
+        std::fs::canonicalize(projects[0]).unwrap().to_str()
     );
-    let canon_b = std::fs::canonicalize(&b).unwrap();
-    assert!(
-        listed
-            .iter()
-            .any(|e| e["project"] == canon_b.to_str().unwrap()),
-        "{listed:?}"
-    );
-    let canon_fresh = std::fs::canonicalize(&fresh).unwrap();
-    assert!(
-        listed
-            .iter()
-            .any(|e| e["project"] == canon_fresh.to_str().unwrap()),
-        "{listed:?}"
-    );
-    // alpha, beta, the nasty names and the parallel one.
-    let total = 2 + nasty + 1;
+    for p in &projects[1..] {
+        let canon = std::fs::canonicalize(p).unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|e| e["project"] == canon.to_str().unwrap()),
+            "{listed:?}"
+        );
+    }
     assert_eq!(listed.len(), total, "{listed:?}");
-    let table = lb.ok(&["list"]);
-    assert!(table.contains(&name_a), "{table}");
-    check_guest_agent(&lb, total);
+    let table = vm.ok(&["list"]);
+    assert!(table.contains(name_a), "{table}");
+}
 
-    // The one restart of this test: the home and the tool in it survive
-    // it, and the namespace is re-created on first use.
-    lb.ok(&["vm", "stop"]);
-    lb.ok(&["vm", "start"]);
-    check_tool(&lb, &a, &name_a, "after-restart");
-    // The firewall rules are gone with the old boot; they are back before
-    // the environment runs again.
-    check_network_escape(&lb, &a, &canary);
-    assert_eq!(lb.list().len(), total, "environments lost in the restart");
-
-    // Deleting an environment leaves the project untouched, and nothing of
-    // the environment: no process (a detached one was left running), no
-    // user, no home.
-    let before = tree_hash(&a);
-    lb.shell_ok(
-        &a,
+/// Deleting an environment leaves the project untouched, and nothing of
+/// the environment: no process (a detached one was left running), no
+/// user, no home.
+fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) {
+    let before = tree_hash(a);
+    vm.shell_ok(
+        a,
         &[
             "sh",
             "-c",
             "setsid sleep 1000 >/dev/null 2>&1 < /dev/null &",
         ],
     );
-    let uid_a = lb.ok(&["vm", "shell", "--", "id", "-u", &name_a]);
+    let uid_a = vm.ok(&["vm", "shell", "--", "id", "-u", name_a]);
     let uid_a = uid_a.trim();
-    let procs = lb.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", uid_a]);
+    let procs = vm.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", uid_a]);
     assert_ne!(procs.trim(), "0", "no process of {name_a} to kill");
-    lb.ok(&["delete", a.to_str().unwrap(), "-y"]);
-    assert_eq!(tree_hash(&a), before);
-    let gone = lb.run(&[
+    vm.ok(&["delete", a.to_str().unwrap(), "-y"]);
+    assert_eq!(tree_hash(a), before);
+    let gone = vm.run(&[
         "vm",
         "shell",
         "--",
@@ -355,23 +388,11 @@ fn environments_end_to_end() {
         ),
     ]);
     assert_eq!(text(&gone).0, "", "left behind by delete");
-    let listed = lb.list();
-    assert!(
-        listed.iter().all(|e| e["name"] != name_a.as_str()),
-        "{listed:?}"
-    );
+    let listed = vm.list();
+    assert!(listed.iter().all(|e| e["name"] != name_a), "{listed:?}");
     assert_eq!(listed.len(), total - 1, "{listed:?}");
     // Again: nothing to do, still fine.
-    lb.ok(&["delete", &name_a, "-y"]);
-
-    let before_b = tree_hash(&b);
-    lb.ok(&["delete-all", "-y"]);
-    assert!(lb.list().is_empty());
-    assert_eq!(tree_hash(&b), before_b);
-    assert_eq!(tree_hash(&a), before);
-    lb.ok(&["delete-all", "-y"]);
-
-    lb.ok(&["vm", "stop", "--force"]);
+    vm.ok(&["delete", name_a, "-y"]);
 }
 
 /// The isolation checks, run as environment A inside it. Arguments: B's
@@ -529,9 +550,9 @@ exit 0
 "#;
 
 /// Isolation from inside A, against environment B (which must exist).
-fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
+fn check_isolation(vm: &VmHome, projects: &TestDir, a: &Path, b: &Path) {
     // B gets a secret in its home and a process that outlives its shell.
-    let name_b = lb
+    let name_b = vm
         .shell_ok(
             b,
             &[
@@ -543,7 +564,7 @@ fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
         .trim()
         .to_string();
     let admin_view = || {
-        let out = lb.ok(&["vm", "shell", "--", "sh", "-c", ADMIN_VIEW, "sh", &name_b]);
+        let out = vm.ok(&["vm", "shell", "--", "sh", "-c", ADMIN_VIEW, "sh", &name_b]);
         move |key: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -564,7 +585,7 @@ fn check_isolation(lb: &Lb, projects: &TestDir, a: &Path, b: &Path) {
     projects.write("around.txt", "next to alpha\n");
     let host_home = std::fs::canonicalize(&user().home).unwrap();
 
-    let out = lb.shell_ok(
+    let out = vm.shell_ok(
         a,
         &[
             "bash",
@@ -665,13 +686,13 @@ fn field(out: &str, key: &str) -> String {
 
 /// An environment user cannot log in to the guest's sshd with a key it
 /// planted, neither from inside nor with the key carried elsewhere.
-fn check_sshd_escape(lb: &Lb, a: &Path, name: &str) {
-    let inside = lb.shell_ok(a, &["bash", "-c", SSHD_ESCAPE]);
+fn check_sshd_escape(vm: &VmHome, a: &Path, name: &str) {
+    let inside = vm.shell_ok(a, &["bash", "-c", SSHD_ESCAPE]);
     assert_eq!(field(&inside, "planted"), "yes", "{inside}");
     assert_ne!(field(&inside, "ssh_rc"), "0", "{inside}");
     assert!(!inside.contains("escaped as"), "{inside}");
 
-    let admin = lb.admin_bash(SSHD_AS_ENV_USER, name);
+    let admin = vm.admin_bash(SSHD_AS_ENV_USER, name);
     assert_eq!(field(&admin, "key"), "yes", "{admin}");
     assert_ne!(field(&admin, "ssh_rc"), "0", "{admin}");
     assert!(!admin.contains("escaped as"), "{admin}");
@@ -703,14 +724,14 @@ exit 0
 /// The host's loopback (through the gateway), link-local and private
 /// addresses are out of an environment's reach, DNS and the rest are not;
 /// the admin, as a control, reaches them all.
-fn check_network_escape(lb: &Lb, a: &Path, canary: &Canary) {
+fn check_network_escape(vm: &VmHome, a: &Path, canary: &Canary) {
     let port = canary.port.to_string();
-    let admin = lb.admin_bash(NETWORK_ESCAPE, &port);
+    let admin = vm.admin_bash(NETWORK_ESCAPE, &port);
     assert!(
         field(&admin, "tcp").contains(&canary.secret),
         "the admin did not reach the host's loopback canary (the test is void):\n{admin}"
     );
-    let inside = lb.shell_ok(a, &["bash", "-c", NETWORK_ESCAPE, "sh", &port]);
+    let inside = vm.shell_ok(a, &["bash", "-c", NETWORK_ESCAPE, "sh", &port]);
     assert!(
         !inside.contains(&canary.secret),
         "an environment read the host's loopback:\n{inside}"
@@ -744,8 +765,8 @@ done
 "#;
 
 /// Installing the guard again (as an upgrade does) changes nothing.
-fn check_guard_idempotent(lb: &Lb) {
-    let state = || lb.ok(&["vm", "shell", "--", "sh", "-c", GUARD_STATE]);
+fn check_guard_idempotent(vm: &VmHome) {
+    let state = || vm.ok(&["vm", "shell", "--", "sh", "-c", GUARD_STATE]);
     let before = state();
     assert!(before.contains("\nAllowUsers "), "{before}");
     assert!(before.contains("-d 192.168.5.2/32 -j REJECT"), "{before}");
@@ -753,7 +774,7 @@ fn check_guard_idempotent(lb: &Lb) {
     // One jump to the chain in OUTPUT, for each of IPv4 and IPv6.
     assert_eq!(before.lines().filter(|l| *l == "1").count(), 2, "{before}");
     for _ in 0..2 {
-        lb.ok(&[
+        vm.ok(&[
             "vm",
             "shell",
             "--",
@@ -791,7 +812,7 @@ printf 'inside status: %s\n' "$(git status --porcelain | tr '\n' ' ')"
 
 /// Exec bits cross the remapping both ways, and the host's git sees no
 /// mode or content change after the environment rewrote a repository.
-fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
+fn check_exec_bits_and_git(vm: &VmHome, projects: &TestDir, a: &Path) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
     let set_mode =
@@ -799,17 +820,17 @@ fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
 
     let tool = projects.write("alpha/tool.sh", "#!/bin/sh\necho tool ran\n");
     set_mode(&tool, 0o644);
-    lb.shell_ok(a, &["chmod", "+x", "tool.sh"]);
+    vm.shell_ok(a, &["chmod", "+x", "tool.sh"]);
     assert_eq!(
         format!("{:o}", mode(&tool)),
         "755",
         "chmod +x inside did not reach the host"
     );
     set_mode(&tool, 0o644);
-    let seen = lb.shell_ok(a, &["sh", "-c", WAIT_MODE, "sh", "tool.sh", "not-x"]);
+    let seen = vm.shell_ok(a, &["sh", "-c", WAIT_MODE, "sh", "tool.sh", "not-x"]);
     assert_eq!(seen.trim(), "not-x", "chmod -x on the host not seen inside");
     set_mode(&tool, 0o755);
-    let seen = lb.shell_ok(
+    let seen = vm.shell_ok(
         a,
         &[
             "sh",
@@ -853,7 +874,7 @@ fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
         "initial",
     ]);
 
-    let inside = lb.shell_ok(a, &["sh", "-c", REWRITE]);
+    let inside = vm.shell_ok(a, &["sh", "-c", REWRITE]);
     assert_eq!(inside, "inside status: \n", "git inside sees changes");
     assert_eq!(
         git(&["status", "--porcelain"]),
@@ -872,9 +893,9 @@ fn check_exec_bits_and_git(lb: &Lb, projects: &TestDir, a: &Path) {
 
 /// Shells of one environment share one PID namespace (and one /tmp):
 /// each sees the processes of the others, running or left behind.
-fn check_shared_processes(lb: &Lb, a: &Path) {
+fn check_shared_processes(vm: &VmHome, a: &Path) {
     // Left behind by a shell that has ended.
-    let pid = lb.shell_ok(
+    let pid = vm.shell_ok(
         a,
         &[
             "sh",
@@ -882,11 +903,11 @@ fn check_shared_processes(lb: &Lb, a: &Path) {
             "sleep 3606 >/dev/null 2>&1 </dev/null & echo $!",
         ],
     );
-    let seen = lb.shell_ok(a, &["ps", "-o", "args=", "-p", pid.trim()]);
+    let seen = vm.shell_ok(a, &["ps", "-o", "args=", "-p", pid.trim()]);
     assert_eq!(seen.trim(), "sleep 3606", "a later shell misses pid {pid}");
 
     // Two shells at once: the first waits until the second has seen it.
-    let mut first = lb
+    let mut first = vm
         .cmd(&[
             "shell",
             a.to_str().unwrap(),
@@ -908,7 +929,7 @@ fn check_shared_processes(lb: &Lb, a: &Path) {
     )
     .unwrap();
     assert_eq!(up, "up\n", "the first shell did not start");
-    let ps = lb.shell_ok(a, &["sh", "-c", "ps -eo args=; touch /tmp/llb-release"]);
+    let ps = vm.shell_ok(a, &["sh", "-c", "ps -eo args=; touch /tmp/llb-release"]);
     assert!(
         ps.lines()
             .any(|l| l.starts_with("sh -c") && l.ends_with("llb-waiter")),
@@ -920,11 +941,11 @@ fn check_shared_processes(lb: &Lb, a: &Path) {
 
 /// The user of the spare environment that the runtime keeps published
 /// (other than `not`), once there is one: making it takes a while.
-fn wait_for_spare(lb: &Lb, not: Option<&str>) -> String {
+fn wait_for_spare(vm: &VmHome, not: Option<&str>) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     let mut last = String::new();
     while std::time::Instant::now() < deadline {
-        let out = lb.run(&[
+        let out = vm.run(&[
             "vm",
             "shell",
             "--",
@@ -944,11 +965,11 @@ fn wait_for_spare(lb: &Lb, not: Option<&str>) -> String {
 
 /// Four first shells at once in a new project: all succeed, one
 /// environment. Returns the project.
-fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
+fn check_parallel_first_shells(vm: &VmHome, projects: &TestDir) -> PathBuf {
     let fresh = projects.mkdir("fresh");
     let children: Vec<_> = (0..4)
         .map(|_| {
-            lb.cmd(&["shell", fresh.to_str().unwrap(), "--", "true"])
+            vm.cmd(&["shell", fresh.to_str().unwrap(), "--", "true"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -965,7 +986,7 @@ fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
         );
     }
     let canon = std::fs::canonicalize(&fresh).unwrap();
-    let listed = lb.list();
+    let listed = vm.list();
     let envs: Vec<_> = listed
         .iter()
         .filter(|e| e["project"] == canon.to_str().unwrap())
@@ -973,7 +994,7 @@ fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
     assert_eq!(envs.len(), 1, "environments of {canon:?}: {listed:?}");
     let name = envs[0]["name"].as_str().unwrap();
     // One user in the guest too.
-    let users = lb.ok(&[
+    let users = vm.ok(&[
         "vm",
         "shell",
         "--",
@@ -989,7 +1010,7 @@ fn check_parallel_first_shells(lb: &Lb, projects: &TestDir) -> PathBuf {
 
 /// Projects with awkward names each get a working environment of their
 /// own; nothing in a name is ever run. Returns how many there are.
-fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
+fn check_nasty_names(vm: &VmHome, projects: &TestDir, odd: &Path) -> usize {
     let long = "long-name_".repeat(20);
     assert_eq!(long.len(), 200);
     let mut dirs: Vec<PathBuf> = [
@@ -1007,7 +1028,7 @@ fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
         let canon = std::fs::canonicalize(dir).unwrap();
         let canon = canon.to_str().unwrap();
         let mark = format!("written inside {i}");
-        let out = lb.shell_ok(
+        let out = vm.shell_ok(
             dir,
             &[
                 "sh",
@@ -1033,7 +1054,7 @@ fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
         );
         envs.push((name, canon.to_string()));
     }
-    let listed = lb.list();
+    let listed = vm.list();
     for (name, canon) in &envs {
         assert!(
             listed
@@ -1047,8 +1068,8 @@ fn check_nasty_names(lb: &Lb, projects: &TestDir, odd: &Path) -> usize {
 
 /// Installs `mytool` into A's ~/.local/bin, which a login shell puts on
 /// PATH, and checks that a later shell finds it.
-fn install_tool(lb: &Lb, a: &Path) {
-    lb.shell_ok(
+fn install_tool(vm: &VmHome, a: &Path) {
+    vm.shell_ok(
         a,
         &[
             "sh",
@@ -1056,12 +1077,12 @@ fn install_tool(lb: &Lb, a: &Path) {
             r#"mkdir -p ~/.local/bin && printf '#!/bin/sh\necho "mytool works: $*"\n' >~/.local/bin/mytool && chmod +x ~/.local/bin/mytool"#,
         ],
     );
-    let name = lb.shell_ok(a, &["id", "-un"]);
-    check_tool(lb, a, name.trim(), "later");
+    let name = vm.shell_ok(a, &["id", "-un"]);
+    check_tool(vm, a, name.trim(), "later");
 }
 
-fn check_tool(lb: &Lb, a: &Path, name: &str, word: &str) {
-    let out = lb.shell_ok(
+fn check_tool(vm: &VmHome, a: &Path, name: &str, word: &str) {
+    let out = vm.shell_ok(
         a,
         &["bash", "-lc", "command -v mytool; mytool \"$0\"", word],
     );
@@ -1075,9 +1096,9 @@ fn check_tool(lb: &Lb, a: &Path, name: &str, word: &str) {
 /// The guest agent that answers `list`: a running service, upgraded when
 /// the guest has another version (environments keep running through it),
 /// and never replaced by an agent of the wrong architecture.
-fn check_guest_agent(lb: &Lb, total: usize) {
+fn check_guest_agent(vm: &VmHome, total: usize) {
     const VERSION: &str = "/usr/local/libexec/llima-box/guest-agent.sha256";
-    let state = lb.ok(&[
+    let state = vm.ok(&[
         "vm",
         "shell",
         "--",
@@ -1086,10 +1107,10 @@ fn check_guest_agent(lb: &Lb, total: usize) {
         "llima-box-agent",
     ]);
     assert_eq!(state.trim(), "active");
-    let installed = lb.ok(&["vm", "shell", "--", "cat", VERSION]);
+    let installed = vm.ok(&["vm", "shell", "--", "cat", VERSION]);
 
     // An older agent: the next list installs this one again.
-    lb.ok(&[
+    vm.ok(&[
         "vm",
         "shell",
         "--",
@@ -1098,8 +1119,8 @@ fn check_guest_agent(lb: &Lb, total: usize) {
         "-c",
         &format!("echo old > {VERSION} && systemctl restart llima-box-agent"),
     ]);
-    assert_eq!(lb.list().len(), total, "environments lost in the upgrade");
-    assert_eq!(lb.ok(&["vm", "shell", "--", "cat", VERSION]), installed);
+    assert_eq!(vm.list().len(), total, "environments lost in the upgrade");
+    assert_eq!(vm.ok(&["vm", "shell", "--", "cat", VERSION]), installed);
 
     // An aarch64 agent for this x86_64 guest: a clear error, nothing replaced.
     let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1];
@@ -1108,7 +1129,7 @@ fn check_guest_agent(lb: &Lb, total: usize) {
     let fake = TestDir::new();
     let path = fake.write("agent-aarch64", "");
     std::fs::write(&path, &elf).unwrap();
-    let out = lb
+    let out = vm
         .cmd(&["list"])
         .env("LLIMA_BOX_GUEST_AGENT", &path)
         .stdin(Stdio::null())
@@ -1121,5 +1142,5 @@ fn check_guest_agent(lb: &Lb, total: usize) {
         "{stderr}"
     );
     assert!(stderr.contains("LLIMA_BOX_GUEST_AGENT"), "{stderr}");
-    assert_eq!(lb.ok(&["vm", "shell", "--", "cat", VERSION]), installed);
+    assert_eq!(vm.ok(&["vm", "shell", "--", "cat", VERSION]), installed);
 }

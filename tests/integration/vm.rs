@@ -1,9 +1,8 @@
 //! End to end: real QEMU (TCG here), real cloud-init, the local Debian test
 //! guest from tests/guest/build-image. These tests boot VMs, so they are
 //! `#[ignore]`d for a plain `cargo test`; tests/run includes them. The main
-//! scenario shares one instance across its steps to keep boots few.
+//! scenario shares one instance across its named checks to keep boots few.
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,54 +10,6 @@ use llima_box::vm::layout;
 use serde_json::Value;
 
 use crate::common::*;
-
-/// A `$LIMA_HOME` for one test, with the test guest as `override.yaml`.
-struct VmHome {
-    dir: TestDir,
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
-
-impl VmHome {
-    fn new(override_yaml: &str) -> VmHome {
-        let _turn = one_guest();
-        let dir = TestDir::new();
-        dir.write("_config/override.yaml", override_yaml);
-        VmHome { dir, _turn }
-    }
-
-    fn path(&self) -> PathBuf {
-        std::fs::canonicalize(self.dir.path()).unwrap()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = llima_box(&self.path());
-        c.args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    /// Runs and asserts success, returning stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{stderr}");
-        stdout
-    }
-
-    fn status(&self, name: &str) -> Value {
-        let out = self.ok(&["--instance", name, "vm", "status", "--json"]);
-        serde_json::from_str(out.trim()).unwrap()
-    }
-}
-
-impl Drop for VmHome {
-    fn drop(&mut self) {
-        kill_instances(self.dir.path());
-    }
-}
 
 fn pid_of(v: &Value, key: &str) -> u32 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}")) as u32
@@ -97,11 +48,168 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 #[ignore = "boots VMs: run through tests/run"]
 fn lifecycle_end_to_end() {
-    let home = VmHome::new(&guest_override());
+    let home = VmHome::new();
     let name = "e2e";
     let dir = home.path().join(name);
+    let mut checks = Checks::new();
 
-    // Three concurrent first starts: one boots, all succeed.
+    checks.run("concurrent_first_starts", || {
+        check_concurrent_first_starts(&home, name)
+    });
+    const STARTED: &[&str] = &["concurrent_first_starts"];
+
+    checks.run_after("status_and_list", STARTED, || {
+        // Running, with an SSH port, reachable through ha.sock as limactl
+        // would.
+        let st = home.status(name);
+        assert_eq!(st["status"], "Running", "{st}");
+        let port = st["sshLocalPort"].as_u64().unwrap();
+        assert!(port > 0);
+        let info =
+            llima_box::vm::store::hostagent_info(&dir.join(layout::HOST_AGENT_SOCK)).unwrap();
+        assert_eq!(u64::from(info.ssh_local_port), port);
+        let listed = home.ok(&["vm", "list", "--json"]);
+        let entry: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+        assert_eq!(entry["name"], name);
+        assert_eq!(entry["status"], "Running");
+        assert_eq!(entry["sshLocalPort"].as_u64(), Some(port));
+    });
+
+    checks.run_after("qemu_seccomp", STARTED, || {
+        // QEMU runs under its seccomp sandbox (mode 2: a filter).
+        let qemu = std::fs::read_to_string(dir.join(layout::QEMU_PID)).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", qemu.trim())).unwrap();
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "QEMU is not sandboxed:\n{status}"
+        );
+    });
+
+    checks.run_after("ssh_exec", STARTED, || {
+        // SSH exec through our client and through plain OpenSSH.
+        let uname = home.ok(&["--instance", name, "vm", "shell", "--", "uname", "-a"]);
+        assert!(uname.starts_with("Linux lima-e2e "), "{uname}");
+        let out = as_user("ssh")
+            .args([
+                "-F",
+                dir.join(layout::SSH_CONFIG).to_str().unwrap(),
+                "lima-e2e",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ssh -F: {:?}", text(&out));
+    });
+
+    checks.run_after("guest_file_on_host", STARTED, || {
+        // A file written by the guest on the mounted home appears on the
+        // host, owned by the host user.
+        let shared = TestDir::new_in(&user().home);
+        let target = shared.path().join("from-guest.txt");
+        home.ok(&[
+            "--instance",
+            name,
+            "vm",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            &format!("printf 'hello from the guest\\n' > '{}'", target.display()),
+        ]);
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            "hello from the guest\n"
+        );
+        let meta = std::fs::metadata(&target).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), user().uid);
+    });
+
+    checks.run_after("stop_and_start_again", STARTED, || {
+        // Stop: Stopped, no stale pid or socket files.
+        home.ok(&[
+            "--instance",
+            name,
+            "vm",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > ~/persist",
+        ]);
+        home.ok(&["--instance", name, "vm", "stop"]);
+        assert_eq!(home.status(name)["status"], "Stopped");
+        for f in layout::RUNNING_ONLY {
+            assert!(!dir.join(f).exists(), "{f} left after stop");
+        }
+
+        // Start again: the guest home survived.
+        home.ok(&["--instance", name, "vm", "start"]);
+        let kept = home.ok(&[
+            "--instance",
+            name,
+            "vm",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/persist",
+        ]);
+        assert_eq!(kept.trim(), "kept");
+    });
+
+    // The kills need a running VM, which the check before leaves.
+    checks.run_after("qemu_killed", &["stop_and_start_again"], || {
+        // kill -9 of QEMU: the agent notices, the status is truthful, and
+        // the next start recovers.
+        let st = home.status(name);
+        kill9(pid_of(&st, "driverPID"));
+        wait_until(
+            "the agent to notice QEMU died",
+            Duration::from_secs(30),
+            || home.status(name)["status"] != "Running",
+        );
+        assert_eq!(home.status(name)["status"], "Stopped");
+        home.ok(&["--instance", name, "vm", "start"]);
+        assert_eq!(home.status(name)["status"], "Running");
+    });
+
+    checks.run_after("host_agent_killed", &["qemu_killed"], || {
+        // kill -9 of the host agent: QEMU is orphaned and the status says
+        // Broken. Lima's wording depends on whether the dead agent was
+        // already reaped or is a zombie whose socket refuses, so only the
+        // state is checked.
+        let st = home.status(name);
+        let orphan = pid_of(&st, "driverPID");
+        kill9(pid_of(&st, "hostAgentPID"));
+        wait_until("the agent to die", Duration::from_secs(10), || {
+            home.status(name)["status"] == "Broken"
+        });
+        assert!(!home.status(name)["errors"].as_array().unwrap().is_empty());
+        // delete refuses a Broken instance without --force.
+        assert!(
+            !home
+                .run(&["--instance", name, "vm", "delete"])
+                .status
+                .success()
+        );
+        // The next start kills the orphan and boots afresh.
+        home.ok(&["--instance", name, "vm", "start"]);
+        assert!(gone(orphan), "the orphaned QEMU {orphan} still runs");
+        let st = home.status(name);
+        assert_eq!(st["status"], "Running", "{st}");
+    });
+
+    checks.run_after("stop_and_delete", STARTED, || {
+        home.ok(&["--instance", name, "vm", "stop"]);
+        home.ok(&["--instance", name, "vm", "delete"]);
+        assert!(!dir.exists());
+    });
+
+    checks.finish();
+}
+
+/// Three concurrent first starts: one boots, all succeed.
+fn check_concurrent_first_starts(home: &VmHome, name: &str) {
     let starts: Vec<_> = (0..3)
         .map(|_| {
             home.cmd(&["--instance", name, "vm", "start"])
@@ -129,140 +237,12 @@ fn lifecycle_end_to_end() {
         }
     }
     assert_eq!(booted, 1, "exactly one start boots the VM");
-
-    // Running, with an SSH port, reachable through ha.sock as limactl would.
-    let st = home.status(name);
-    assert_eq!(st["status"], "Running", "{st}");
-    let port = st["sshLocalPort"].as_u64().unwrap();
-    assert!(port > 0);
-    let info = llima_box::vm::store::hostagent_info(&dir.join(layout::HOST_AGENT_SOCK)).unwrap();
-    assert_eq!(u64::from(info.ssh_local_port), port);
-    let listed = home.ok(&["vm", "list", "--json"]);
-    let entry: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
-    assert_eq!(entry["name"], name);
-    assert_eq!(entry["status"], "Running");
-    assert_eq!(entry["sshLocalPort"].as_u64(), Some(port));
-
-    // QEMU runs under its seccomp sandbox (mode 2: a filter).
-    let qemu = std::fs::read_to_string(dir.join(layout::QEMU_PID)).unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", qemu.trim())).unwrap();
-    assert!(
-        status.contains("Seccomp:\t2"),
-        "QEMU is not sandboxed:\n{status}"
-    );
-
-    // SSH exec through our client and through plain OpenSSH.
-    let uname = home.ok(&["--instance", name, "vm", "shell", "--", "uname", "-a"]);
-    assert!(uname.starts_with("Linux lima-e2e "), "{uname}");
-    let out = as_user("ssh")
-        .args([
-            "-F",
-            dir.join(layout::SSH_CONFIG).to_str().unwrap(),
-            "lima-e2e",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh -F: {:?}", text(&out));
-
-    // A file written by the guest on the mounted home appears on the host,
-    // owned by the host user.
-    let shared = TestDir::new_in(&user().home);
-    let target = shared.path().join("from-guest.txt");
-    home.ok(&[
-        "--instance",
-        name,
-        "vm",
-        "shell",
-        "--",
-        "sh",
-        "-c",
-        &format!("printf 'hello from the guest\\n' > '{}'", target.display()),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(&target).unwrap(),
-        "hello from the guest\n"
-    );
-    let meta = std::fs::metadata(&target).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), user().uid);
-
-    // Stop: Stopped, no stale pid or socket files.
-    home.ok(&[
-        "--instance",
-        name,
-        "vm",
-        "shell",
-        "--",
-        "sh",
-        "-c",
-        "echo kept > ~/persist",
-    ]);
-    home.ok(&["--instance", name, "vm", "stop"]);
-    assert_eq!(home.status(name)["status"], "Stopped");
-    for f in layout::RUNNING_ONLY {
-        assert!(!dir.join(f).exists(), "{f} left after stop");
-    }
-
-    // Start again: the guest home survived.
-    home.ok(&["--instance", name, "vm", "start"]);
-    let kept = home.ok(&[
-        "--instance",
-        name,
-        "vm",
-        "shell",
-        "--",
-        "sh",
-        "-c",
-        "cat ~/persist",
-    ]);
-    assert_eq!(kept.trim(), "kept");
-
-    // kill -9 of QEMU: the agent notices, the status is truthful, and the
-    // next start recovers.
-    let st = home.status(name);
-    kill9(pid_of(&st, "driverPID"));
-    wait_until(
-        "the agent to notice QEMU died",
-        Duration::from_secs(30),
-        || home.status(name)["status"] != "Running",
-    );
-    assert_eq!(home.status(name)["status"], "Stopped");
-    home.ok(&["--instance", name, "vm", "start"]);
-    assert_eq!(home.status(name)["status"], "Running");
-
-    // kill -9 of the host agent: QEMU is orphaned and the status says
-    // Broken. Lima's wording depends on whether the dead agent was already
-    // reaped or is a zombie whose socket refuses, so only the state is
-    // checked.
-    let st = home.status(name);
-    let orphan = pid_of(&st, "driverPID");
-    kill9(pid_of(&st, "hostAgentPID"));
-    wait_until("the agent to die", Duration::from_secs(10), || {
-        home.status(name)["status"] == "Broken"
-    });
-    assert!(!home.status(name)["errors"].as_array().unwrap().is_empty());
-    // delete refuses a Broken instance without --force.
-    assert!(
-        !home
-            .run(&["--instance", name, "vm", "delete"])
-            .status
-            .success()
-    );
-    // The next start kills the orphan and boots afresh.
-    home.ok(&["--instance", name, "vm", "start"]);
-    assert!(gone(orphan), "the orphaned QEMU {orphan} still runs");
-    let st = home.status(name);
-    assert_eq!(st["status"], "Running", "{st}");
-
-    home.ok(&["--instance", name, "vm", "stop"]);
-    home.ok(&["--instance", name, "vm", "delete"]);
-    assert!(!dir.exists());
 }
 
 #[test]
 #[ignore = "boots a VM: run through tests/run"]
 fn test_vm_self_test_passes() {
-    let home = VmHome::new(&guest_override());
+    let home = VmHome::new();
     let out = home.run(&["test-vm"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -292,7 +272,7 @@ fn unbootable_override() -> String {
 #[test]
 #[ignore = "boots a VM: run through tests/run"]
 fn a_guest_that_never_comes_up_times_out_with_the_serial_tail() {
-    let home = VmHome::new(&unbootable_override());
+    let home = VmHome::with_override(&unbootable_override());
     let out = home
         .cmd(&["--instance", "never", "vm", "start"])
         .env("LLIMA_BOX_BOOT_TIMEOUT", "45")
