@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use llima_box::vm::layout;
+use llima_box::testing::vm::layout;
 
 fn var(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| {
@@ -19,11 +19,11 @@ fn main() {
     let home = std::path::PathBuf::from(var("LLIMA_BOX_BENCH_HOME"));
     let name = var("LLIMA_BOX_BENCH_INSTANCE");
     let dir = home.join(&name);
-    let rt = llima_box::async_runtime::new().expect("tokio runtime");
+    let rt = llima_box::testing::async_runtime::new().expect("tokio runtime");
     rt.block_on(async {
         match var("LLIMA_BOX_BENCH_SERVE").as_str() {
             "api" => {
-                use llima_box::vm::{hostagent::api, store::Info};
+                use llima_box::testing::vm::{hostagent::api, store::Info};
                 let listener = api::bind(&dir.join(layout::HOST_AGENT_SOCK)).expect("bind ha.sock");
                 let port = var("LLIMA_BOX_BENCH_PORT").parse().expect("a port number");
                 api::serve(
@@ -36,7 +36,7 @@ fn main() {
                 .await;
             }
             "mux" => {
-                let (opts, _) = llima_box::vm::access::connect_options(
+                let (opts, _) = llima_box::testing::vm::access::connect_options(
                     &home,
                     &name,
                     Duration::from_secs(10),
@@ -44,8 +44,8 @@ fn main() {
                 )
                 .expect("the instance is reachable");
                 let path = dir.join(layout::MUX_SOCK);
-                let listener = llima_box::ssh::mux::bind(&path).expect("bind mux.sock");
-                llima_box::ssh::mux::serve(listener, opts).await;
+                let listener = llima_box::testing::ssh::mux::bind(&path).expect("bind mux.sock");
+                llima_box::testing::ssh::mux::serve(listener, opts).await;
             }
             other => {
                 eprintln!("LLIMA_BOX_BENCH_SERVE={other:?}: expected api or mux");

@@ -2,7 +2,7 @@
 //! `errors`, the host agent's log and events, replies to the CLI.
 
 /// An error and its causes on one line, `outer: cause: root cause`.
-pub fn one_line(e: &dyn std::error::Error) -> String {
+pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    llima_box::cli::main()
+    llima_box::main()
 }

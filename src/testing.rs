@@ -1,7 +1,60 @@
-//! Test support shared by the unit tests and the integration tests: where the
-//! template trees are. Not part of the CLI.
+//! What the integration tests and the bench example drive directly, under
+//! the paths the crate has inside; and where the template trees are. Not
+//! part of the CLI.
 
 use std::path::{Path, PathBuf};
+
+pub mod async_runtime {
+    pub use crate::async_runtime::new;
+}
+
+/// The SSH transport.
+pub mod ssh {
+    pub use crate::ssh::{ConnectOptions, Error, HostKeyPolicy, KeyPair, RemoteExit, Session};
+
+    pub mod keys {
+        pub use crate::ssh::keys::{ensure_user_key, load_host_public_key};
+    }
+
+    pub mod mux {
+        pub use crate::ssh::mux::{bind, serve};
+    }
+}
+
+/// The VM's on-disk store and its host agent.
+pub mod vm {
+    /// The file names of an instance directory, Lima's.
+    pub use crate::vm::layout;
+
+    pub mod access {
+        pub use crate::vm::access::connect_options;
+    }
+
+    pub mod host {
+        pub use crate::vm::host::host_arch;
+    }
+
+    pub mod hostagent {
+        pub mod api {
+            pub use crate::vm::hostagent::api::{bind, serve};
+        }
+    }
+
+    pub mod lifecycle {
+        pub use crate::vm::lifecycle::log_tail;
+    }
+
+    pub mod store {
+        pub use crate::vm::store::{
+            DiskLayout, Info, Status, host_arch, host_os, hostagent_info, inspect,
+            is_existing_instance_dir,
+        };
+    }
+
+    pub mod units {
+        pub use crate::vm::units::format_bytes;
+    }
+}
 
 /// The variable that names Lima's template tree for the corpus tests.
 pub const CORPUS_VAR: &str = "LLIMA_BOX_LIMA_TEMPLATES";

@@ -7,25 +7,25 @@ use std::time::Duration;
 
 /// A wait that an environment variable can override.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeout {
+pub(crate) struct Timeout {
     pub var: &'static str,
     pub default: Duration,
 }
 
 /// How long the CLI keeps trying to reach sshd (the VM may just have booted).
-pub const SSH_DEADLINE: Timeout = Timeout {
+pub(crate) const SSH_DEADLINE: Timeout = Timeout {
     var: "LLIMA_BOX_SSH_DEADLINE_SECS",
     default: Duration::from_secs(20),
 };
 
 /// How long the host agent gives the guest to be ready after QEMU starts.
-pub const BOOT: Timeout = Timeout {
+pub(crate) const BOOT: Timeout = Timeout {
     var: "LLIMA_BOX_BOOT_TIMEOUT",
     default: Duration::from_secs(600),
 };
 
 /// How long the guest gets to power off after the ACPI button.
-pub const SHUTDOWN_GRACE: Timeout = Timeout {
+pub(crate) const SHUTDOWN_GRACE: Timeout = Timeout {
     var: "LLIMA_BOX_SHUTDOWN_GRACE",
     default: Duration::from_secs(120),
 };
@@ -33,27 +33,27 @@ pub const SHUTDOWN_GRACE: Timeout = Timeout {
 /// How long `vm start` waits for the host agent to report the VM running.
 /// Unset, it is a minute more than [`BOOT`], so that a slow boot ends with
 /// the agent's own error, which says what the guest was still missing.
-pub const START_VAR: &str = "LLIMA_BOX_START_TIMEOUT";
+pub(crate) const START_VAR: &str = "LLIMA_BOX_START_TIMEOUT";
 
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{var}={value:?} is not a number of seconds; set it to one (e.g. 30 or 2.5) or unset it for the default"
 )]
-pub struct TimeoutError {
+pub(crate) struct TimeoutError {
     var: &'static str,
     value: String,
 }
 
 impl Timeout {
     /// The variable's value, or the default when it is unset.
-    pub fn get(&self) -> Result<Duration, TimeoutError> {
+    pub(crate) fn get(&self) -> Result<Duration, TimeoutError> {
         Ok(lookup(self.var)?.unwrap_or(self.default))
     }
 }
 
 /// `vm start`'s wait: [`START_VAR`], else [`BOOT`] plus a minute. Both
 /// are read, so that a bad [`BOOT`] fails here rather than in the agent.
-pub fn start() -> Result<Duration, TimeoutError> {
+pub(crate) fn start() -> Result<Duration, TimeoutError> {
     Ok(start_or_after_boot(lookup(START_VAR)?, BOOT.get()?))
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 /// Default instance name, shared with `LLIMA_BOX_INSTANCE`.
-pub const DEFAULT_INSTANCE: &str = "llima-box";
+pub(crate) const DEFAULT_INSTANCE: &str = "llima-box";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +17,7 @@ pub const DEFAULT_INSTANCE: &str = "llima-box";
                   The VM lives in $LIMA_HOME (default ~/.lima) in Lima's own format.",
     after_help = "Examples:\n  llima-box shell                 # a shell in the current project's environment\n  llima-box shell ~/src/app -- make test\n  llima-box vm status"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Name of the VM instance under $LIMA_HOME.
     #[arg(
         long,
@@ -41,7 +41,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Open a shell (or run one command) in a project's environment.
     #[command(
         after_help = "Examples:\n  llima-box shell\n  llima-box shell ~/src/app -- cargo test\n  echo hi | llima-box shell . -- cat"
@@ -91,7 +91,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct ShellArgs {
+pub(crate) struct ShellArgs {
     /// Project directory (default: the current directory).
     pub path: Option<PathBuf>,
     /// Do not forward the host's SSH agent.
@@ -107,21 +107,21 @@ pub struct ShellArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct JsonArg {
+pub(crate) struct JsonArg {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct YesArg {
+pub(crate) struct YesArg {
     /// Do not ask for confirmation.
     #[arg(short, long)]
     pub yes: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// Project path or environment name (default: the current directory).
     pub target: Option<String>,
     #[command(flatten)]
@@ -129,7 +129,7 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct TestVmArgs {
+pub(crate) struct TestVmArgs {
     /// Keep the throwaway instance afterwards (for debugging).
     #[arg(long)]
     pub keep: bool,
@@ -139,7 +139,7 @@ pub struct TestVmArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum VmCommand {
+pub(crate) enum VmCommand {
     /// Create (if needed) and boot the VM.
     #[command(
         after_help = "Examples:\n  llima-box vm start\n  llima-box vm start --template ./my-lima.yaml   # first start only"
@@ -171,7 +171,7 @@ pub enum VmCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// Create the instance from this lima.yaml (its `base:` templates are
     /// embedded) instead of the built-in config. Only used when the instance
     /// does not exist yet.
@@ -180,14 +180,14 @@ pub struct StartArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ForceArg {
+pub(crate) struct ForceArg {
     /// Do it without a graceful shutdown.
     #[arg(short, long)]
     pub force: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     /// The guest's serial console instead of the host agent.
     #[arg(long)]
     pub serial: bool,
@@ -197,7 +197,7 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct VmListArgs {
+pub(crate) struct VmListArgs {
     /// One JSON object per line, with limactl's keys.
     #[arg(long)]
     pub json: bool,
@@ -209,7 +209,7 @@ pub struct VmListArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     /// Print the filled configuration as YAML.
     #[arg(long)]
     pub fill: bool,
@@ -219,7 +219,7 @@ pub struct ValidateArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct VmShellArgs {
+pub(crate) struct VmShellArgs {
     /// Do not forward the host's SSH agent.
     #[arg(long)]
     pub no_agent: bool,
@@ -232,13 +232,13 @@ pub struct VmShellArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell to complete for.
     pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
-pub struct ManArgs {
+pub(crate) struct ManArgs {
     /// Write llima-box.1 and a page for every command (llima-box-vm-start.1,
     /// ...) into this directory instead of printing llima-box.1.
     #[arg(long, value_name = "DIR")]
@@ -246,7 +246,7 @@ pub struct ManArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct HostagentArgs {
+pub(crate) struct HostagentArgs {
     /// Instance directory to serve.
     pub dir: PathBuf,
 }

@@ -10,7 +10,7 @@ use clap::CommandFactory;
 
 use super::args::{Cli, CompletionsArgs, ManArgs};
 
-pub fn completions(args: &CompletionsArgs) -> Result<ExitCode> {
+pub(super) fn completions(args: &CompletionsArgs) -> Result<ExitCode> {
     let mut cmd = without_hidden_commands(Cli::command());
     let name = cmd.get_name().to_string();
     let mut script = Vec::new();
@@ -50,7 +50,7 @@ fn without_hidden_commands(cmd: clap::Command) -> clap::Command {
     root
 }
 
-pub fn man(args: &ManArgs) -> Result<ExitCode> {
+pub(super) fn man(args: &ManArgs) -> Result<ExitCode> {
     let cmd = Cli::command();
     match &args.dir {
         Some(dir) => {

@@ -100,7 +100,7 @@ impl Guest {
 
 const STOPPED: &str = "the VM is stopped; start it with `llima-box vm start` to list environments";
 
-pub fn list(lima_home: &Path, instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
+pub(super) fn list(lima_home: &Path, instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
     block_on(async {
         // Environments live only in the guest; nothing is recorded on the
         // host, so a stopped VM has nothing to show (and is never booted
@@ -227,7 +227,7 @@ fn confirm(question: &str, yes: &YesArg) -> Result<bool> {
     Ok(super::prompt::ask_yes_no(question)?)
 }
 
-pub fn delete(
+pub(super) fn delete(
     lima_home: &Path,
     instance: &str,
     args: &DeleteArgs,
@@ -257,7 +257,7 @@ pub fn delete(
     })?
 }
 
-pub fn delete_all(
+pub(super) fn delete_all(
     lima_home: &Path,
     instance: &str,
     args: &YesArg,

@@ -1,7 +1,7 @@
 //! The command-line edge: parsing, dispatch, and everything printed for
 //! humans. Domain modules return typed errors; `anyhow` context is added here.
 
-pub mod args;
+pub(crate) mod args;
 mod docs;
 mod envs;
 mod output;
@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use args::{Cli, Command, VmCommand};
-pub use output::Output;
+pub(crate) use output::Output;
 
 use crate::vm::dirs;
 

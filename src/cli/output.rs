@@ -3,14 +3,14 @@
 
 use std::io::IsTerminal;
 
-pub struct Output {
+pub(crate) struct Output {
     verbose: u8,
     quiet: bool,
     color: bool,
 }
 
 impl Output {
-    pub fn new(verbose: u8, quiet: bool) -> Self {
+    pub(crate) fn new(verbose: u8, quiet: bool) -> Self {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Output {
             verbose,
@@ -27,29 +27,29 @@ impl Output {
         }
     }
 
-    pub fn is_quiet(&self) -> bool {
+    pub(crate) fn is_quiet(&self) -> bool {
         self.quiet
     }
 
     /// A progress or status line on stderr, hidden by `--quiet`.
-    pub fn info(&self, msg: &str) {
+    pub(crate) fn info(&self, msg: &str) {
         if !self.quiet {
             eprintln!("{msg}");
         }
     }
 
     /// Detail shown only with `-v`.
-    pub fn debug(&self, msg: &str) {
+    pub(crate) fn debug(&self, msg: &str) {
         if self.verbose > 0 {
             eprintln!("{}", self.paint("2", msg));
         }
     }
 
-    pub fn warn(&self, msg: &str) {
+    pub(crate) fn warn(&self, msg: &str) {
         eprintln!("{} {msg}", self.paint("33", "warning:"));
     }
 
-    pub fn error(&self, err: &anyhow::Error) {
+    pub(crate) fn error(&self, err: &anyhow::Error) {
         eprintln!("{} {err}", self.paint("31;1", "error:"));
         for cause in err.chain().skip(1) {
             eprintln!("  {} {cause}", self.paint("2", "caused by:"));

@@ -3,14 +3,14 @@
 use std::time::{Duration, Instant};
 
 /// Prints each stage once, with the time since the command began.
-pub struct Stages {
+pub(super) struct Stages {
     begin: Instant,
     quiet: bool,
     last: Option<String>,
 }
 
 impl Stages {
-    pub fn new(quiet: bool) -> Self {
+    pub(super) fn new(quiet: bool) -> Self {
         Stages {
             begin: Instant::now(),
             quiet,
@@ -18,12 +18,12 @@ impl Stages {
         }
     }
 
-    pub fn elapsed(&self) -> Duration {
+    pub(super) fn elapsed(&self) -> Duration {
         self.begin.elapsed()
     }
 
     /// Announces `stage` unless it is the one already shown.
-    pub fn stage(&mut self, stage: &str) {
+    pub(super) fn stage(&mut self, stage: &str) {
         if self.last.as_deref() == Some(stage) {
             return;
         }

@@ -17,7 +17,7 @@ use crate::vm::lifecycle::{self, InstanceLock};
 use crate::vm::store::{self, Status};
 use crate::vm::{access, layout};
 
-pub fn run(lima_home: &Path, args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(lima_home: &Path, args: &TestVmArgs, out: &Output) -> Result<ExitCode> {
     let throwaway = args.existing.is_none();
     let name = args
         .existing

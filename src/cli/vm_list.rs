@@ -12,7 +12,7 @@ use super::Output;
 use super::args::VmListArgs;
 use crate::vm::{dirs, store};
 
-pub fn run(lima_home: &Path, args: &VmListArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(lima_home: &Path, args: &VmListArgs, out: &Output) -> Result<ExitCode> {
     let all = store::instance_names(lima_home)?;
     if args.names.is_empty() && all.is_empty() {
         out.warn(&format!(

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use super::args::LogsArgs;
 use crate::vm::{layout, store};
 
-pub fn run(lima_home: &Path, instance: &str, args: &LogsArgs) -> Result<ExitCode> {
+pub(super) fn run(lima_home: &Path, instance: &str, args: &LogsArgs) -> Result<ExitCode> {
     let dir = store::instance_dir(lima_home, instance)?;
     if !dir.is_dir() {
         anyhow::bail!("instance {instance:?} does not exist; `llima-box vm start` creates it");

@@ -13,13 +13,13 @@ use crate::vm::config::{self, TemplateSearch};
 use crate::vm::image::{BarReporter, NoProgress, Progress};
 use crate::vm::lifecycle::{self, StartUi, Started};
 
-pub struct CliStartUi {
+pub(super) struct CliStartUi {
     stages: Stages,
     bar: Box<dyn Progress>,
 }
 
 impl CliStartUi {
-    pub fn new(out: &Output) -> Self {
+    pub(super) fn new(out: &Output) -> Self {
         CliStartUi {
             stages: Stages::new(out.is_quiet()),
             bar: if out.is_quiet() {
@@ -30,7 +30,7 @@ impl CliStartUi {
         }
     }
 
-    pub fn elapsed_secs(&self) -> f64 {
+    pub(super) fn elapsed_secs(&self) -> f64 {
         self.stages.elapsed().as_secs_f64()
     }
 }
@@ -47,7 +47,7 @@ impl StartUi for CliStartUi {
 
 /// Boots `instance` (creating it first, from `template` or the built-in
 /// config, if needed) and returns where it is.
-pub fn start(
+pub(super) fn start(
     lima_home: &Path,
     instance: &str,
     template: Option<&Path>,
@@ -78,7 +78,7 @@ pub fn start(
     Ok(started)
 }
 
-pub fn run(lima_home: &Path, instance: &str, args: &StartArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(lima_home: &Path, instance: &str, args: &StartArgs, out: &Output) -> Result<ExitCode> {
     start(lima_home, instance, args.template.as_deref(), out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::args::JsonArg;
 use crate::vm::store;
 
-pub fn run(lima_home: &Path, instance: &str, args: &JsonArg) -> Result<ExitCode> {
+pub(super) fn run(lima_home: &Path, instance: &str, args: &JsonArg) -> Result<ExitCode> {
     let inst = match store::inspect(lima_home, instance) {
         Err(store::StoreError::NotFound { .. }) => {
             anyhow::bail!(

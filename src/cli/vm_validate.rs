@@ -12,7 +12,7 @@ use super::args::ValidateArgs;
 use crate::vm::config::{self, FillContext, Host, LimaYaml, TemplateSearch};
 use crate::vm::dirs;
 
-pub fn run(lima_home: &Path, args: &ValidateArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(lima_home: &Path, args: &ValidateArgs, out: &Output) -> Result<ExitCode> {
     let search = TemplateSearch::from_env(lima_home);
     let host = Host::current();
     let mut failed = 0;

@@ -20,14 +20,14 @@ const EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-agent"))
 
 /// Names an agent executable to install instead of the embedded one (for a
 /// guest of another architecture than this binary's).
-pub const OVERRIDE_VAR: &str = "LLIMA_BOX_GUEST_AGENT";
+pub(crate) const OVERRIDE_VAR: &str = "LLIMA_BOX_GUEST_AGENT";
 
 /// How long a freshly (re)started agent may take to listen: under TCG a
 /// static binary starts in well under a second, systemd's job a bit more.
 const START_WAIT: Duration = Duration::from_secs(30);
 
 /// The agent executable to install, and what identifies it.
-pub struct AgentBinary {
+pub(crate) struct AgentBinary {
     bytes: Cow<'static, [u8]>,
     pub sha256: String,
     /// `uname -m` of the machines it runs on.
@@ -36,7 +36,7 @@ pub struct AgentBinary {
 
 impl AgentBinary {
     /// `$LLIMA_BOX_GUEST_AGENT` when set, else the embedded agent.
-    pub fn load() -> Result<AgentBinary, Error> {
+    pub(crate) fn load() -> Result<AgentBinary, Error> {
         let bytes: Cow<'static, [u8]> = match std::env::var_os(OVERRIDE_VAR) {
             Some(path) => {
                 Cow::Owned(std::fs::read(&path).map_err(|source| Error::AgentOverride {
@@ -157,7 +157,7 @@ impl AgentBinary {
 }
 
 /// One request to the agent on its own stream.
-pub async fn request(session: &Session, req: &Request) -> Result<Reply, Error> {
+pub(crate) async fn request(session: &Session, req: &Request) -> Result<Reply, Error> {
     let mut stream = session
         .open_socket_stream(AGENT_SOCKET)
         .await
@@ -193,7 +193,7 @@ pub async fn request(session: &Session, req: &Request) -> Result<Reply, Error> {
 /// Makes sure the guest runs `agent`: asks the running one its version and,
 /// when it is not there or another, installs this one and waits until it
 /// answers. One round trip when the agent is current.
-pub async fn ensure(session: &Session, agent: &AgentBinary) -> Result<(), Error> {
+pub(crate) async fn ensure(session: &Session, agent: &AgentBinary) -> Result<(), Error> {
     if running_version(session).await.as_deref() == Some(agent.sha256.as_str()) {
         return Ok(());
     }
@@ -240,7 +240,7 @@ async fn running_version(session: &Session) -> Option<String> {
 }
 
 /// Every environment in the guest, from the agent.
-pub async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Error> {
+pub(crate) async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Error> {
     match request(session, &Request::List).await? {
         Reply::List { envs } => Ok(envs),
         Reply::Error { message } => Err(Error::AgentFailed(message)),
@@ -251,7 +251,7 @@ pub async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Error> {
 }
 
 /// Deletes the environment `name` (nothing to do when there is none).
-pub async fn delete(session: &Session, name: &str) -> Result<(), Error> {
+pub(crate) async fn delete(session: &Session, name: &str) -> Result<(), Error> {
     let req = Request::Delete {
         name: name.to_owned(),
     };

@@ -4,19 +4,19 @@
 //! that still creates and runs them ([`runtime`]: callers run the argv it
 //! builds over SSH).
 
-pub mod agent;
-pub mod naming;
+pub(crate) mod agent;
+pub(crate) mod naming;
 mod receive;
-pub mod runtime;
-pub mod selection;
+pub(crate) mod runtime;
+pub(crate) mod selection;
 
 pub use llima_box_proto::message::EnvInfo;
-pub use naming::{canonical_project, env_name, validate_name};
-pub use runtime::ExecRequest;
+pub(crate) use naming::{canonical_project, env_name, validate_name};
+pub(crate) use runtime::ExecRequest;
 
 /// Everything that can go wrong deciding on or talking about an environment.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot resolve project path {path}: {source}; check that it exists and is readable")]
     Resolve {
         path: std::path::PathBuf,

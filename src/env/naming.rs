@@ -17,7 +17,7 @@ const FALLBACK_BASE: &str = "project";
 
 /// The project directory as the guest sees it: absolute, symlinks resolved,
 /// no trailing slash, UTF-8 (names and the runtime's records are text).
-pub fn canonical_project(path: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn canonical_project(path: &Path) -> Result<PathBuf, Error> {
     let canonical = std::fs::canonicalize(path).map_err(|source| Error::Resolve {
         path: path.to_path_buf(),
         source,
@@ -48,7 +48,7 @@ pub fn canonical_project(path: &Path) -> Result<PathBuf, Error> {
 /// The environment name for a canonical project path (see
 /// [`canonical_project`]): `<basename>-<8 hex of sha256(path)>`, lowercase,
 /// `[a-z0-9_-]`, starting with a letter or `_`, at most 32 characters.
-pub fn env_name(canonical: &str) -> String {
+pub(crate) fn env_name(canonical: &str) -> String {
     let hash = hex::encode(Sha256::digest(canonical.as_bytes()));
     let basename = canonical.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
     let mut base = sanitise(basename);
@@ -83,7 +83,7 @@ fn sanitise(basename: &str) -> String {
 
 /// Checks a name given by a person (e.g. `delete NAME`) the way the guest
 /// will.
-pub fn validate_name(name: &str) -> Result<(), Error> {
+pub(crate) fn validate_name(name: &str) -> Result<(), Error> {
     if valid_env_name(name) {
         Ok(())
     } else {

@@ -8,21 +8,21 @@ use sha2::{Digest, Sha256};
 use super::Error;
 
 /// The runtime script, shipped inside the binary.
-pub const RUNTIME: &str = include_str!("../../assets/guest/env-runtime");
+pub(crate) const RUNTIME: &str = include_str!("../../assets/guest/env-runtime");
 /// Where [`install_argv`] puts it in the guest.
-pub const RUNTIME_PATH: &str = "/usr/local/libexec/llima-box/env-runtime";
+pub(crate) const RUNTIME_PATH: &str = "/usr/local/libexec/llima-box/env-runtime";
 
 /// The runtime's own failure (before the command ran); `exec` otherwise
 /// exits with the command's status.
-pub const EXIT_RUNTIME: u32 = 125;
+pub(crate) const EXIT_RUNTIME: u32 = 125;
 /// Bad usage (a bug on our side, or a name or path the runtime refuses).
-pub const EXIT_USAGE: u32 = 2;
+pub(crate) const EXIT_USAGE: u32 = 2;
 /// The environment name is taken by another project (a hash collision).
-pub const EXIT_OTHER_PROJECT: u32 = 3;
+pub(crate) const EXIT_OTHER_PROJECT: u32 = 3;
 
 /// sha256 of [`RUNTIME`], hex: what `env-runtime version` prints once
 /// installed, and what decides whether to upgrade it.
-pub fn runtime_version() -> String {
+pub(crate) fn runtime_version() -> String {
     hex::encode(Sha256::digest(RUNTIME.as_bytes()))
 }
 
@@ -50,7 +50,7 @@ mv -f "$d/.version.tmp" "$d/version"
 /// Installs or upgrades the runtime: run it with [`RUNTIME`] on stdin. Does
 /// nothing (but read stdin) when the guest already has this version, so it
 /// can run before every use at the cost of one round trip.
-pub fn install_argv() -> Vec<String> {
+pub(crate) fn install_argv() -> Vec<String> {
     let mut argv = sudo();
     argv.extend(["sh", "-c", INSTALL_SCRIPT, "llima-box-install"].map(String::from));
     argv.push(runtime_version());
@@ -58,13 +58,13 @@ pub fn install_argv() -> Vec<String> {
 }
 
 /// Prints the installed runtime's version (see [`runtime_version`]).
-pub fn version_argv() -> Vec<String> {
+pub(crate) fn version_argv() -> Vec<String> {
     runtime(&["version"])
 }
 
 /// Creates the environment (user, records, namespace holder) or makes sure
 /// its holder runs. Idempotent; safe to run concurrently.
-pub fn ensure_argv(name: &str, project: &str, host_uid: u32, host_gid: u32) -> Vec<String> {
+pub(crate) fn ensure_argv(name: &str, project: &str, host_uid: u32, host_gid: u32) -> Vec<String> {
     runtime(&[
         "ensure",
         name,
@@ -76,7 +76,7 @@ pub fn ensure_argv(name: &str, project: &str, host_uid: u32, host_gid: u32) -> V
 
 /// One command (or a login shell) in an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecRequest {
+pub(crate) struct ExecRequest {
     pub name: String,
     /// Working directory: inside the project or the environment's home.
     pub cwd: String,
@@ -91,7 +91,7 @@ pub struct ExecRequest {
 
 /// The argv for [`ExecRequest`]; its exit status is the command's, except
 /// [`EXIT_RUNTIME`] when the runtime failed before running it.
-pub fn exec_argv(req: &ExecRequest) -> Vec<String> {
+pub(crate) fn exec_argv(req: &ExecRequest) -> Vec<String> {
     let mut argv = sudo();
     if req.agent {
         // The socket path is only known in the guest: sudo keeps the
@@ -124,7 +124,7 @@ const SOCKETS: &str = "/run/llima-box/sock";
 /// runtime or sshd's session in between. When the environment does not
 /// exist yet (or its server is not up), the runtime's spare environment,
 /// which becomes this one if `req` says what to create it from.
-pub fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
+pub(crate) fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
     let request = serde_json::json!({ "cwd": req.cwd, "argv": req.argv });
     let alternate = req.ensure.as_ref().map(|(project, uid, gid)| {
         let mut request = request.clone();
@@ -151,7 +151,7 @@ pub fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
 
 /// Turns a failed runtime call (not `exec`'s command) into an error that
 /// says what failed; `action` completes "failed to ...".
-pub fn check_status(
+pub(crate) fn check_status(
     action: &'static str,
     name: &str,
     code: u32,

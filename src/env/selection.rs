@@ -12,14 +12,14 @@ use super::Error;
 const SENSITIVE_IN_HOME: [&str; 4] = [".ssh", ".gnupg", ".aws", ".config"];
 
 /// What the user's home and the VM's files are, for [`check`].
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     pub home: &'a Path,
     pub lima_home: &'a Path,
 }
 
 /// The outcome of a selection that is not refused outright.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Selection {
+pub(crate) enum Selection {
     Clean,
     /// The directory named is not the one used; ask, or refuse without a
     /// person to ask.
@@ -30,7 +30,7 @@ pub enum Selection {
 
 /// Checks `canonical` (symlinks resolved) as the project named by
 /// `logical` (the path as the user wrote it or `$PWD`, made absolute).
-pub fn check(logical: &Path, canonical: &Path, cx: &Context) -> Result<Selection, Error> {
+pub(crate) fn check(logical: &Path, canonical: &Path, cx: &Context) -> Result<Selection, Error> {
     let refuse = |reason: String| Error::SensitiveProject {
         path: canonical.to_path_buf(),
         reason,
@@ -66,7 +66,7 @@ fn resolve(path: &Path) -> PathBuf {
 }
 
 /// `.` and `..` taken out lexically, as a shell's logical `cd` does.
-pub fn normalise(path: &Path) -> PathBuf {
+pub(crate) fn normalise(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

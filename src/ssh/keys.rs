@@ -70,7 +70,7 @@ impl KeyPair {
 }
 
 /// `SHA256:…` fingerprint of a public key.
-pub fn fingerprint(key: &PublicKey) -> String {
+pub(crate) fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 

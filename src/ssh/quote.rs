@@ -6,7 +6,7 @@ use super::Error;
 
 /// Joins `argv` into one POSIX shell command line whose words are exactly
 /// `argv` once the remote shell has parsed it.
-pub fn quote_argv<S: AsRef<str>>(argv: &[S]) -> Result<String, Error> {
+pub(crate) fn quote_argv<S: AsRef<str>>(argv: &[S]) -> Result<String, Error> {
     argv.iter()
         .map(|a| {
             shlex::try_quote(a.as_ref())

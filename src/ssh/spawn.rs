@@ -31,7 +31,7 @@ const ACCEPTED: u8 = 4;
 
 /// Where the server listens in the guest and what to ask it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Spawn {
+pub(crate) struct Spawn {
     /// The server's unix socket, a guest path.
     pub socket: String,
     /// The server's own request (for the runtime: `cwd` and `argv`).

@@ -16,7 +16,7 @@ use super::Error;
 static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 
 /// Whether stdin is a terminal (then a PTY is requested, like `ssh -t`).
-pub fn stdin_is_tty() -> bool {
+pub(crate) fn stdin_is_tty() -> bool {
     std::io::stdin().is_terminal()
 }
 

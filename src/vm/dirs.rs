@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 /// `$LIMA_HOME` if set and non-empty, else `~/.lima`; symlinks resolved when
 /// the directory exists, because every derived path (instance dirs, sockets)
 /// must use the real path, as Lima does.
-pub fn lima_home() -> std::io::Result<PathBuf> {
+pub(crate) fn lima_home() -> std::io::Result<PathBuf> {
     let dir = match std::env::var_os("LIMA_HOME").filter(|v| !v.is_empty()) {
         Some(v) => PathBuf::from(v),
         None => home_dir()?.join(".lima"),
@@ -18,7 +18,7 @@ pub fn lima_home() -> std::io::Result<PathBuf> {
 }
 
 /// The current user's home directory.
-pub fn home_dir() -> std::io::Result<PathBuf> {
+pub(crate) fn home_dir() -> std::io::Result<PathBuf> {
     dirs::home_dir().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -28,12 +28,12 @@ pub fn home_dir() -> std::io::Result<PathBuf> {
 }
 
 /// `$LIMA_HOME/_config`, holding `user`, `default.yaml` and `override.yaml`.
-pub fn config_dir(lima_home: &Path) -> PathBuf {
+pub(crate) fn config_dir(lima_home: &Path) -> PathBuf {
     lima_home.join("_config")
 }
 
 /// `$LIMA_HOME/_templates`, searched for `template:NAME` after
 /// `$LIMA_TEMPLATES_PATH`.
-pub fn templates_dir(lima_home: &Path) -> PathBuf {
+pub(crate) fn templates_dir(lima_home: &Path) -> PathBuf {
     lima_home.join("_templates")
 }

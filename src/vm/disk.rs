@@ -15,7 +15,7 @@ use crate::vm::layout;
 use crate::vm::units::format_bytes;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DiskError {
+pub(crate) enum DiskError {
     #[error("cannot run qemu-img: {0} (install qemu-utils, e.g. apt-get install qemu-utils)")]
     QemuImgMissing(io::Error),
     #[error("`qemu-img {args}` failed: {stderr}")]
@@ -79,7 +79,7 @@ fn info(host: &dyn Host, path: &Path) -> Result<ImageInfo, DiskError> {
 }
 
 /// True when `path` is an ISO9660 image: "CD001" at byte 32769.
-pub fn is_iso9660(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_iso9660(path: &Path) -> io::Result<bool> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(32769))?;
     let mut magic = [0u8; 5];
@@ -93,7 +93,7 @@ pub fn is_iso9660(path: &Path) -> io::Result<bool> {
 /// Lima ≤ 2.0 kept `basedisk` + a `diffdisk` overlay. Point the current
 /// names at them (relative symlinks) and delete nothing, so both versions
 /// keep working.
-pub fn migrate_layout(dir: &Path) -> Result<(), DiskError> {
+pub(crate) fn migrate_layout(dir: &Path) -> Result<(), DiskError> {
     let disk = dir.join(layout::DISK);
     if !disk.exists() && dir.join(layout::DIFF_DISK).exists() {
         std::os::unix::fs::symlink(layout::DIFF_DISK, &disk).map_err(io_err(&disk))?;
@@ -109,7 +109,7 @@ pub fn migrate_layout(dir: &Path) -> Result<(), DiskError> {
 /// Turns `$D/image` into the boot disk unless `$D/disk` exists already:
 /// an ISO is kept as `$D/iso` and a blank qcow2 disk of `size_bytes` is
 /// created; any other image is renamed to `$D/disk` and used in place.
-pub fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
+pub(crate) fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
     let disk = dir.join(layout::DISK);
     if disk.exists() {
         return Ok(());
@@ -138,7 +138,7 @@ pub fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), D
 
 /// Grows `$D/disk` to `size_bytes` (nothing to do when it is absent or
 /// already that size). Shrinking would destroy guest data, so it is refused.
-pub fn ensure_size(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
+pub(crate) fn ensure_size(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
     let disk = dir.join(layout::DISK);
     if !disk.exists() {
         return Ok(());

@@ -26,14 +26,14 @@ pub fn host_os() -> &'static str {
 
 /// What a finished helper program left behind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Output {
+pub(crate) struct Output {
     /// True when the program exited with status 0.
     pub success: bool,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
 
-pub trait Host {
+pub(crate) trait Host {
     /// Runs `program args…` to completion and collects its output. An
     /// `Err` means the program could not be started at all.
     fn run(&self, program: &str, args: &[String]) -> io::Result<Output>;
@@ -43,7 +43,7 @@ pub trait Host {
 
 /// The machine itself.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RealHost;
+pub(crate) struct RealHost;
 
 impl Host for RealHost {
     fn run(&self, program: &str, args: &[String]) -> io::Result<Output> {

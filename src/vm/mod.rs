@@ -1,17 +1,17 @@
 //! The VM side: Lima's on-disk store, the lima.yaml model and the VM
 //! lifecycle (images, disks, cidata, QEMU, host agent).
 
-pub mod access;
-pub mod cidata;
-pub mod config;
-pub mod dirs;
-pub mod disk;
-pub mod host;
-pub mod hostagent;
-pub mod image;
+pub(crate) mod access;
+pub(crate) mod cidata;
+pub(crate) mod config;
+pub(crate) mod dirs;
+pub(crate) mod disk;
+pub(crate) mod host;
+pub(crate) mod hostagent;
+pub(crate) mod image;
 pub mod layout;
-pub mod lifecycle;
-pub mod qemu;
-pub mod qmp;
-pub mod store;
-pub mod units;
+pub(crate) mod lifecycle;
+pub(crate) mod qemu;
+pub(crate) mod qmp;
+pub(crate) mod store;
+pub(crate) mod units;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 #[derive(Debug, thiserror::Error)]
-pub enum QmpError {
+pub(crate) enum QmpError {
     #[error("cannot connect to the QMP socket {path}: {source} (is QEMU running?)")]
     Connect {
         path: String,
@@ -31,7 +31,7 @@ pub enum QmpError {
     },
 }
 
-pub struct Qmp {
+pub(crate) struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     next_id: u64,
@@ -41,7 +41,7 @@ impl Qmp {
     /// Connects, reads the greeting and negotiates capabilities. `timeout`
     /// bounds every later read and write too, so a wedged QEMU cannot hang
     /// the caller.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+    pub(crate) fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
         let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
             path: path.display().to_string(),
             source,
@@ -64,7 +64,7 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+    pub(crate) fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "execute": command, "id": id });
@@ -97,17 +97,17 @@ impl Qmp {
     }
 
     /// The ACPI power button: the guest shuts down cleanly if it listens.
-    pub fn system_powerdown(&mut self) -> Result<(), QmpError> {
+    pub(crate) fn system_powerdown(&mut self) -> Result<(), QmpError> {
         self.execute("system_powerdown", None).map(drop)
     }
 
     /// Makes QEMU exit at once, without asking the guest.
-    pub fn quit(&mut self) -> Result<(), QmpError> {
+    pub(crate) fn quit(&mut self) -> Result<(), QmpError> {
         self.execute("quit", None).map(drop)
     }
 
     /// The run state, e.g. "running", "paused", "prelaunch", "shutdown".
-    pub fn query_status(&mut self) -> Result<String, QmpError> {
+    pub(crate) fn query_status(&mut self) -> Result<String, QmpError> {
         let ret = self.execute("query-status", None)?;
         ret.get("status")
             .and_then(Value::as_str)

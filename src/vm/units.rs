@@ -3,7 +3,7 @@
 
 /// Parses "4GiB", "4G", "4g", "100GiB", "512MiB", "1.5GiB", "1024" (bytes).
 /// All suffixes are binary, as in go-units `RAMInBytes`.
-pub fn parse_bytes(s: &str) -> Option<u64> {
+pub(crate) fn parse_bytes(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

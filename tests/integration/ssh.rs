@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use llima_box::vm::layout;
+use llima_box::testing::vm::layout;
 
 use crate::common::*;
 use crate::ssh_support::*;
@@ -103,7 +103,7 @@ fn agent_is_forwarded_only_when_present_and_wanted() {
 #[test]
 fn connect_retries_until_sshd_comes_up() {
     let inst = Instance::with_sshd(|d| Sshd::new(d, Some(Duration::from_secs(3))));
-    let key = llima_box::ssh::keys::ensure_user_key(inst.lima_home()).unwrap();
+    let key = llima_box::testing::ssh::keys::ensure_user_key(inst.lima_home()).unwrap();
     chown_r(&inst.lima_home().join("_config"));
     inst.sshd.authorize(&key.path().with_extension("pub"));
     let start = Instant::now();
@@ -318,7 +318,9 @@ fn a_closed_local_reader_ends_the_session_quietly() {
 /// The library API other modules use (host agent readiness checks).
 #[test]
 fn library_api_connects_and_captures() {
-    use llima_box::ssh::{ConnectOptions, HostKeyPolicy, KeyPair, RemoteExit, Session, keys};
+    use llima_box::testing::ssh::{
+        ConnectOptions, HostKeyPolicy, KeyPair, RemoteExit, Session, keys,
+    };
     let inst = Instance::new();
     let opts = ConnectOptions {
         addr: ([127, 0, 0, 1], inst.sshd.port).into(),
@@ -369,24 +371,24 @@ fn connections_closed_before_the_banner_are_retried() {
         }
     });
     let dir = TestDir::new();
-    let key = llima_box::ssh::keys::ensure_user_key(dir.path()).unwrap();
+    let key = llima_box::testing::ssh::keys::ensure_user_key(dir.path()).unwrap();
     let some_host_key = key.public_key().clone();
-    let opts = llima_box::ssh::ConnectOptions {
+    let opts = llima_box::testing::ssh::ConnectOptions {
         addr: ([127, 0, 0, 1], port).into(),
         user: user().name.clone(),
         key,
-        host_key: llima_box::ssh::HostKeyPolicy::Pinned(some_host_key),
+        host_key: llima_box::testing::ssh::HostKeyPolicy::Pinned(some_host_key),
         deadline: Duration::from_secs(2),
         agent_forwarding: None,
     };
     let start = Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let err = match rt.block_on(llima_box::ssh::Session::connect(opts)) {
+    let err = match rt.block_on(llima_box::testing::ssh::Session::connect(opts)) {
         Ok(_) => panic!("connected to a port without sshd"),
         Err(e) => e,
     };
     assert!(
-        matches!(err, llima_box::ssh::Error::Deadline { .. }),
+        matches!(err, llima_box::testing::ssh::Error::Deadline { .. }),
         "{err}"
     );
     assert!(start.elapsed() >= Duration::from_secs(2));

@@ -55,7 +55,7 @@ fn a_stale_socket_falls_back_to_a_direct_connection() {
     let sock = inst
         .lima_home()
         .join(INSTANCE)
-        .join(llima_box::vm::layout::MUX_SOCK);
+        .join(llima_box::testing::vm::layout::MUX_SOCK);
     // A socket file nobody listens on, as a crashed agent leaves it.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     chown(&sock);

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use llima_box::vm::layout;
+use llima_box::testing::vm::layout;
 
 use crate::common::*;
 
@@ -153,7 +153,7 @@ impl Instance {
     /// sshd started, llima-box's own key created and authorized.
     pub fn new() -> Instance {
         let inst = Instance::with_sshd(Sshd::start);
-        let key = llima_box::ssh::keys::ensure_user_key(inst.home.path()).unwrap();
+        let key = llima_box::testing::ssh::keys::ensure_user_key(inst.home.path()).unwrap();
         chown_r(&inst.lima_home().join("_config"));
         inst.sshd.authorize(&key.path().with_extension("pub"));
         inst
@@ -214,15 +214,15 @@ fn serve_host_agent_api(sock: &Path, port: u16) {
             .build()
             .unwrap();
         rt.block_on(async {
-            let listener = llima_box::vm::hostagent::api::bind(&sock).unwrap();
+            let listener = llima_box::testing::vm::hostagent::api::bind(&sock).unwrap();
             // The test user must be able to connect when the suite runs as root.
             std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
             ready_tx.send(()).unwrap();
-            let info = llima_box::vm::store::Info {
+            let info = llima_box::testing::vm::store::Info {
                 ssh_local_port: port,
                 ..Default::default()
             };
-            llima_box::vm::hostagent::api::serve(listener, info).await;
+            llima_box::testing::vm::hostagent::api::serve(listener, info).await;
         });
     });
     ready_rx.recv().unwrap();
@@ -420,9 +420,13 @@ pub fn modes(t: &libc::termios) -> ([libc::tcflag_t; 4], Vec<libc::cc_t>) {
 /// the CLI): the same library calls the host agent makes.
 pub fn serve_mux(inst: &Instance) -> PathBuf {
     let home = inst.lima_home();
-    let (opts, _) =
-        llima_box::vm::access::connect_options(home, INSTANCE, Duration::from_secs(10), None)
-            .unwrap();
+    let (opts, _) = llima_box::testing::vm::access::connect_options(
+        home,
+        INSTANCE,
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
     let sock = home.join(INSTANCE).join(layout::MUX_SOCK);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let path = sock.clone();
@@ -436,9 +440,9 @@ pub fn serve_mux(inst: &Instance) -> PathBuf {
             .build()
             .unwrap();
         rt.block_on(async {
-            let listener = llima_box::ssh::mux::bind(&path).unwrap();
+            let listener = llima_box::testing::ssh::mux::bind(&path).unwrap();
             ready_tx.send(()).unwrap();
-            llima_box::ssh::mux::serve(listener, opts).await;
+            llima_box::testing::ssh::mux::serve(listener, opts).await;
         });
     });
     ready_rx.recv().unwrap();

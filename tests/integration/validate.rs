@@ -106,7 +106,7 @@ fn fill_gives_limas_defaults(dir: &Path) {
     let ram = unsafe {
         libc::sysconf(libc::_SC_PHYS_PAGES) as u64 * libc::sysconf(libc::_SC_PAGESIZE) as u64
     };
-    let memory = llima_box::vm::units::format_bytes((4u64 << 30).min(ram / 2));
+    let memory = llima_box::testing::vm::units::format_bytes((4u64 << 30).min(ram / 2));
     let passwd = std::process::Command::new("getent")
         .args(["passwd", &u.name])
         .output()

@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use llima_box::vm::layout;
+use llima_box::testing::vm::layout;
 use serde_json::Value;
 
 use crate::common::*;
@@ -66,7 +66,8 @@ fn lifecycle_end_to_end() {
         let port = st["sshLocalPort"].as_u64().unwrap();
         assert!(port > 0);
         let info =
-            llima_box::vm::store::hostagent_info(&dir.join(layout::HOST_AGENT_SOCK)).unwrap();
+            llima_box::testing::vm::store::hostagent_info(&dir.join(layout::HOST_AGENT_SOCK))
+                .unwrap();
         assert_eq!(u64::from(info.ssh_local_port), port);
         let listed = home.ok(&["vm", "list", "--json"]);
         let entry: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();

@@ -8,8 +8,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use llima_box::vm::layout;
-use llima_box::vm::store::{self, DiskLayout, Status};
+use llima_box::testing::vm::layout;
+use llima_box::testing::vm::store::{self, DiskLayout, Status};
 use serde_json::Value;
 
 use crate::common::*;

@@ -15,7 +15,7 @@ use crate::vm::layout;
 
 /// What became of a command offered to the mux.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The agent ran it (or failed after starting it: do not retry).
     Ran(Result<RemoteExit, Error>),
     /// Nothing was started and stdin is untouched: connect directly. The
@@ -28,7 +28,7 @@ pub enum Outcome {
 /// a direct connection; `agent_socket` is the agent to forward, if any.
 /// With `spawn`, the agent tries that server first and runs `command`
 /// only when the server is not there.
-pub async fn run_via_mux(
+pub(crate) async fn run_via_mux(
     dir: &Path,
     command: &str,
     spawn: Option<Spawn>,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::exec::Setup;
 
-pub use client::{Outcome, run_via_mux};
+pub(crate) use client::{Outcome, run_via_mux};
 pub use server::{Listener, bind, serve};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use super::CidataError;
 
 /// An ed25519 host key pair in OpenSSH text form.
 #[derive(Clone, PartialEq, Eq)]
-pub struct HostKey {
+pub(crate) struct HostKey {
     /// `-----BEGIN OPENSSH PRIVATE KEY-----` ...
     pub private_openssh: String,
     /// `ssh-ed25519 AAAA...` (what goes into known_hosts).
@@ -25,7 +25,7 @@ impl std::fmt::Debug for HostKey {
 }
 
 /// Generates a fresh ed25519 host key pair.
-pub fn generate_host_key() -> Result<HostKey, CidataError> {
+pub(crate) fn generate_host_key() -> Result<HostKey, CidataError> {
     let fail = |e: russh::keys::ssh_key::Error| CidataError::HostKey(e.to_string());
     let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(fail)?;
     Ok(HostKey {

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 const SECTOR: usize = 2048;
 /// Names longer than this would need a SUSP continuation area; cidata names
 /// are far shorter, so a clear error is better than the extra machinery.
-pub const MAX_NAME_LEN: usize = 100;
+pub(crate) const MAX_NAME_LEN: usize = 100;
 
 /// Why a tree could not be turned into an ISO image.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IsoError {
+pub(crate) enum IsoError {
     #[error("invalid ISO path `{path}`: {reason}")]
     InvalidPath { path: String, reason: &'static str },
     #[error("cannot add `{path}` to the ISO: a file and a directory would share that path")]
@@ -27,7 +27,7 @@ pub enum IsoError {
 
 /// An in-memory directory tree to be written as an ISO image.
 #[derive(Debug, Clone, Default)]
-pub struct IsoTree {
+pub(crate) struct IsoTree {
     root: Dir,
 }
 
@@ -53,13 +53,13 @@ enum Node {
 }
 
 impl IsoTree {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds (or replaces) a file; missing parent directories are created 0755.
     /// `path` is relative, `/`-separated; `mode` holds the permission bits.
-    pub fn add_file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<(), IsoError> {
+    pub(crate) fn add_file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<(), IsoError> {
         if data.len() > u32::MAX as usize {
             return Err(IsoError::TooLarge { path: path.into() });
         }
@@ -78,7 +78,7 @@ impl IsoTree {
     }
 
     /// Adds a directory (or sets the mode of an existing one).
-    pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<(), IsoError> {
+    pub(crate) fn add_dir(&mut self, path: &str, mode: u32) -> Result<(), IsoError> {
         let (parent, name) = self.parent_of(path)?;
         match parent
             .entries
@@ -116,7 +116,7 @@ impl IsoTree {
 
     /// Writes the image with volume id `volume_id` and every timestamp set to
     /// `unix_seconds` (UTC), so equal inputs give byte-identical images.
-    pub fn write(&self, volume_id: &str, unix_seconds: u64) -> Vec<u8> {
+    pub(crate) fn write(&self, volume_id: &str, unix_seconds: u64) -> Vec<u8> {
         let stamp = DateTime::from_unix(unix_seconds);
         let dirs = flatten(&self.root);
 

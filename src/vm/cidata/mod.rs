@@ -11,7 +11,7 @@
 
 mod env;
 mod host_key;
-pub mod iso9660;
+pub(crate) mod iso9660;
 mod network;
 mod user_data;
 mod yaml;
@@ -24,17 +24,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-pub use host_key::{HostKey, generate_host_key};
-pub use network::{
+pub(crate) use host_key::{HostKey, generate_host_key};
+pub(crate) use network::{
     SLIRP_DNS, SLIRP_GATEWAY, SLIRP_GUEST_IP, host_machine_id, instance_mac_address, mac_address,
 };
 
 /// Volume label cloud-init's NoCloud datasource looks for.
-pub const VOLUME_ID: &str = "cidata";
+pub(crate) const VOLUME_ID: &str = "cidata";
 
 /// Why the cidata seed could not be built or written.
 #[derive(Debug, thiserror::Error)]
-pub enum CidataError {
+pub(crate) enum CidataError {
     #[error("invalid cidata input: {field} {reason}")]
     Invalid { field: String, reason: String },
     #[error("invalid SSH host key: {0}; pass an ed25519 key pair from generate_host_key()")]
@@ -52,13 +52,13 @@ pub enum CidataError {
 /// The cloud-init instance id of one boot, `iid-<unix seconds>`. A new one is
 /// made at every start, so the host can tell this boot's markers from stale ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceId {
+pub(crate) struct InstanceId {
     pub unix_seconds: u64,
 }
 
 impl InstanceId {
     /// The id for a start at `now` (the clock is the caller's, for tests).
-    pub fn at(now: SystemTime) -> Self {
+    pub(crate) fn at(now: SystemTime) -> Self {
         let unix_seconds = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -75,7 +75,7 @@ impl std::fmt::Display for InstanceId {
 
 /// Everything the seed is rendered from.
 #[derive(Debug, Clone)]
-pub struct CidataInput {
+pub(crate) struct CidataInput {
     /// Instance name; the guest hostname is `lima-<name>`.
     pub name: String,
     pub instance_id: InstanceId,
@@ -102,14 +102,14 @@ pub struct CidataInput {
 }
 
 impl CidataInput {
-    pub fn hostname(&self) -> String {
+    pub(crate) fn hostname(&self) -> String {
         format!("lima-{}", self.name)
     }
 }
 
 /// The guest admin user.
 #[derive(Debug, Clone)]
-pub struct GuestUser {
+pub(crate) struct GuestUser {
     pub name: String,
     pub uid: u32,
     pub comment: String,
@@ -119,7 +119,7 @@ pub struct GuestUser {
 
 /// A host directory shared over 9p.
 #[derive(Debug, Clone)]
-pub struct Mount {
+pub(crate) struct Mount {
     /// Host path, already expanded and absolute.
     pub location: String,
     /// Guest path, already expanded and absolute.
@@ -130,14 +130,14 @@ pub struct Mount {
 
 impl Mount {
     /// The 9p mount tag QEMU and the guest fstab agree on.
-    pub fn tag(&self) -> String {
+    pub(crate) fn tag(&self) -> String {
         mount_tag(&self.location, &self.mount_point)
     }
 }
 
 /// 9p mount options (lima.yaml `mounts[].9p`).
 #[derive(Debug, Clone)]
-pub struct NinePOptions {
+pub(crate) struct NinePOptions {
     pub protocol_version: String,
     /// Bytes.
     pub msize: u64,
@@ -146,7 +146,7 @@ pub struct NinePOptions {
 
 impl NinePOptions {
     /// Lima's defaults: 9p2000.L, 128 KiB, `mmap` when writable, `fscache` otherwise.
-    pub fn lima_default(writable: bool) -> Self {
+    pub(crate) fn lima_default(writable: bool) -> Self {
         NinePOptions {
             protocol_version: "9p2000.L".into(),
             msize: 128 * 1024,
@@ -157,14 +157,14 @@ impl NinePOptions {
 
 /// Lima's mount tag: `lima-` + hex of the first 8 bytes of
 /// sha256(location + ":" + mountPoint).
-pub fn mount_tag(location: &str, mount_point: &str) -> String {
+pub(crate) fn mount_tag(location: &str, mount_point: &str) -> String {
     let digest = Sha256::digest(format!("{location}:{mount_point}").as_bytes());
     format!("lima-{}", hex::encode(&digest[..8]))
 }
 
 /// One provision entry, by mode.
 #[derive(Debug, Clone)]
-pub enum Provision {
+pub(crate) enum Provision {
     /// Run as root by boot.sh on every boot.
     System { script: String },
     /// Run as the guest user by boot.sh on every boot.
@@ -178,7 +178,7 @@ pub enum Provision {
 }
 
 #[derive(Debug, Clone)]
-pub struct DataFile {
+pub(crate) struct DataFile {
     /// Absolute guest path.
     pub path: String,
     pub content: String,
@@ -204,7 +204,7 @@ impl Provision {
 
 /// One file of the seed, as placed at the root of the ISO.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CidataFile {
+pub(crate) struct CidataFile {
     pub path: String,
     pub content: Vec<u8>,
     pub mode: u32,
@@ -214,7 +214,7 @@ pub struct CidataFile {
 const BOOT_SH: &str = include_str!("../../../assets/cidata/boot.sh");
 
 /// Renders every file of the seed, in a stable order.
-pub fn render_files(input: &CidataInput) -> Result<Vec<CidataFile>, CidataError> {
+pub(crate) fn render_files(input: &CidataInput) -> Result<Vec<CidataFile>, CidataError> {
     validate(input)?;
     let file = |path: &str, content: String, mode: u32| CidataFile {
         path: path.into(),
@@ -249,7 +249,7 @@ pub fn render_files(input: &CidataInput) -> Result<Vec<CidataFile>, CidataError>
 }
 
 /// The complete ISO image.
-pub fn build_iso(input: &CidataInput) -> Result<Vec<u8>, CidataError> {
+pub(crate) fn build_iso(input: &CidataInput) -> Result<Vec<u8>, CidataError> {
     let mut tree = iso9660::IsoTree::new();
     for f in render_files(input)? {
         tree.add_file(&f.path, f.content, f.mode)?;
@@ -259,7 +259,7 @@ pub fn build_iso(input: &CidataInput) -> Result<Vec<u8>, CidataError> {
 
 /// Writes the ISO to `path` atomically (temporary file, then rename) with
 /// mode 0600, because it carries the guest's private host key.
-pub fn write_cidata_iso(path: &Path, input: &CidataInput) -> Result<(), CidataError> {
+pub(crate) fn write_cidata_iso(path: &Path, input: &CidataInput) -> Result<(), CidataError> {
     let image = build_iso(input)?;
     let err = |source| CidataError::Write {
         path: path.to_path_buf(),
@@ -290,7 +290,7 @@ pub fn write_cidata_iso(path: &Path, input: &CidataInput) -> Result<(), CidataEr
 }
 
 /// The user-data without `write_files`, for `$D/cloud-config.yaml`.
-pub fn cloud_config_yaml(input: &CidataInput) -> Result<String, CidataError> {
+pub(crate) fn cloud_config_yaml(input: &CidataInput) -> Result<String, CidataError> {
     validate(input)?;
     user_data::user_data(input, false)
 }

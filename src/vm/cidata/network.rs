@@ -8,13 +8,13 @@ use super::CidataInput;
 use super::yaml::{self, Yaml};
 
 /// QEMU user-mode network (192.168.5.0/24) addresses, as Lima sets them up.
-pub const SLIRP_GATEWAY: &str = "192.168.5.2";
-pub const SLIRP_DNS: &str = "192.168.5.3";
-pub const SLIRP_GUEST_IP: &str = "192.168.5.15";
+pub(crate) const SLIRP_GATEWAY: &str = "192.168.5.2";
+pub(crate) const SLIRP_DNS: &str = "192.168.5.3";
+pub(crate) const SLIRP_GUEST_IP: &str = "192.168.5.15";
 
 /// Lima's MAC scheme: `52:55:55` then the first 3 bytes of
 /// sha256(machine_id + unique_id).
-pub fn mac_address(machine_id: &str, unique_id: &str) -> String {
+pub(crate) fn mac_address(machine_id: &str, unique_id: &str) -> String {
     let digest = Sha256::digest(format!("{machine_id}{unique_id}").as_bytes());
     let bytes = [0x52, 0x55, 0x55, digest[0], digest[1], digest[2]];
     bytes
@@ -26,13 +26,13 @@ pub fn mac_address(machine_id: &str, unique_id: &str) -> String {
 
 /// eth0's MAC for the instance in `instance_dir` ($D) on this host; QEMU's
 /// `-device virtio-net-pci,mac=` must use the same value.
-pub fn instance_mac_address(instance_dir: &Path) -> String {
+pub(crate) fn instance_mac_address(instance_dir: &Path) -> String {
     mac_address(&host_machine_id(), &instance_dir.to_string_lossy())
 }
 
 /// The host's machine id as Lima reads it: the IOPlatformUUID on macOS,
 /// `/etc/machine-id` or `/var/lib/dbus/machine-id` elsewhere, else the hostname.
-pub fn host_machine_id() -> String {
+pub(crate) fn host_machine_id() -> String {
     #[cfg(target_os = "macos")]
     if let Some(id) = macos_platform_uuid() {
         return id;

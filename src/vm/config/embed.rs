@@ -15,14 +15,14 @@ use super::{ConfigError, parse, parse_value, version_less};
 
 /// Where `template:NAME` locators are searched, in order.
 #[derive(Debug, Clone, Default)]
-pub struct TemplateSearch {
+pub(crate) struct TemplateSearch {
     pub dirs: Vec<PathBuf>,
 }
 
 impl TemplateSearch {
     /// `$LIMA_TEMPLATES_PATH` (colon-separated) when set, else
     /// `$LIMA_HOME/_templates`, as Lima looks them up.
-    pub fn from_env(lima_home: &Path) -> Self {
+    pub(crate) fn from_env(lima_home: &Path) -> Self {
         let dirs = match std::env::var_os("LIMA_TEMPLATES_PATH").filter(|v| !v.is_empty()) {
             Some(v) => std::env::split_paths(&v).collect(),
             None => vec![crate::vm::dirs::templates_dir(lima_home)],
@@ -66,7 +66,7 @@ impl TemplateSearch {
 /// Embeds all bases of the template at `path`. With `default_base`,
 /// `$LIMA_HOME/_config/base.yaml` (when it exists) goes first, as at create.
 /// The result has no `base` key.
-pub fn embed_file(
+pub(crate) fn embed_file(
     path: &Path,
     search: &TemplateSearch,
     default_base: Option<&Path>,
@@ -103,7 +103,7 @@ fn read_template(path: &Path) -> Result<(PathBuf, String), ConfigError> {
 
 /// Like [`embed_file`] for text already read; `path` locates relative bases
 /// and names the file in errors.
-pub fn embed_str(
+pub(crate) fn embed_str(
     text: &str,
     path: &Path,
     search: &TemplateSearch,

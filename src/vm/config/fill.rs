@@ -15,7 +15,7 @@ use crate::vm::layout;
 use crate::vm::units::format_bytes;
 
 /// Where the config being filled lives, for templates and versioned defaults.
-pub struct FillContext<'a> {
+pub(crate) struct FillContext<'a> {
     pub host: &'a Host,
     /// The instance directory (`{{.Dir}}`; its base name is `{{.Name}}`).
     pub instance_dir: &'a Path,
@@ -136,7 +136,7 @@ fn expand_tilde(p: &str, home: &Path) -> String {
     }
 }
 
-pub fn fill_default(
+pub(crate) fn fill_default(
     y: &mut LimaYaml,
     d: &LimaYaml,
     o: &LimaYaml,
@@ -660,7 +660,7 @@ fn unique(v: Vec<String>) -> Vec<String> {
 /// The version whose defaults apply to the instance in `dir`: `lima-version`
 /// of an instance that already has runtime files ("" when that file is
 /// missing), otherwise ours (a new instance).
-pub fn existing_version(dir: &Path) -> String {
+pub(crate) fn existing_version(dir: &Path) -> String {
     let exists = crate::vm::store::is_existing_instance_dir(dir);
     if !exists {
         return COMPAT_VERSION.to_string();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Host {
+pub(crate) struct Host {
     /// Lima's name for the host architecture: `x86_64`, `aarch64`, ...
     pub arch: String,
     pub is_macos: bool,
@@ -22,7 +22,7 @@ pub struct Host {
 
 impl Host {
     /// Reads the real host.
-    pub fn current() -> Host {
+    pub(crate) fn current() -> Host {
         let uid = rustix::process::getuid().as_raw();
         let (user, comment, pw_home) = passwd_entry(uid);
         let home = crate::vm::dirs::home_dir()

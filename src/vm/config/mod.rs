@@ -13,30 +13,30 @@ mod model;
 mod template;
 mod validate;
 
-pub use embed::{TemplateSearch, embed_file, embed_str};
+pub(crate) use embed::{TemplateSearch, embed_file, embed_str};
 pub use error::ConfigError;
-pub use fill::{FillContext, existing_version, fill_default};
-pub use host::Host;
+pub(crate) use fill::{FillContext, existing_version, fill_default};
+pub(crate) use host::Host;
 pub use model::*;
-pub use validate::{ARCHES, validate};
+pub(crate) use validate::{ARCHES, validate};
 
 use crate::vm::layout;
 use std::path::Path;
 
 /// The Lima version whose behaviour llima-box implements; templates that
 /// need a newer Lima (`minimumLimaVersion`) are refused.
-pub const COMPAT_VERSION: &str = "2.2.0";
+pub(crate) const COMPAT_VERSION: &str = "2.2.0";
 
 /// The lima.yaml written for a new llima-box instance (verbatim, like any
 /// instance's lima.yaml: no bases, defaults left to the loader).
-pub fn default_instance_yaml() -> &'static str {
+pub(crate) fn default_instance_yaml() -> &'static str {
     include_str!("../../../assets/lima.yaml")
 }
 
 /// Loads `$D/lima.yaml` the way Lima's Inspect does: parse, merge
 /// `_config/default.yaml` and `_config/override.yaml`, fill defaults for
 /// this host, validate.
-pub fn load_instance(instance_dir: &Path, lima_home: &Path) -> Result<LimaYaml, ConfigError> {
+pub(crate) fn load_instance(instance_dir: &Path, lima_home: &Path) -> Result<LimaYaml, ConfigError> {
     let path = instance_dir.join(layout::LIMA_YAML);
     let text = read(&path)?;
     let cx = FillContext {
@@ -52,7 +52,7 @@ pub fn load_instance(instance_dir: &Path, lima_home: &Path) -> Result<LimaYaml, 
 
 /// Merges `_config/default.yaml` and `_config/override.yaml` of `lima_home`
 /// into `y` and fills the defaults; no validation.
-pub fn load(mut y: LimaYaml, lima_home: &Path, cx: &FillContext) -> Result<LimaYaml, ConfigError> {
+pub(crate) fn load(mut y: LimaYaml, lima_home: &Path, cx: &FillContext) -> Result<LimaYaml, ConfigError> {
     let config = crate::vm::dirs::config_dir(lima_home);
     let d = read_optional(&config.join("default.yaml"))?;
     let o = read_optional(&config.join("override.yaml"))?;
@@ -64,7 +64,7 @@ pub fn load(mut y: LimaYaml, lima_home: &Path, cx: &FillContext) -> Result<LimaY
 /// Embeds the bases of a template for a new instance (with
 /// `_config/base.yaml` first; pass `TemplateSearch::from_env(lima_home)`)
 /// and returns the text to write to `$D/lima.yaml`.
-pub fn instance_yaml_from_template(
+pub(crate) fn instance_yaml_from_template(
     template: &Path,
     lima_home: &Path,
     search: &TemplateSearch,
@@ -75,7 +75,7 @@ pub fn instance_yaml_from_template(
 }
 
 /// Parses lima.yaml text without filling anything in.
-pub fn parse(text: &str, path: &Path) -> Result<LimaYaml, ConfigError> {
+pub(crate) fn parse(text: &str, path: &Path) -> Result<LimaYaml, ConfigError> {
     if parse_value(text, path)?.is_null() {
         return Ok(LimaYaml::default());
     }
@@ -83,7 +83,7 @@ pub fn parse(text: &str, path: &Path) -> Result<LimaYaml, ConfigError> {
 }
 
 /// An embedded template document as the typed model.
-pub fn from_mapping(doc: serde_yaml::Mapping, path: &Path) -> Result<LimaYaml, ConfigError> {
+pub(crate) fn from_mapping(doc: serde_yaml::Mapping, path: &Path) -> Result<LimaYaml, ConfigError> {
     serde_yaml::from_value(serde_yaml::Value::Mapping(doc))
         .map_err(|e| ConfigError::syntax(path, &e))
 }

@@ -6,7 +6,7 @@ use super::model::*;
 use super::{COMPAT_VERSION, ConfigError, parse_version, version_less};
 use crate::vm::units::parse_bytes;
 
-pub const ARCHES: [&str; 6] = ["x86_64", "aarch64", "armv7l", "ppc64le", "riscv64", "s390x"];
+pub(crate) const ARCHES: [&str; 6] = ["x86_64", "aarch64", "armv7l", "ppc64le", "riscv64", "s390x"];
 const OSES: [&str; 4] = ["Linux", "Darwin", "FreeBSD", "Windows"];
 const VM_TYPES: [&str; 4] = ["qemu", "vz", "wsl2", "krunkit"];
 const MOUNT_TYPES: [&str; 4] = ["reverse-sshfs", "9p", "virtiofs", "wsl2"];
@@ -22,7 +22,7 @@ const PROVISION_MODES: [&str; 7] = [
 
 /// Checks a filled config. The error names the first problem's field; any
 /// further problems are listed in its message, so one run shows them all.
-pub fn validate(y: &LimaYaml, file: &Path) -> Result<(), ConfigError> {
+pub(crate) fn validate(y: &LimaYaml, file: &Path) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     check(y, &mut |field: String, message: String| {
         problems.push((field, message))

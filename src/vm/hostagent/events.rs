@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Status {
+pub(crate) struct Status {
     #[serde(default, skip_serializing_if = "is_false")]
     pub running: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -37,13 +37,13 @@ fn is_zero(p: &u16) -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub(crate) struct Event {
     pub time: String,
     pub status: Status,
 }
 
 impl Event {
-    pub fn now(status: Status) -> Self {
+    pub(crate) fn now(status: Status) -> Self {
         Event {
             time: rfc3339_nanos(SystemTime::now()),
             status,
@@ -53,7 +53,7 @@ impl Event {
 
 /// Writes one event as a single line in one write, so a reader tailing the
 /// file sees whole lines only.
-pub fn emit(out: &mut impl Write, status: Status) -> std::io::Result<()> {
+pub(crate) fn emit(out: &mut impl Write, status: Status) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(&Event::now(status)).map_err(std::io::Error::other)?;
     line.push(b'\n');
     out.write_all(&line)?;
@@ -62,7 +62,7 @@ pub fn emit(out: &mut impl Write, status: Status) -> std::io::Result<()> {
 
 /// Parses the complete lines of `buf`, returning the events and how many
 /// bytes were consumed; a trailing partial line is left for the next read.
-pub fn parse_lines(buf: &[u8]) -> (Vec<Event>, usize) {
+pub(crate) fn parse_lines(buf: &[u8]) -> (Vec<Event>, usize) {
     let mut events = Vec::new();
     let mut consumed = 0;
     while let Some(nl) = buf[consumed..].iter().position(|&b| b == b'\n') {

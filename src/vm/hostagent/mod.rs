@@ -2,19 +2,19 @@
 //! QEMU for one instance, serves `ha.sock`, writes events and shuts the
 //! guest down gracefully.
 
-pub mod api;
-pub mod events;
+pub(crate) mod api;
+pub(crate) mod events;
 mod plan;
 mod readiness;
 mod run;
-pub mod ssh_config;
+pub(crate) mod ssh_config;
 
-pub use run::main;
+pub(crate) use run::main;
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HostAgentError {
+pub(crate) enum HostAgentError {
     #[error("another host agent (pid {pid}) is already running for this instance")]
     AlreadyRunning { pid: u32 },
     #[error(transparent)]

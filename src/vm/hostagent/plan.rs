@@ -13,7 +13,7 @@ use crate::vm::layout;
 use crate::vm::qemu::{self, MountSpec, QemuSpec};
 use crate::vm::units::parse_bytes;
 
-pub struct Plan {
+pub(super) struct Plan {
     pub dir: PathBuf,
     pub lima_home: PathBuf,
     pub hostname: String,
@@ -25,7 +25,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(
+    pub(super) fn new(
         name: &str,
         dir: &Path,
         lima_home: &Path,
@@ -163,7 +163,7 @@ impl Plan {
     /// Writes this boot's seed, `cloud-config.yaml`, `ssh.config` and the
     /// `known_hosts` it pins, then completes the QEMU spec from the files
     /// now present.
-    pub fn write_files(&mut self) -> Result<(), HostAgentError> {
+    pub(super) fn write_files(&mut self) -> Result<(), HostAgentError> {
         let d = &self.dir;
         cidata::write_cidata_iso(&d.join(layout::CIDATA_ISO), &self.cidata)?;
         let cc = d.join(layout::CLOUD_CONFIG);

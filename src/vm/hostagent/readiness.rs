@@ -17,7 +17,7 @@ const POLL: Duration = Duration::from_millis(500);
 /// Waits until the guest is ready or `deadline` passes. Failures that a
 /// booting guest produces (no sshd yet, our key or host key not installed
 /// yet by cloud-init) are retried; the last one is reported at the deadline.
-pub async fn wait(
+pub(super) async fn wait(
     plan: &Plan,
     port: u16,
     iid: &str,

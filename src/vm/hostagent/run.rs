@@ -25,7 +25,7 @@ use crate::vm::store;
 
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
-pub fn main(dir: &Path) -> std::process::ExitCode {
+pub(crate) fn main(dir: &Path) -> std::process::ExitCode {
     let rt = match crate::async_runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,7 +63,7 @@ pub fn main(dir: &Path) -> std::process::ExitCode {
 }
 
 /// A line in `ha.stderr.log` with a timestamp.
-pub fn log(msg: &str) {
+pub(super) fn log(msg: &str) {
     let _ = writeln!(
         std::io::stderr(),
         "{} {msg}",

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-pub struct SshConfig<'a> {
+pub(crate) struct SshConfig<'a> {
     pub host: &'a str,
     pub user: &'a str,
     pub identity: &'a Path,
@@ -15,7 +15,7 @@ pub struct SshConfig<'a> {
 }
 
 impl SshConfig<'_> {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = String::from(
             "# This SSH config file can be passed to 'ssh -F'.\n\
              # It is written by llima-box at every start and overwritten on restart.\n\
@@ -52,7 +52,7 @@ impl SshConfig<'_> {
 
 /// The `known_hosts` line that pins the instance's host key under its
 /// alias, so OpenSSH checks it strictly.
-pub fn known_hosts_line(host: &str, public_key_openssh: &str) -> String {
+pub(crate) fn known_hosts_line(host: &str, public_key_openssh: &str) -> String {
     format!("{host} {}\n", public_key_openssh.trim())
 }
 

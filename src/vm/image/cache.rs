@@ -17,7 +17,7 @@ use super::progress::Progress;
 
 /// What [`Downloader::fetch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// The destination existed already; nothing was checked.
     Skipped,
     /// Copied from a local path.
@@ -27,14 +27,14 @@ pub enum Fetched {
     Downloaded,
 }
 
-pub struct Downloader {
+pub(crate) struct Downloader {
     cache_root: PathBuf,
     agent: ureq::Agent,
 }
 
 /// Lima's cache root: `$XDG_CACHE_HOME/lima` or `~/.cache/lima` on Linux,
 /// `~/Library/Caches/lima` on macOS.
-pub fn default_cache_root() -> Result<PathBuf, ImageError> {
+pub(crate) fn default_cache_root() -> Result<PathBuf, ImageError> {
     dirs::cache_dir()
         .map(|d| d.join("lima"))
         .ok_or(ImageError::NoCacheDir)
@@ -120,7 +120,7 @@ fn local_path(location: &str) -> Result<Option<PathBuf>, ImageError> {
 }
 
 impl Downloader {
-    pub fn new(cache_root: PathBuf) -> Downloader {
+    pub(crate) fn new(cache_root: PathBuf) -> Downloader {
         Downloader {
             cache_root,
             agent: ureq::Agent::new_with_defaults(),
@@ -128,7 +128,7 @@ impl Downloader {
     }
 
     /// The per-URL cache directory.
-    pub fn url_dir(&self, url: &str) -> PathBuf {
+    pub(crate) fn url_dir(&self, url: &str) -> PathBuf {
         self.cache_root
             .join("download/by-url-sha256")
             .join(sha256_hex(url))
@@ -136,7 +136,7 @@ impl Downloader {
 
     /// Puts `location` at `dest` (decompressed when `decompress`), through
     /// the cache for remote URLs. `digest` ("sha256:…") is verified.
-    pub fn fetch(
+    pub(crate) fn fetch(
         &self,
         location: &str,
         digest: Option<&str>,

@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(super) enum Compression {
     Gzip,
     Bzip2,
     Xz,
@@ -13,7 +13,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    pub fn from_extension(location: &str) -> Option<Compression> {
+    pub(super) fn from_extension(location: &str) -> Option<Compression> {
         // Ignore a query string or fragment on URLs.
         let path = location.split(['?', '#']).next().unwrap_or(location);
         [
@@ -27,7 +27,7 @@ impl Compression {
         .map(|(_, c)| c)
     }
 
-    pub fn from_magic(head: &[u8]) -> Compression {
+    pub(super) fn from_magic(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(b"BZ") {
@@ -43,7 +43,7 @@ impl Compression {
 }
 
 /// Wraps `input` in the decoder for `location`'s format.
-pub fn decoder<'a>(location: &str, input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+pub(super) fn decoder<'a>(location: &str, input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let kind = match Compression::from_extension(location) {
         Some(k) => k,

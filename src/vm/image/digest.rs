@@ -6,14 +6,14 @@ use super::ImageError;
 
 /// A parsed `sha256:<hex>` / `sha512:<hex>` string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expected {
+pub(super) struct Expected {
     pub algo: &'static str,
     /// The string as given (lowercased hex), compared with cached digest files.
     pub text: String,
 }
 
 impl Expected {
-    pub fn parse(s: &str) -> Result<Expected, ImageError> {
+    pub(super) fn parse(s: &str) -> Result<Expected, ImageError> {
         let bad = || ImageError::BadDigest(s.to_string());
         let (algo, hex) = s.split_once(':').ok_or_else(bad)?;
         let (algo, len) = match algo {
@@ -30,7 +30,7 @@ impl Expected {
         })
     }
 
-    pub fn hasher(&self) -> Hasher {
+    pub(super) fn hasher(&self) -> Hasher {
         match self.algo {
             "sha512" => Hasher::Sha512(Sha512::new()),
             _ => Hasher::Sha256(Sha256::new()),
@@ -38,7 +38,7 @@ impl Expected {
     }
 
     /// Compares with a finished hash: "expected digest X, got Y" on mismatch.
-    pub fn check(&self, h: Hasher, what: &str) -> Result<(), ImageError> {
+    pub(super) fn check(&self, h: Hasher, what: &str) -> Result<(), ImageError> {
         let got = h.finish();
         if got == self.text {
             Ok(())
@@ -52,13 +52,13 @@ impl Expected {
     }
 }
 
-pub enum Hasher {
+pub(super) enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
 }
 
 impl Hasher {
-    pub fn update(&mut self, data: &[u8]) {
+    pub(super) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
             Hasher::Sha512(h) => h.update(data),
@@ -66,7 +66,7 @@ impl Hasher {
     }
 
     /// `algo:hex` of everything fed in.
-    pub fn finish(self) -> String {
+    pub(super) fn finish(self) -> String {
         match self {
             Hasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
             Hasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
@@ -75,7 +75,7 @@ impl Hasher {
 }
 
 /// sha256 hex of a string: the per-URL cache directory name.
-pub fn sha256_hex(s: &str) -> String {
+pub(super) fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 

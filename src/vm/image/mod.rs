@@ -1,19 +1,19 @@
 //! Getting the guest image (and its kernel and initrd) into the instance
 //! dir, through Lima's shared download cache ([`cache`]).
 
-pub mod cache;
+pub(crate) mod cache;
 mod compress;
 mod digest;
-pub mod progress;
+pub(crate) mod progress;
 
 use crate::vm::layout;
 use std::path::{Path, PathBuf};
 
-pub use cache::{Downloader, Fetched, default_cache_root};
-pub use progress::{BarReporter, NoProgress, Progress};
+pub(crate) use cache::{Downloader, Fetched, default_cache_root};
+pub(crate) use progress::{BarReporter, NoProgress, Progress};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub(crate) enum ImageError {
     #[error("invalid digest {0:?}: expected sha256:<64 hex digits> or sha512:<128 hex digits>")]
     BadDigest(String),
     #[error("{what}: expected digest {expected}, got {got}")]
@@ -47,7 +47,7 @@ pub enum ImageError {
 
 /// One downloadable file of an `images[]` entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FileSpec {
+pub(crate) struct FileSpec {
     pub location: String,
     /// None matches any arch (Lima fills in the instance's arch).
     pub arch: Option<String>,
@@ -56,7 +56,7 @@ pub struct FileSpec {
 
 /// One `images[]` entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageSpec {
+pub(crate) struct ImageSpec {
     pub file: FileSpec,
     pub kernel: Option<FileSpec>,
     pub kernel_cmdline: Option<String>,
@@ -68,7 +68,7 @@ pub struct ImageSpec {
 /// completely: the image to `$D/image` and the kernel to `$D/kernel` (both
 /// decompressed), `$D/kernel.cmdline`, the initrd to `$D/initrd` (as is).
 /// Returns whether anything was fetched.
-pub fn prepare(
+pub(crate) fn prepare(
     dl: &Downloader,
     instance_dir: &Path,
     arch: &str,

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub trait Progress {
+pub(crate) trait Progress {
     /// A transfer named `name` begins; `total` bytes if known.
     fn start(&self, name: &str, total: Option<u64>);
     /// `done` bytes so far.
@@ -14,7 +14,7 @@ pub trait Progress {
 }
 
 /// Reports nothing.
-pub struct NoProgress;
+pub(crate) struct NoProgress;
 
 impl Progress for NoProgress {
     fn start(&self, _: &str, _: Option<u64>) {}
@@ -25,7 +25,7 @@ impl Progress for NoProgress {
 /// One indicatif bar per transfer on stderr (hidden when stderr is not a
 /// terminal, as indicatif does).
 #[derive(Default)]
-pub struct BarReporter {
+pub(crate) struct BarReporter {
     bar: Mutex<Option<ProgressBar>>,
 }
 

@@ -16,7 +16,7 @@ use crate::vm::units::format_bytes;
 /// What `lima-version` records: the Lima release whose layout and defaults
 /// we follow, so limactl reads our instances with the same defaults
 /// (guest home, mount type, SSH port) as we do.
-pub const LIMA_VERSION: &str = "v2.2.0";
+pub(crate) const LIMA_VERSION: &str = "v2.2.0";
 
 /// Linux's `UNIX_PATH_MAX`, less the room OpenSSH needs for the random
 /// suffix of a ControlMaster socket (Lima's own create-time rule).
@@ -28,7 +28,7 @@ const UNIX_PATH_MAX: usize = 108;
 /// Creates `$LIMA_HOME/<name>` from `template` (bases already embedded)
 /// or the built-in config, fetching the image and making the disk. The
 /// caller holds the instance lock.
-pub fn create(
+pub(super) fn create(
     lima_home: &Path,
     name: &str,
     template: Option<&str>,
@@ -76,7 +76,7 @@ pub fn create(
 
 /// Fetches the image (when the instance has no disk yet), turns it into
 /// the disk and grows it to `disk:`; run at every start as Lima does.
-pub fn prepare_disk(
+pub(super) fn prepare_disk(
     dir: &Path,
     cfg: &config::LimaYaml,
     progress: &dyn Progress,

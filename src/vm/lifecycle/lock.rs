@@ -7,14 +7,14 @@ use std::path::Path;
 
 use super::LifecycleError;
 
-pub struct InstanceLock {
+pub(crate) struct InstanceLock {
     _file: File,
 }
 
 impl InstanceLock {
     /// Blocks until no other llima-box process holds the instance's lock.
     /// The lock is released when the value is dropped or the process dies.
-    pub fn acquire(lima_home: &Path, name: &str) -> Result<Self, LifecycleError> {
+    pub(crate) fn acquire(lima_home: &Path, name: &str) -> Result<Self, LifecycleError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |source| LifecycleError::Io { what, path, source }

@@ -7,10 +7,11 @@ mod lock;
 mod start;
 mod stop;
 
-pub use create::LIMA_VERSION;
-pub use lock::InstanceLock;
-pub use start::{StartUi, Started, log_tail, serial_tail, start};
-pub use stop::{STOP_TIMEOUT, delete, force_stop, stop};
+pub(crate) use create::LIMA_VERSION;
+pub(crate) use lock::InstanceLock;
+pub(crate) use start::{StartUi, Started, serial_tail, start};
+pub use start::log_tail;
+pub(crate) use stop::{STOP_TIMEOUT, delete, force_stop, stop};
 
 use std::path::PathBuf;
 
@@ -18,7 +19,7 @@ use crate::vm::layout;
 use crate::vm::store::{PidFileError, Status, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
+pub(crate) enum LifecycleError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

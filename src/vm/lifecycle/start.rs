@@ -17,13 +17,13 @@ use crate::vm::layout;
 use crate::vm::store::{self, Instance, Status};
 
 /// What `start` reports as it goes.
-pub trait StartUi {
+pub(crate) trait StartUi {
     fn stage(&mut self, stage: &str);
     fn download(&self) -> &dyn Progress;
 }
 
 #[derive(Debug)]
-pub struct Started {
+pub(crate) struct Started {
     pub dir: PathBuf,
     pub ssh_local_port: u16,
     pub created: bool,
@@ -32,7 +32,7 @@ pub struct Started {
 
 /// Boots `name`, creating it first from `template` (a lima.yaml with its
 /// bases embedded) or the built-in config when it does not exist.
-pub fn start(
+pub(crate) fn start(
     lima_home: &Path,
     name: &str,
     template: Option<&str>,
@@ -205,7 +205,7 @@ fn failure(dir: &Path, errors: Vec<String>) -> LifecycleError {
 }
 
 /// The last `n` lines of the guest's serial console, for error messages.
-pub fn serial_tail(dir: &Path, n: usize) -> String {
+pub(crate) fn serial_tail(dir: &Path, n: usize) -> String {
     log_tail(&dir.join(layout::SERIAL_LOG), n)
 }
 

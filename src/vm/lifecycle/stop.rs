@@ -12,11 +12,11 @@ use crate::vm::store::{self, Instance, Status};
 
 /// How long a graceful stop may take: the agent gives the guest a grace
 /// period for ACPI shutdown and then kills QEMU itself.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(190);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(190);
 
 /// Asks the host agent to shut the guest down and waits until the
 /// instance is Stopped.
-pub fn stop(lima_home: &Path, name: &str, timeout: Duration) -> Result<(), LifecycleError> {
+pub(crate) fn stop(lima_home: &Path, name: &str, timeout: Duration) -> Result<(), LifecycleError> {
     let inst = inspect(lima_home, name)?;
     let Some(agent) = inst
         .host_agent_pid
@@ -48,7 +48,7 @@ pub fn stop(lima_home: &Path, name: &str, timeout: Duration) -> Result<(), Lifec
 /// Kills QEMU and the host agent without a shutdown and removes every
 /// pid, socket and temporary file, as `limactl stop -f` does. Logs, disks
 /// and `ssh.config` stay.
-pub fn force_stop(inst: &Instance) -> Result<(), LifecycleError> {
+pub(crate) fn force_stop(inst: &Instance) -> Result<(), LifecycleError> {
     for pid in [inst.driver_pid, inst.host_agent_pid].into_iter().flatten() {
         signal(pid, Signal::KILL);
         wait_gone(pid, Duration::from_secs(5));
@@ -58,7 +58,7 @@ pub fn force_stop(inst: &Instance) -> Result<(), LifecycleError> {
 
 /// Removes an instance directory: refused for a protected instance, and
 /// without `force` unless it is Stopped.
-pub fn delete(lima_home: &Path, name: &str, force: bool) -> Result<(), LifecycleError> {
+pub(crate) fn delete(lima_home: &Path, name: &str, force: bool) -> Result<(), LifecycleError> {
     let inst = inspect(lima_home, name)?;
     if inst.protected {
         return Err(LifecycleError::Protected {

@@ -8,7 +8,7 @@ use crate::vm::layout;
 
 /// One host directory shared with the guest over 9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountSpec {
+pub(crate) struct MountSpec {
     pub tag: String,
     pub host_path: PathBuf,
     pub readonly: bool,
@@ -16,7 +16,7 @@ pub struct MountSpec {
 
 /// Everything the command line depends on. Paths must be absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuSpec {
+pub(crate) struct QemuSpec {
     /// The instance name; QEMU gets `-name lima-<name>`.
     pub name: String,
     /// Guest arch in Lima's names (x86_64, aarch64, …).
@@ -48,7 +48,7 @@ pub struct QemuSpec {
 impl QemuSpec {
     /// Fills `iso`, `cidata_iso`, `kernel`, `initrd` and `kernel_cmdline`
     /// from the files present in the instance dir, as Lima decides at start.
-    pub fn with_instance_files(mut self) -> std::io::Result<Self> {
+    pub(crate) fn with_instance_files(mut self) -> std::io::Result<Self> {
         let d = &self.instance_dir;
         let existing = |n: &str| Some(d.join(n)).filter(|p| p.exists());
         self.iso = existing(layout::ISO);
@@ -92,7 +92,7 @@ impl Args {
 
 /// The arguments after the program name. `extra_args` (from
 /// `QEMU_SYSTEM_<ARCH>`) come first.
-pub fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
+pub(crate) fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
     let d = &spec.instance_dir;
     let file = |n: &str| esc(&d.join(n));
     let mut a = Args(extra_args.to_vec());

@@ -60,7 +60,7 @@ fn candidates(arch: &str, instance_dir: &Path, qemu: &Path, home: &Path) -> Vec<
 
 /// The first firmware file that exists for `arch`. `qemu` is the resolved
 /// path of the QEMU binary (its install prefix is searched).
-pub fn find_firmware(
+pub(crate) fn find_firmware(
     arch: &str,
     instance_dir: &Path,
     qemu: &Path,

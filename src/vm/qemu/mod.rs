@@ -4,7 +4,7 @@
 
 mod cmdline;
 mod firmware;
-pub mod stuck;
+pub(crate) mod stuck;
 
 use crate::vm::layout;
 use std::fs::OpenOptions;
@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub use cmdline::{MountSpec, QemuSpec, cmdline};
-pub use firmware::find_firmware;
+pub(crate) use cmdline::{MountSpec, QemuSpec, cmdline};
+pub(crate) use firmware::find_firmware;
 
 use crate::vm::host::Host;
 use crate::vm::qmp::{Qmp, QmpError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum QemuError {
+pub(crate) enum QemuError {
     #[error(
         "unsupported guest architecture {0:?} (QEMU supports x86_64, aarch64, armv7l, ppc64le, riscv64, s390x)"
     )]
@@ -63,7 +63,7 @@ pub enum QemuError {
 }
 
 /// QEMU's name for a Lima arch (the suffix of `qemu-system-*`).
-pub fn qemu_arch(arch: &str) -> Result<&'static str, QemuError> {
+pub(crate) fn qemu_arch(arch: &str) -> Result<&'static str, QemuError> {
     Ok(match arch {
         "x86_64" => "x86_64",
         "aarch64" => "aarch64",
@@ -78,14 +78,14 @@ pub fn qemu_arch(arch: &str) -> Result<&'static str, QemuError> {
 /// The QEMU program, plus extra leading arguments from the
 /// `QEMU_SYSTEM_<ARCH>` override (a debugging aid, as in Lima).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuExe {
+pub(crate) struct QemuExe {
     pub path: PathBuf,
     pub extra_args: Vec<String>,
 }
 
 /// Finds `qemu-system-<qarch>`: `$QEMU_SYSTEM_<QARCH>` (shell words: the
 /// program then its extra arguments) if set, else a search of `path_var`.
-pub fn find_exe(
+pub(crate) fn find_exe(
     arch: &str,
     override_var: Option<&str>,
     path_var: Option<&std::ffi::OsStr>,
@@ -126,7 +126,7 @@ pub fn find_exe(
 }
 
 /// [`find_exe`] with the process environment.
-pub fn find_exe_from_env(arch: &str) -> Result<QemuExe, QemuError> {
+pub(crate) fn find_exe_from_env(arch: &str) -> Result<QemuExe, QemuError> {
     let var = format!("QEMU_SYSTEM_{}", qemu_arch(arch)?.to_ascii_uppercase());
     let value = std::env::var(&var).ok();
     find_exe(arch, value.as_deref(), std::env::var_os("PATH").as_deref())
@@ -149,14 +149,14 @@ fn is_executable(p: &Path) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
+pub(crate) enum Accel {
     Kvm,
     Hvf,
     Tcg,
 }
 
 impl Accel {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Hvf => "hvf",
@@ -167,7 +167,7 @@ impl Accel {
 
 /// What the accelerator choice depends on, gathered by [`host_facts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostFacts<'a> {
+pub(crate) struct HostFacts<'a> {
     pub os: &'a str,
     pub arch: &'a str,
     /// Linux: `/dev/kvm` opens read-write for this user.
@@ -179,7 +179,7 @@ pub struct HostFacts<'a> {
 /// Lima's rule: hardware acceleration only for the native arch (KVM on
 /// Linux, HVF on macOS), TCG otherwise. `LLIMA_BOX_ACCEL` (passed as
 /// `forced`) wins, so a host whose KVM hangs guests can be forced to TCG.
-pub fn choose_accel(
+pub(crate) fn choose_accel(
     guest_arch: &str,
     host: &HostFacts,
     forced: Option<&str>,
@@ -203,7 +203,7 @@ pub fn choose_accel(
 }
 
 /// Looks at this machine for [`choose_accel`].
-pub fn host_facts() -> HostFacts<'static> {
+pub(crate) fn host_facts() -> HostFacts<'static> {
     HostFacts {
         os: std::env::consts::OS,
         arch: crate::vm::host::host_arch(),
@@ -223,14 +223,14 @@ pub fn host_facts() -> HostFacts<'static> {
 }
 
 /// [`choose_accel`] for this machine and `$LLIMA_BOX_ACCEL`.
-pub fn detect_accel(guest_arch: &str) -> Result<Accel, QemuError> {
+pub(crate) fn detect_accel(guest_arch: &str) -> Result<Accel, QemuError> {
     let forced = std::env::var("LLIMA_BOX_ACCEL").ok();
     choose_accel(guest_arch, &host_facts(), forced.as_deref())
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0 and
 /// close, as Lima does; another process may take it before QEMU does).
-pub fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
@@ -239,7 +239,7 @@ pub fn free_port() -> io::Result<u16> {
 /// Removes what a previous run left and QEMU would trip over (sockets it
 /// must bind, logs that would mislead the stuck detector, a stale pid
 /// file), and creates the 9p mount sources as Lima does.
-pub fn prepare_start(spec: &QemuSpec) -> Result<(), QemuError> {
+pub(crate) fn prepare_start(spec: &QemuSpec) -> Result<(), QemuError> {
     for name in [
         layout::QMP_SOCK,
         layout::SERIAL_SOCK,
@@ -269,7 +269,7 @@ pub fn prepare_start(spec: &QemuSpec) -> Result<(), QemuError> {
 
 /// Starts QEMU in its own process group (so a Ctrl-C aimed at the CLI does
 /// not reach it) with stdout and stderr appended to `log`.
-pub fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child, QemuError> {
+pub(crate) fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child, QemuError> {
     let io_err = |source| QemuError::Io {
         path: log.to_path_buf(),
         source,
@@ -298,7 +298,7 @@ pub fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child, QemuEr
 /// [`connect_qmp`]). Fails early,
 /// with the end of `log`, when QEMU exits first (a bad option, a missing
 /// file, an accelerator it cannot open).
-pub fn wait_for_pidfile(
+pub(crate) fn wait_for_pidfile(
     host: &dyn Host,
     child: &mut Child,
     path: &Path,
@@ -328,7 +328,7 @@ pub fn wait_for_pidfile(
 
 /// Connects to `$D/qmp.sock`, retrying while QEMU is still creating it
 /// (the pid file comes first), and failing early if QEMU exits.
-pub fn connect_qmp(
+pub(crate) fn connect_qmp(
     host: &dyn Host,
     child: &mut Child,
     instance_dir: &Path,
@@ -361,7 +361,7 @@ fn exited(status: std::process::ExitStatus, log: &Path) -> QemuError {
 }
 
 /// A started QEMU whose QMP socket answers.
-pub struct Running {
+pub(crate) struct Running {
     pub child: Child,
     pub pid: u32,
     pub qmp: Qmp,
@@ -376,7 +376,7 @@ const PID_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Cleans up after a previous run, starts QEMU for `spec` (stdout and
 /// stderr to `log`), waits for its pid file and connects QMP.
-pub fn launch(
+pub(crate) fn launch(
     host: &dyn Host,
     exe: &QemuExe,
     spec: &QemuSpec,
@@ -415,7 +415,7 @@ pub fn launch(
 /// [`stuck::KVM_WINDOW`]) for a guest that runs. When the accelerator turns
 /// out not to run guests (see [`stuck`]), or QEMU cannot start with it,
 /// QEMU is killed and started again with TCG; `fell_back` says why.
-pub fn launch_with_fallback(
+pub(crate) fn launch_with_fallback(
     host: &dyn Host,
     exe: &QemuExe,
     spec: &QemuSpec,

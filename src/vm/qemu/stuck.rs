@@ -35,11 +35,11 @@ use crate::vm::layout;
 use crate::vm::qmp::Qmp;
 
 /// How long kvm/hvf may stay silent before the accelerator is given up.
-pub const KVM_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const KVM_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the watcher sees at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// Size of `$D/serial.log`.
     pub serial_bytes: u64,
     /// QMP `query-status`, when QMP answered.
@@ -49,7 +49,7 @@ pub struct Observation {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The guest is running code.
     Progress,
     /// Nothing decided yet.
@@ -61,7 +61,7 @@ pub enum Verdict {
 }
 
 /// The pure decision for one observation `elapsed` after the start.
-pub fn judge(accel: Accel, elapsed: Duration, o: &Observation, window: Duration) -> Verdict {
+pub(crate) fn judge(accel: Accel, elapsed: Duration, o: &Observation, window: Duration) -> Verdict {
     let hw = accel != Accel::Tcg;
     let name = accel.as_str();
     if o.serial_bytes > 0 && !o.exited {
@@ -95,7 +95,7 @@ pub fn judge(accel: Accel, elapsed: Duration, o: &Observation, window: Duration)
 
 /// Polls `observe` every `poll` until [`judge`] decides, or `window` has
 /// passed (then, under TCG, the answer is `Waiting`).
-pub fn watch(
+pub(crate) fn watch(
     host: &dyn Host,
     accel: Accel,
     window: Duration,
@@ -115,7 +115,7 @@ pub fn watch(
 
 /// One real observation of an instance whose QEMU is `child`. `qmp` is
 /// used for `query-status` when given (a failed query counts as unknown).
-pub fn observe(instance_dir: &Path, child: &mut Child, qmp: Option<&mut Qmp>) -> Observation {
+pub(crate) fn observe(instance_dir: &Path, child: &mut Child, qmp: Option<&mut Qmp>) -> Observation {
     Observation {
         serial_bytes: std::fs::metadata(instance_dir.join(layout::SERIAL_LOG))
             .map(|m| m.len())

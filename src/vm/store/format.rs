@@ -11,7 +11,7 @@ use crate::vm::units::format_bytes;
 
 /// The deprecated host-wide fields limactl still adds to every entry.
 #[derive(Debug, Clone)]
-pub struct Globals {
+pub(crate) struct Globals {
     pub host_os: String,
     pub host_arch: String,
     pub lima_home: PathBuf,
@@ -19,7 +19,7 @@ pub struct Globals {
 }
 
 impl Globals {
-    pub fn new(lima_home: &Path) -> Self {
+    pub(crate) fn new(lima_home: &Path) -> Self {
         Globals {
             host_os: host_os().to_string(),
             host_arch: host_arch().to_string(),
@@ -32,7 +32,7 @@ impl Globals {
 /// One `limactl list --json` object. Zero numbers, empty strings and
 /// lists are omitted where Go's `omitempty` omits them; then every empty
 /// object is removed, repeatedly, as limactl's yq pass does.
-pub fn list_json(inst: &Instance, g: &Globals) -> Value {
+pub(crate) fn list_json(inst: &Instance, g: &Globals) -> Value {
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
         m.insert(k.to_string(), v);
@@ -132,7 +132,7 @@ fn prune_empty_objects(v: &mut Value) {
 /// The `limactl list` table. `home` is replaced by `~` in DIR. `width` is
 /// the terminal's, when stdout is one: narrow terminals lose the VMTYPE,
 /// ARCH and DIR columns by limactl's rules; `None` never hides any.
-pub fn table(instances: &[Instance], home: Option<&Path>, width: Option<usize>) -> String {
+pub(crate) fn table(instances: &[Instance], home: Option<&Path>, width: Option<usize>) -> String {
     const COL: usize = 8;
     let width = width.filter(|w| *w > 0);
     let narrower = |cols: usize| width.is_some_and(|w| cols * COL > w);

@@ -258,7 +258,7 @@ pub fn inspect(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
 
 /// What `limactl list` shows: like [`inspect`], except that a directory
 /// without `lima.yaml` becomes a Broken entry carrying that error.
-pub fn inspect_for_list(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
+pub(crate) fn inspect_for_list(lima_home: &Path, name: &str) -> Result<Instance, StoreError> {
     match inspect(lima_home, name) {
         Err(e @ StoreError::NotFound { .. }) if lima_home.join(name).is_dir() => {
             let mut inst = Instance::new(name, lima_home.join(name));

@@ -9,12 +9,14 @@ mod pidfile;
 mod unix_http;
 
 pub use crate::vm::host::{host_arch, host_os};
-pub use format::{Globals, list_json, table};
-pub use instance::{DiskLayout, Instance, Status, inspect, inspect_for_list};
-pub use pidfile::{PidFileError, read_pid_file, write_pid_file};
-pub use unix_http::{
-    HOSTAGENT_HOST, HOSTAGENT_TIMEOUT, Info, Response, UnixHttpError, get, get_json, hostagent_info,
+pub(crate) use format::{Globals, list_json, table};
+pub(crate) use instance::{Instance, inspect_for_list};
+pub use instance::{DiskLayout, Status, inspect};
+pub(crate) use pidfile::{PidFileError, read_pid_file, write_pid_file};
+pub(crate) use unix_http::{
+    HOSTAGENT_HOST, HOSTAGENT_TIMEOUT, Response, UnixHttpError, get, get_json,
 };
+pub use unix_http::{Info, hostagent_info};
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,7 @@ use crate::vm::config::ConfigError;
 use crate::vm::layout;
 
 /// Longest instance name Lima accepts.
-pub const MAX_NAME_LEN: usize = 76;
+pub(crate) const MAX_NAME_LEN: usize = 76;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,7 +48,7 @@ pub enum StoreError {
 /// Instance directory names under `lima_home`, sorted. Like Lima, names
 /// starting with `.` or `_` and anything that is not a real directory (a
 /// symlink to one included) are skipped; a missing `lima_home` is empty.
-pub fn instance_names(lima_home: &Path) -> Result<Vec<String>, StoreError> {
+pub(crate) fn instance_names(lima_home: &Path) -> Result<Vec<String>, StoreError> {
     let read_err = |source| StoreError::ReadHome {
         dir: lima_home.to_path_buf(),
         source,
@@ -76,7 +78,7 @@ pub fn instance_names(lima_home: &Path) -> Result<Vec<String>, StoreError> {
 
 /// Lima's rule: `^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`, at most 76
 /// characters, not ending in `.yml`/`.yaml`.
-pub fn validate_name(name: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), StoreError> {
     let invalid = |reason: &str| {
         Err(StoreError::InvalidName {
             name: name.to_string(),
@@ -111,13 +113,13 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 
 /// `$LIMA_HOME/<name>` once the name is known to be valid, as Lima's
 /// `InstanceDir`; whether the instance exists is not checked.
-pub fn instance_dir(lima_home: &Path, name: &str) -> Result<PathBuf, StoreError> {
+pub(crate) fn instance_dir(lima_home: &Path, name: &str) -> Result<PathBuf, StoreError> {
     validate_name(name)?;
     Ok(lima_home.join(name))
 }
 
 /// The guest hostname Lima derives from an instance name.
-pub fn hostname(name: &str) -> String {
+pub(crate) fn hostname(name: &str) -> String {
     format!("lima-{}", name.replace(['.', '_'], "-"))
 }
 

@@ -9,7 +9,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, test_kill_process};
 
 #[derive(Debug, thiserror::Error)]
-pub enum PidFileError {
+pub(crate) enum PidFileError {
     #[error("cannot read pid file {}", path.display())]
     Read {
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum PidFileError {
 /// The live pid recorded in `path`, or `None` when the file is missing or
 /// its process has exited. A stale file is deleted, as Lima's list and
 /// inspect do, so that a later start is not refused.
-pub fn read_pid_file(path: &Path) -> Result<Option<u32>, PidFileError> {
+pub(crate) fn read_pid_file(path: &Path) -> Result<Option<u32>, PidFileError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -78,7 +78,7 @@ pub fn read_pid_file(path: &Path) -> Result<Option<u32>, PidFileError> {
 
 /// Records `pid` in `path` (mode 0644) unless a live process already owns
 /// the file. Creation is exclusive so two racing writers cannot both win.
-pub fn write_pid_file(path: &Path, pid: u32) -> Result<(), PidFileError> {
+pub(crate) fn write_pid_file(path: &Path, pid: u32) -> Result<(), PidFileError> {
     if let Some(existing) = read_pid_file(path)? {
         return Err(PidFileError::StillRunning {
             path: path.to_path_buf(),

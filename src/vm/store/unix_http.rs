@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 /// The host name Lima's client puts in `Host:`.
-pub const HOSTAGENT_HOST: &str = "lima-hostagent";
+pub(crate) const HOSTAGENT_HOST: &str = "lima-hostagent";
 /// Lima's Inspect gives the host agent this long to answer.
-pub const HOSTAGENT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const HOSTAGENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The body of `GET /v1/info`, as Lima's host agent sends it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ pub enum UnixHttpError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub body: Vec<u8>,
 }
@@ -76,7 +76,7 @@ pub fn hostagent_info(sock: &Path) -> Result<Info, UnixHttpError> {
 
 /// `GET path` expecting a 2xx JSON body. Error bodies in Lima's
 /// `{"message": …}` shape are surfaced in the error.
-pub fn get_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
     sock: &Path,
     host: &str,
     path: &str,
@@ -106,7 +106,7 @@ pub fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 /// One `GET` on a fresh connection, all of it within `timeout`.
-pub fn get(
+pub(crate) fn get(
     sock: &Path,
     host: &str,
     path: &str,

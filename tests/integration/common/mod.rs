@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use llima_box::vm::layout;
+use llima_box::testing::vm::layout;
 
 /// The unprivileged account product commands run as.
 pub const TEST_USER: &str = "llbtest";
@@ -263,7 +263,7 @@ pub fn kill_instances(lima_home: &Path) {
             ] {
                 let path = dir.path().join(log);
                 if path.is_file() {
-                    let tail = llima_box::vm::lifecycle::log_tail(&path, lines);
+                    let tail = llima_box::testing::vm::lifecycle::log_tail(&path, lines);
                     eprintln!("---- last {lines} lines of {}\n{tail}", path.display());
                 }
             }
