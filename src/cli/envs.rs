@@ -100,7 +100,12 @@ impl Guest {
 
 const STOPPED: &str = "the VM is stopped; start it with `llima-box vm start` to list environments";
 
-pub(super) fn list(lima_home: &Path, instance: &str, args: &JsonArg, out: &Output) -> Result<ExitCode> {
+pub(super) fn list(
+    lima_home: &Path,
+    instance: &str,
+    args: &JsonArg,
+    out: &Output,
+) -> Result<ExitCode> {
     block_on(async {
         // Environments live only in the guest; nothing is recorded on the
         // host, so a stopped VM has nothing to show (and is never booted

@@ -18,7 +18,12 @@ use crate::vm::access::{self, AccessError};
 use crate::vm::config;
 use crate::vm::layout;
 
-pub(super) fn run(lima_home: &Path, instance: &str, args: &ShellArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(
+    lima_home: &Path,
+    instance: &str,
+    args: &ShellArgs,
+    out: &Output,
+) -> Result<ExitCode> {
     let path = logical_path(args.path.as_deref())?;
     let project = env::canonical_project(&path)?;
     if !args.force {

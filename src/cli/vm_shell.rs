@@ -16,7 +16,12 @@ use crate::vm::access;
 /// of the remote command.
 const SSH_FAILURE: u8 = 255;
 
-pub(super) fn run(lima_home: &Path, instance: &str, args: &VmShellArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(
+    lima_home: &Path,
+    instance: &str,
+    args: &VmShellArgs,
+    out: &Output,
+) -> Result<ExitCode> {
     let (opts, _) = access::connect_options(
         lima_home,
         instance,

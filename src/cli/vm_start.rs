@@ -78,7 +78,12 @@ pub(super) fn start(
     Ok(started)
 }
 
-pub(super) fn run(lima_home: &Path, instance: &str, args: &StartArgs, out: &Output) -> Result<ExitCode> {
+pub(super) fn run(
+    lima_home: &Path,
+    instance: &str,
+    args: &StartArgs,
+    out: &Output,
+) -> Result<ExitCode> {
     start(lima_home, instance, args.template.as_deref(), out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,12 @@ use super::args::ForceArg;
 use crate::vm::lifecycle::{self, InstanceLock};
 use crate::vm::store;
 
-pub(super) fn stop(lima_home: &Path, instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
+pub(super) fn stop(
+    lima_home: &Path,
+    instance: &str,
+    args: &ForceArg,
+    out: &Output,
+) -> Result<ExitCode> {
     let _lock = InstanceLock::acquire(lima_home, instance)?;
     if args.force {
         let inst = match store::inspect(lima_home, instance) {
@@ -29,7 +34,12 @@ pub(super) fn stop(lima_home: &Path, instance: &str, args: &ForceArg, out: &Outp
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn delete(lima_home: &Path, instance: &str, args: &ForceArg, out: &Output) -> Result<ExitCode> {
+pub(super) fn delete(
+    lima_home: &Path,
+    instance: &str,
+    args: &ForceArg,
+    out: &Output,
+) -> Result<ExitCode> {
     let _lock = InstanceLock::acquire(lima_home, instance)?;
     lifecycle::delete(lima_home, instance, args.force)?;
     out.info(&format!("{instance}: deleted"));

@@ -10,7 +10,7 @@ mod receive;
 pub(crate) mod runtime;
 pub(crate) mod selection;
 
-pub use llima_box_proto::message::EnvInfo;
+pub(crate) use llima_box_proto::message::EnvInfo;
 pub(crate) use naming::{canonical_project, env_name, validate_name};
 pub(crate) use runtime::ExecRequest;
 

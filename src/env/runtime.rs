@@ -12,11 +12,6 @@ pub(crate) const RUNTIME: &str = include_str!("../../assets/guest/env-runtime");
 /// Where [`install_argv`] puts it in the guest.
 pub(crate) const RUNTIME_PATH: &str = "/usr/local/libexec/llima-box/env-runtime";
 
-/// The runtime's own failure (before the command ran); `exec` otherwise
-/// exits with the command's status.
-pub(crate) const EXIT_RUNTIME: u32 = 125;
-/// Bad usage (a bug on our side, or a name or path the runtime refuses).
-pub(crate) const EXIT_USAGE: u32 = 2;
 /// The environment name is taken by another project (a hash collision).
 pub(crate) const EXIT_OTHER_PROJECT: u32 = 3;
 
@@ -57,23 +52,6 @@ pub(crate) fn install_argv() -> Vec<String> {
     argv
 }
 
-/// Prints the installed runtime's version (see [`runtime_version`]).
-pub(crate) fn version_argv() -> Vec<String> {
-    runtime(&["version"])
-}
-
-/// Creates the environment (user, records, namespace holder) or makes sure
-/// its holder runs. Idempotent; safe to run concurrently.
-pub(crate) fn ensure_argv(name: &str, project: &str, host_uid: u32, host_gid: u32) -> Vec<String> {
-    runtime(&[
-        "ensure",
-        name,
-        project,
-        &host_uid.to_string(),
-        &host_gid.to_string(),
-    ])
-}
-
 /// One command (or a login shell) in an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExecRequest {
@@ -90,7 +68,7 @@ pub(crate) struct ExecRequest {
 }
 
 /// The argv for [`ExecRequest`]; its exit status is the command's, except
-/// [`EXIT_RUNTIME`] when the runtime failed before running it.
+/// 125 when the runtime failed before running it.
 pub(crate) fn exec_argv(req: &ExecRequest) -> Vec<String> {
     let mut argv = sudo();
     if req.agent {
@@ -175,13 +153,6 @@ pub(crate) fn check_status(
 fn sudo() -> Vec<String> {
     // -n: fail rather than wait for a password nobody can type.
     vec!["sudo".into(), "-n".into()]
-}
-
-fn runtime(args: &[&str]) -> Vec<String> {
-    let mut argv = sudo();
-    argv.push(RUNTIME_PATH.into());
-    argv.extend(args.iter().map(|a| a.to_string()));
-    argv
 }
 
 #[cfg(test)]
@@ -270,25 +241,6 @@ mod tests {
         // Without what to create it from, there is nothing to claim.
         req.ensure = None;
         assert!(spawn_target(&req).alternate.is_none());
-    }
-
-    #[test]
-    fn argv_keeps_every_word_separate() {
-        let project = "/Users/me/it's $(touch /tmp/pwned) dir";
-        assert_eq!(
-            ensure_argv("dir-0123abcd", project, 501, 20),
-            [
-                "sudo",
-                "-n",
-                RUNTIME_PATH,
-                "ensure",
-                "dir-0123abcd",
-                project,
-                "501",
-                "20"
-            ]
-        );
-        assert_eq!(version_argv(), ["sudo", "-n", RUNTIME_PATH, "version"]);
     }
 
     #[test]
@@ -530,7 +482,7 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
         .unwrap_err();
         assert!(matches!(e, Error::OtherProject { .. }));
         assert!(e.to_string().contains("belongs to /x"));
-        let e = check_status("delete the environment", "a", EXIT_RUNTIME, "boom").unwrap_err();
+        let e = check_status("delete the environment", "a", 125, "boom").unwrap_err();
         assert_eq!(
             e.to_string(),
             "the environment runtime failed to delete the environment (exit status 125): boom"

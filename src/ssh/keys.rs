@@ -10,7 +10,7 @@ use std::sync::Arc;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
 
-pub use russh::keys::PublicKey;
+pub(crate) use russh::keys::PublicKey;
 
 use super::Error;
 

@@ -18,8 +18,10 @@ mod terminal;
 
 pub use connect::{ConnectOptions, HostKeyPolicy, Session};
 pub use error::Error;
-pub use exec::{Captured, RemoteExit};
-pub use keys::{KeyPair, PublicKey};
+pub(crate) use exec::Captured;
+pub use exec::RemoteExit;
+pub use keys::KeyPair;
+pub(crate) use keys::PublicKey;
 pub(crate) use quote::quote_argv;
 pub(crate) use spawn::Spawn;
 pub(crate) use terminal::stdin_is_tty;

@@ -81,7 +81,9 @@ pub(crate) mod fake {
     }
 
     impl FakeHost {
-        pub fn new(respond: impl Fn(&str, &[String]) -> io::Result<Output> + 'static) -> Self {
+        pub(crate) fn new(
+            respond: impl Fn(&str, &[String]) -> io::Result<Output> + 'static,
+        ) -> Self {
             FakeHost {
                 calls: RefCell::new(Vec::new()),
                 respond: Box::new(respond),
@@ -90,7 +92,7 @@ pub(crate) mod fake {
             }
         }
 
-        pub fn calls(&self) -> Vec<String> {
+        pub(crate) fn calls(&self) -> Vec<String> {
             self.calls.borrow().clone()
         }
     }

@@ -64,7 +64,11 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub(crate) fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+    pub(crate) fn execute(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<Value, QmpError> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "execute": command, "id": id });
@@ -99,11 +103,6 @@ impl Qmp {
     /// The ACPI power button: the guest shuts down cleanly if it listens.
     pub(crate) fn system_powerdown(&mut self) -> Result<(), QmpError> {
         self.execute("system_powerdown", None).map(drop)
-    }
-
-    /// Makes QEMU exit at once, without asking the guest.
-    pub(crate) fn quit(&mut self) -> Result<(), QmpError> {
-        self.execute("quit", None).map(drop)
     }
 
     /// The run state, e.g. "running", "paused", "prelaunch", "shutdown".

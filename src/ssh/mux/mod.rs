@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::exec::Setup;
 
 pub(crate) use client::{Outcome, run_via_mux};
-pub use server::{Listener, bind, serve};
+pub use server::{bind, serve};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

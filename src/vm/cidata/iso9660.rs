@@ -59,7 +59,12 @@ impl IsoTree {
 
     /// Adds (or replaces) a file; missing parent directories are created 0755.
     /// `path` is relative, `/`-separated; `mode` holds the permission bits.
-    pub(crate) fn add_file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<(), IsoError> {
+    pub(crate) fn add_file(
+        &mut self,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), IsoError> {
         if data.len() > u32::MAX as usize {
             return Err(IsoError::TooLarge { path: path.into() });
         }
@@ -75,22 +80,6 @@ impl IsoTree {
             },
         );
         Ok(())
-    }
-
-    /// Adds a directory (or sets the mode of an existing one).
-    pub(crate) fn add_dir(&mut self, path: &str, mode: u32) -> Result<(), IsoError> {
-        let (parent, name) = self.parent_of(path)?;
-        match parent
-            .entries
-            .entry(name.to_string())
-            .or_insert_with(|| Node::Dir(Dir::default()))
-        {
-            Node::Dir(d) => {
-                d.mode = mode & 0o7777;
-                Ok(())
-            }
-            Node::File { .. } => Err(IsoError::Conflict { path: path.into() }),
-        }
     }
 
     /// Walks to the parent directory of `path`, creating directories on the way.
@@ -691,13 +680,9 @@ mod tests {
         }
     }
 
-    fn build(files: &[(&str, &[u8], u32)], dirs: &[(&str, u32)]) -> (IsoTree, Expect) {
+    fn build(files: &[(&str, &[u8], u32)]) -> (IsoTree, Expect) {
         let mut tree = IsoTree::new();
         let mut expect = Expect::new();
-        for (path, mode) in dirs {
-            tree.add_dir(path, *mode).unwrap();
-            expect.insert(path.to_string(), (*mode, None));
-        }
         for (path, data, mode) in files {
             tree.add_file(path, data.to_vec(), *mode).unwrap();
             let mut parent = Path::new(path).parent();
@@ -715,23 +700,20 @@ mod tests {
     #[test]
     fn round_trips_names_contents_and_modes_through_xorriso() {
         let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        let (tree, expect) = build(
-            &[
-                ("user-data", b"#cloud-config\n", 0o644),
-                ("meta-data", b"instance-id: iid-1\n", 0o600),
-                (
-                    "boot.essential.Linux/00-alpine-user-group.sh",
-                    b"#!/bin/sh\n",
-                    0o755,
-                ),
-                ("provision.system/00000000", b"echo hi\n", 0o755),
-                ("empty", b"", 0o644),
-                ("a/b/c/d/big.bin", &big, 0o640),
-                ("exactly-one-sector", &[7u8; 2048], 0o644),
-                ("UPPER.lower.Mixed.tar.gz", b"x", 0o644),
-            ],
-            &[("emptydir", 0o700), ("a/b", 0o750)],
-        );
+        let (tree, expect) = build(&[
+            ("user-data", b"#cloud-config\n", 0o644),
+            ("meta-data", b"instance-id: iid-1\n", 0o600),
+            (
+                "boot.essential.Linux/00-alpine-user-group.sh",
+                b"#!/bin/sh\n",
+                0o755,
+            ),
+            ("provision.system/00000000", b"echo hi\n", 0o755),
+            ("empty", b"", 0o644),
+            ("a/b/c/d/big.bin", &big, 0o640),
+            ("exactly-one-sector", &[7u8; 2048], 0o644),
+            ("UPPER.lower.Mixed.tar.gz", b"x", 0o644),
+        ]);
         let iso = tree.write("cidata", 1_700_000_000);
         assert_eq!(iso.len() % SECTOR, 0);
         assert_eq!(extract(&iso), expect);
@@ -739,10 +721,7 @@ mod tests {
 
     #[test]
     fn xorriso_lists_rock_ridge_names() {
-        let (tree, _) = build(
-            &[("boot.essential.Linux/00-x.sh", b"#!/bin/sh\n", 0o755)],
-            &[],
-        );
+        let (tree, _) = build(&[("boot.essential.Linux/00-x.sh", b"#!/bin/sh\n", 0o755)]);
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("x.iso");
         std::fs::write(&image, tree.write("cidata", 0)).unwrap();
@@ -768,7 +747,7 @@ mod tests {
             .iter()
             .map(|n| (n.as_str(), n.as_bytes(), 0o644))
             .collect();
-        let (tree, expect) = build(&files, &[]);
+        let (tree, expect) = build(&files);
         let root_size = {
             let dirs = flatten(&tree.root);
             dir_extent_size(&dirs[0], true)
@@ -825,7 +804,7 @@ mod tests {
                 .iter()
                 .map(|(p, d, m)| (p.as_str(), d.as_slice(), *m))
                 .collect();
-            let (tree, expect) = build(&files, &[]);
+            let (tree, expect) = build(&files);
             let iso = tree.write("cidata", round);
             assert_eq!(
                 iso,
@@ -839,7 +818,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn blkid_sees_the_cidata_label() {
-        let (tree, _) = build(&[("user-data", b"x", 0o644)], &[]);
+        let (tree, _) = build(&[("user-data", b"x", 0o644)]);
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("x.iso");
         std::fs::write(&image, tree.write("cidata", 1_700_000_000)).unwrap();
@@ -892,11 +871,7 @@ mod tests {
             t.add_file("f/g", vec![], 0o644),
             Err(IsoError::Conflict { path: "f/g".into() })
         );
-        assert_eq!(
-            t.add_dir("f", 0o755),
-            Err(IsoError::Conflict { path: "f".into() })
-        );
-        t.add_dir("d", 0o755).unwrap();
+        t.add_file("d/x", vec![], 0o644).unwrap();
         assert_eq!(
             t.add_file("d", vec![], 0o644),
             Err(IsoError::Conflict { path: "d".into() })
@@ -906,7 +881,7 @@ mod tests {
     #[test]
     fn longest_allowed_name_fits_in_a_record() {
         let long = "n".repeat(MAX_NAME_LEN);
-        let (tree, expect) = build(&[(&format!("{long}/{long}"), b"x", 0o644)], &[]);
+        let (tree, expect) = build(&[(&format!("{long}/{long}"), b"x", 0o644)]);
         assert_eq!(extract(&tree.write("cidata", 0)), expect);
     }
 }

@@ -25,9 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 pub(crate) use host_key::{HostKey, generate_host_key};
-pub(crate) use network::{
-    SLIRP_DNS, SLIRP_GATEWAY, SLIRP_GUEST_IP, host_machine_id, instance_mac_address, mac_address,
-};
+pub(crate) use network::{SLIRP_DNS, instance_mac_address};
 
 /// Volume label cloud-init's NoCloud datasource looks for.
 pub(crate) const VOLUME_ID: &str = "cidata";
@@ -360,6 +358,7 @@ fn validate(input: &CidataInput) -> Result<(), CidataError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::network::mac_address;
     use super::*;
     use crate::vm::layout;
     use std::sync::OnceLock;

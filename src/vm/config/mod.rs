@@ -13,12 +13,12 @@ mod model;
 mod template;
 mod validate;
 
-pub(crate) use embed::{TemplateSearch, embed_file, embed_str};
-pub use error::ConfigError;
+pub(crate) use embed::{TemplateSearch, embed_file};
+pub(crate) use error::ConfigError;
 pub(crate) use fill::{FillContext, existing_version, fill_default};
 pub(crate) use host::Host;
-pub use model::*;
-pub(crate) use validate::{ARCHES, validate};
+pub(crate) use model::*;
+pub(crate) use validate::validate;
 
 use crate::vm::layout;
 use std::path::Path;
@@ -36,7 +36,10 @@ pub(crate) fn default_instance_yaml() -> &'static str {
 /// Loads `$D/lima.yaml` the way Lima's Inspect does: parse, merge
 /// `_config/default.yaml` and `_config/override.yaml`, fill defaults for
 /// this host, validate.
-pub(crate) fn load_instance(instance_dir: &Path, lima_home: &Path) -> Result<LimaYaml, ConfigError> {
+pub(crate) fn load_instance(
+    instance_dir: &Path,
+    lima_home: &Path,
+) -> Result<LimaYaml, ConfigError> {
     let path = instance_dir.join(layout::LIMA_YAML);
     let text = read(&path)?;
     let cx = FillContext {
@@ -52,7 +55,11 @@ pub(crate) fn load_instance(instance_dir: &Path, lima_home: &Path) -> Result<Lim
 
 /// Merges `_config/default.yaml` and `_config/override.yaml` of `lima_home`
 /// into `y` and fills the defaults; no validation.
-pub(crate) fn load(mut y: LimaYaml, lima_home: &Path, cx: &FillContext) -> Result<LimaYaml, ConfigError> {
+pub(crate) fn load(
+    mut y: LimaYaml,
+    lima_home: &Path,
+    cx: &FillContext,
+) -> Result<LimaYaml, ConfigError> {
     let config = crate::vm::dirs::config_dir(lima_home);
     let d = read_optional(&config.join("default.yaml"))?;
     let o = read_optional(&config.join("override.yaml"))?;

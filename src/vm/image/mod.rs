@@ -9,7 +9,7 @@ pub(crate) mod progress;
 use crate::vm::layout;
 use std::path::{Path, PathBuf};
 
-pub(crate) use cache::{Downloader, Fetched, default_cache_root};
+pub(crate) use cache::{Downloader, default_cache_root};
 pub(crate) use progress::{BarReporter, NoProgress, Progress};
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,7 @@ fn fetch_entry(
 
 #[cfg(test)]
 mod tests {
+    use super::cache::Fetched;
     use super::compress::tests::{XZ_HELLO, gzip};
     use super::*;
     use std::collections::HashMap;

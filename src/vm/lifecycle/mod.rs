@@ -7,10 +7,9 @@ mod lock;
 mod start;
 mod stop;
 
-pub(crate) use create::LIMA_VERSION;
 pub(crate) use lock::InstanceLock;
-pub(crate) use start::{StartUi, Started, serial_tail, start};
 pub use start::log_tail;
+pub(crate) use start::{StartUi, Started, start};
 pub(crate) use stop::{STOP_TIMEOUT, delete, force_stop, stop};
 
 use std::path::PathBuf;

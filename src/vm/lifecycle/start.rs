@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,7 @@ pub(crate) trait StartUi {
 
 #[derive(Debug)]
 pub(crate) struct Started {
-    pub dir: PathBuf,
     pub ssh_local_port: u16,
-    pub created: bool,
     pub already_running: bool,
 }
 
@@ -57,9 +55,7 @@ pub(crate) fn start(
             ui.stage("already running; waiting until it is ready");
             let port = follow_events(&inst.dir, inst.host_agent_pid, 0, timeout, ui)?;
             return Ok(Started {
-                dir: inst.dir,
                 ssh_local_port: port,
-                created,
                 already_running: true,
             });
         }
@@ -85,9 +81,7 @@ pub(crate) fn start(
     let agent = spawn_agent(&inst)?;
     let port = follow_events(&inst.dir, Some(agent), 0, timeout, ui)?;
     Ok(Started {
-        dir: inst.dir,
         ssh_local_port: port,
-        created,
         already_running: false,
     })
 }

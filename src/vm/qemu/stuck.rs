@@ -115,7 +115,11 @@ pub(crate) fn watch(
 
 /// One real observation of an instance whose QEMU is `child`. `qmp` is
 /// used for `query-status` when given (a failed query counts as unknown).
-pub(crate) fn observe(instance_dir: &Path, child: &mut Child, qmp: Option<&mut Qmp>) -> Observation {
+pub(crate) fn observe(
+    instance_dir: &Path,
+    child: &mut Child,
+    qmp: Option<&mut Qmp>,
+) -> Observation {
     Observation {
         serial_bytes: std::fs::metadata(instance_dir.join(layout::SERIAL_LOG))
             .map(|m| m.len())

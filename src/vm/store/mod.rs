@@ -10,12 +10,9 @@ mod unix_http;
 
 pub use crate::vm::host::{host_arch, host_os};
 pub(crate) use format::{Globals, list_json, table};
-pub(crate) use instance::{Instance, inspect_for_list};
 pub use instance::{DiskLayout, Status, inspect};
-pub(crate) use pidfile::{PidFileError, read_pid_file, write_pid_file};
-pub(crate) use unix_http::{
-    HOSTAGENT_HOST, HOSTAGENT_TIMEOUT, Response, UnixHttpError, get, get_json,
-};
+pub(crate) use instance::{Instance, inspect_for_list};
+pub(crate) use pidfile::{PidFileError, write_pid_file};
 pub use unix_http::{Info, hostagent_info};
 
 use std::path::{Path, PathBuf};

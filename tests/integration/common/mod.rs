@@ -2,8 +2,6 @@
 //! would. Under root (as CI runs) product commands run as a dedicated test
 //! user created on first use; otherwise as the current user.
 
-#![allow(dead_code)]
-
 mod checks;
 mod vm_home;
 
