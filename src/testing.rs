@@ -30,8 +30,8 @@ pub mod vm {
         pub use crate::vm::access::connect_options;
     }
 
-    pub mod host {
-        pub use crate::vm::host::host_arch;
+    pub mod sys {
+        pub use crate::vm::sys::host_arch;
     }
 
     pub mod hostagent {

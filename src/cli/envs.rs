@@ -82,9 +82,9 @@ impl Guest {
 
     /// From the guest agent, installed or upgraded first when needed.
     async fn list(&self) -> Result<Vec<EnvInfo>> {
-        let agent = env::agent::AgentBinary::load()?;
-        env::agent::ensure(&self.session, &agent).await?;
-        env::agent::list(&self.session)
+        let agent = env::guest_agent::AgentBinary::load()?;
+        env::guest_agent::ensure(&self.session, &agent).await?;
+        env::guest_agent::list(&self.session)
             .await
             .context("cannot list the environments")
     }
@@ -92,7 +92,7 @@ impl Guest {
     /// Through the guest agent, which `list` (always called first) has
     /// made current.
     async fn delete(&self, name: &str) -> Result<()> {
-        env::agent::delete(&self.session, name)
+        env::guest_agent::delete(&self.session, name)
             .await
             .with_context(|| format!("cannot delete environment {name}"))
     }

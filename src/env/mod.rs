@@ -4,7 +4,7 @@
 //! that still creates and runs them ([`runtime`]: callers run the argv it
 //! builds over SSH).
 
-pub(crate) mod agent;
+pub(crate) mod guest_agent;
 pub(crate) mod naming;
 mod receive;
 pub(crate) mod runtime;
@@ -51,12 +51,12 @@ pub(crate) enum Error {
     },
     #[error(
         "this llima-box was built where no Linux guest agent can be built; set {} to a static build of crates/guest-agent for the VM's architecture",
-        agent::OVERRIDE_VAR
+        guest_agent::OVERRIDE_VAR
     )]
     AgentNotBuilt,
     #[error(
         "cannot read the guest agent named by {}={path:?}: {source}",
-        agent::OVERRIDE_VAR
+        guest_agent::OVERRIDE_VAR
     )]
     AgentOverride {
         path: std::path::PathBuf,
@@ -64,7 +64,7 @@ pub(crate) enum Error {
     },
     #[error(
         "the guest agent is not a 64-bit Linux executable of a known architecture; check {}",
-        agent::OVERRIDE_VAR
+        guest_agent::OVERRIDE_VAR
     )]
     AgentNotElf,
     #[error(
@@ -73,7 +73,7 @@ pub(crate) enum Error {
     AgentNotStatic,
     #[error(
         "the VM is {guest} but this llima-box carries a guest agent for {agent}; build llima-box on a {guest} machine, or set {} to a static {guest} build of crates/guest-agent (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p llima-box-guest-agent --target {guest}-unknown-linux-gnu)",
-        agent::OVERRIDE_VAR
+        guest_agent::OVERRIDE_VAR
     )]
     AgentArch { guest: String, agent: &'static str },
     #[error("cannot install the guest agent in the VM: {0}")]

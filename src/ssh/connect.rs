@@ -15,7 +15,7 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelOpenFailure};
 
 use super::keys::{KeyPair, PublicKey, fingerprint};
-use super::{Error, agent};
+use super::{Error, agent_forward};
 
 /// How the guest's host key is verified.
 #[derive(Clone, Debug)]
@@ -339,7 +339,7 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         match socket {
-            Some(socket) => agent::proxy(channel, reply, socket),
+            Some(socket) => agent_forward::proxy(channel, reply, socket),
             None => {
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)

@@ -6,7 +6,7 @@
 //! trusted on first use, because llima-box generates it and injects it
 //! through cloud-init.
 
-mod agent;
+mod agent_forward;
 mod connect;
 mod error;
 mod exec;

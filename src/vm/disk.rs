@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::vm::host::Host;
 use crate::vm::layout;
+use crate::vm::sys::Sys;
 use crate::vm::units::format_bytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ struct ImageInfo {
     backing_filename: Option<String>,
 }
 
-fn qemu_img(host: &dyn Host, args: &[&str]) -> Result<Vec<u8>, DiskError> {
+fn qemu_img(host: &dyn Sys, args: &[&str]) -> Result<Vec<u8>, DiskError> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let out = host
         .run("qemu-img", &args)
@@ -69,7 +69,7 @@ fn qemu_img(host: &dyn Host, args: &[&str]) -> Result<Vec<u8>, DiskError> {
     Ok(out.stdout)
 }
 
-fn info(host: &dyn Host, path: &Path) -> Result<ImageInfo, DiskError> {
+fn info(host: &dyn Sys, path: &Path) -> Result<ImageInfo, DiskError> {
     let p = path.to_string_lossy();
     let out = qemu_img(host, &["info", "--output=json", "--force-share", &p])?;
     serde_json::from_slice(&out).map_err(|e| DiskError::Info {
@@ -109,7 +109,7 @@ pub(crate) fn migrate_layout(dir: &Path) -> Result<(), DiskError> {
 /// Turns `$D/image` into the boot disk unless `$D/disk` exists already:
 /// an ISO is kept as `$D/iso` and a blank qcow2 disk of `size_bytes` is
 /// created; any other image is renamed to `$D/disk` and used in place.
-pub(crate) fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
+pub(crate) fn ensure_disk(host: &dyn Sys, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
     let disk = dir.join(layout::DISK);
     if disk.exists() {
         return Ok(());
@@ -138,7 +138,7 @@ pub(crate) fn ensure_disk(host: &dyn Host, dir: &Path, size_bytes: u64) -> Resul
 
 /// Grows `$D/disk` to `size_bytes` (nothing to do when it is absent or
 /// already that size). Shrinking would destroy guest data, so it is refused.
-pub(crate) fn ensure_size(host: &dyn Host, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
+pub(crate) fn ensure_size(host: &dyn Sys, dir: &Path, size_bytes: u64) -> Result<(), DiskError> {
     let disk = dir.join(layout::DISK);
     if !disk.exists() {
         return Ok(());
@@ -165,8 +165,8 @@ pub(crate) fn ensure_size(host: &dyn Host, dir: &Path, size_bytes: u64) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::host::fake::{FakeHost, ok};
-    use crate::vm::host::{Output, RealHost};
+    use crate::vm::sys::fake::{FakeSys, ok};
+    use crate::vm::sys::{Output, RealSys};
 
     fn info_json(format: &str, size: u64) -> String {
         format!(r#"{{"format": "{format}", "virtual-size": {size}, "filename": "x"}}"#)
@@ -176,7 +176,7 @@ mod tests {
     fn qcow2_image_is_renamed_to_disk_and_grown() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(layout::IMAGE), b"qcow2 bytes").unwrap();
-        let host = FakeHost::new(|_, _| ok(&info_json("qcow2", 1 << 30)));
+        let host = FakeSys::new(|_, _| ok(&info_json("qcow2", 1 << 30)));
         ensure_disk(&host, dir.path(), 100 << 30).unwrap();
         assert!(!dir.path().join(layout::IMAGE).exists());
         assert_eq!(
@@ -201,7 +201,7 @@ mod tests {
         let mut iso = vec![0u8; 34816];
         iso[32769..32774].copy_from_slice(b"CD001");
         std::fs::write(dir.path().join(layout::IMAGE), &iso).unwrap();
-        let host = FakeHost::new(|_, _| ok(&info_json("raw", 34816)));
+        let host = FakeSys::new(|_, _| ok(&info_json("raw", 34816)));
         ensure_disk(&host, dir.path(), 1 << 30).unwrap();
         assert!(dir.path().join(layout::ISO).exists());
         let d = dir.path().display();
@@ -215,7 +215,7 @@ mod tests {
     fn existing_disk_is_left_alone_and_same_size_is_a_no_op() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(layout::DISK), b"").unwrap();
-        let host = FakeHost::new(|_, _| ok(&info_json("raw", 4096)));
+        let host = FakeSys::new(|_, _| ok(&info_json("raw", 4096)));
         ensure_disk(&host, dir.path(), 4096).unwrap();
         ensure_size(&host, dir.path(), 4096).unwrap();
         assert_eq!(
@@ -230,7 +230,7 @@ mod tests {
     fn shrinking_and_backing_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(layout::DISK), b"").unwrap();
-        let host = FakeHost::new(|_, _| ok(&info_json("qcow2", 10 << 30)));
+        let host = FakeSys::new(|_, _| ok(&info_json("qcow2", 10 << 30)));
         let err = ensure_size(&host, dir.path(), 5 << 30).unwrap_err();
         assert!(
             err.to_string()
@@ -241,7 +241,7 @@ mod tests {
 
         std::fs::remove_file(dir.path().join(layout::DISK)).unwrap();
         std::fs::write(dir.path().join(layout::IMAGE), b"").unwrap();
-        let host = FakeHost::new(|_, _| {
+        let host = FakeSys::new(|_, _| {
             ok(r#"{"format":"qcow2","virtual-size":1,"backing-filename":"/b"}"#)
         });
         let err = ensure_disk(&host, dir.path(), 1).unwrap_err();
@@ -252,7 +252,7 @@ mod tests {
     fn qemu_img_failure_carries_stderr() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(layout::DISK), b"").unwrap();
-        let host = FakeHost::new(|_, _| {
+        let host = FakeSys::new(|_, _| {
             Ok(Output {
                 success: false,
                 stdout: Vec::new(),
@@ -296,14 +296,14 @@ mod tests {
             .status()
             .expect("qemu-img must be installed for this test");
         assert!(st.success());
-        ensure_disk(&RealHost, dir.path(), 4 << 20).unwrap();
-        ensure_size(&RealHost, dir.path(), 4 << 20).unwrap();
-        let info = info(&RealHost, &dir.path().join(layout::DISK)).unwrap();
+        ensure_disk(&RealSys, dir.path(), 4 << 20).unwrap();
+        ensure_size(&RealSys, dir.path(), 4 << 20).unwrap();
+        let info = info(&RealSys, &dir.path().join(layout::DISK)).unwrap();
         assert_eq!(
             (info.format.as_str(), info.virtual_size),
             ("qcow2", 4 << 20)
         );
-        let err = ensure_size(&RealHost, dir.path(), 2 << 20).unwrap_err();
+        let err = ensure_size(&RealSys, dir.path(), 2 << 20).unwrap_err();
         assert!(matches!(err, DiskError::Shrink { .. }));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
-use crate::ssh_support::{Agent as SshAgent, Pty, wait_timeout};
+use crate::ssh_support::{Pty, SshAgent, wait_timeout};
 
 /// sha256 over every path, type, mode, owner and content below `dir`.
 fn tree_hash(dir: &Path) -> String {

@@ -80,7 +80,7 @@ fn workdir_and_host_cwd_are_used_remotely() {
 #[test]
 fn agent_is_forwarded_only_when_present_and_wanted() {
     let inst = Instance::new();
-    let agent = Agent::start(&inst.home);
+    let agent = SshAgent::start(&inst.home);
     let (c, stdout, e) = code(
         inst.shell(&["--", "ssh-add", "-l"])
             .env("SSH_AUTH_SOCK", &agent.socket),

@@ -70,7 +70,7 @@ fn a_stale_socket_falls_back_to_a_direct_connection() {
 fn agent_is_forwarded_through_the_mux() {
     let inst = Instance::new();
     serve_mux(&inst);
-    let agent = Agent::start(&inst.home);
+    let agent = SshAgent::start(&inst.home);
     for _ in 0..2 {
         let (c, stdout, e) = code(
             inst.shell(&["--", "ssh-add", "-l"])

@@ -229,14 +229,14 @@ fn serve_host_agent_api(sock: &Path, port: u16) {
 }
 
 /// An ssh-agent of the test user holding one fresh key.
-pub struct Agent {
+pub struct SshAgent {
     pub socket: PathBuf,
     pub key_comment: String,
     child: Child,
 }
 
-impl Agent {
-    pub fn start(dir: &TestDir) -> Agent {
+impl SshAgent {
+    pub fn start(dir: &TestDir) -> SshAgent {
         let d = dir.mkdir("agent");
         let socket = d.join("agent.sock");
         let child = as_user("ssh-agent")
@@ -258,7 +258,7 @@ impl Agent {
                 .arg(d.join("id"))
                 .env("SSH_AUTH_SOCK", &socket),
         );
-        Agent {
+        SshAgent {
             socket,
             key_comment,
             child,
@@ -266,7 +266,7 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for SshAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

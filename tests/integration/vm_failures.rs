@@ -43,7 +43,7 @@ fn template(dir: &TestDir, location: &str, digest: Option<&str>) -> std::path::P
         "template.yaml",
         &format!(
             "images:\n- location: {location}\n  arch: {}\n{digest}",
-            llima_box::testing::vm::host::host_arch()
+            llima_box::testing::vm::sys::host_arch()
         ),
     )
 }

@@ -10,7 +10,7 @@ use tokio::net::UnixStream;
 use super::super::exec::{Control, Event, Setup, Tty};
 use super::super::{Error, RemoteExit, Spawn, terminal};
 use super::wire::Conn;
-use super::{ToAgent, ToClient};
+use super::{ToClient, ToHostAgent};
 use crate::vm::layout;
 
 /// What became of a command offered to the mux.
@@ -48,7 +48,7 @@ pub(crate) async fn run_via_mux(
         Err(e) => return unavailable("connect to", e),
     };
     let mut conn = Conn::new(stream);
-    let request = ToAgent::Run {
+    let request = ToHostAgent::Run {
         setup: Setup::local(command, spawn, pty, agent_socket.is_some()),
         agent_socket,
     };
@@ -101,7 +101,7 @@ async fn wait(conn: &mut Conn, mut tty: Option<&mut Tty>) -> Result<RemoteExit, 
                 }
             } => match event {
                 Event::Resize(cols, rows) => conn
-                    .send(&ToAgent::Resize { cols, rows })
+                    .send(&ToHostAgent::Resize { cols, rows })
                     .await
                     .map_err(Error::MuxLost)?,
                 Event::Stop(signal) => return Err(Error::Interrupted { signal }),

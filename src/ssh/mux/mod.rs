@@ -27,7 +27,7 @@ pub use server::{bind, serve};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ToAgent {
+enum ToHostAgent {
     /// Run a command on the client's stdin, stdout and stderr (attached).
     Run {
         setup: Setup,
@@ -66,7 +66,7 @@ mod tests {
     /// possibly different builds: pin its shape.
     #[test]
     fn messages_have_a_stable_shape() {
-        let run = ToAgent::Run {
+        let run = ToHostAgent::Run {
             setup: Setup {
                 command: "true".into(),
                 pty: Some(PtyRequest {
@@ -86,11 +86,11 @@ mod tests {
             json,
             r#"{"type":"run","setup":{"command":"true","pty":{"term":"xterm","cols":80,"rows":24,"modes":[[3,127]]},"env":[["LANG","C.UTF-8"]],"agent":true},"agent_socket":"/tmp/agent.sock"}"#
         );
-        assert_eq!(serde_json::from_str::<ToAgent>(&json).unwrap(), run);
+        assert_eq!(serde_json::from_str::<ToHostAgent>(&json).unwrap(), run);
         let exit: ToClient = serde_json::from_str(r#"{"type":"exit","code":42}"#).unwrap();
         assert_eq!(exit, ToClient::Exit { code: 42 });
         assert_eq!(
-            serde_json::to_string(&ToAgent::Resize { cols: 1, rows: 2 }).unwrap(),
+            serde_json::to_string(&ToHostAgent::Resize { cols: 1, rows: 2 }).unwrap(),
             r#"{"type":"resize","cols":1,"rows":2}"#
         );
     }

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use super::super::exec::{self, Control, Event, Setup};
 use super::super::{ConnectOptions, Error, RemoteExit, Session};
 use super::wire::Conn;
-use super::{ToAgent, ToClient};
+use super::{ToClient, ToHostAgent};
 
 /// A bound `mux.sock`, ready for [`serve`].
 pub struct Listener {
@@ -154,7 +154,7 @@ fn same_user(conn: &Conn) -> bool {
 
 async fn run(conn: &mut Conn, held: &Held) -> Result<RemoteExit, Error> {
     let lost = |e: io::Error| Error::MuxLost(e);
-    let Some(ToAgent::Run {
+    let Some(ToHostAgent::Run {
         setup,
         agent_socket,
     }) = conn.recv().await.map_err(lost)?
@@ -197,8 +197,8 @@ impl Control for ClientControl<'_> {
     async fn event(&mut self) -> Event {
         loop {
             match self.0.recv().await {
-                Ok(Some(ToAgent::Resize { cols, rows })) => return Event::Resize(cols, rows),
-                Ok(Some(ToAgent::Run { .. })) => {}
+                Ok(Some(ToHostAgent::Resize { cols, rows })) => return Event::Resize(cols, rows),
+                Ok(Some(ToHostAgent::Run { .. })) => {}
                 Ok(None) | Err(_) => return Event::Stop("its client going away"),
             }
         }

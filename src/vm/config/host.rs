@@ -30,7 +30,7 @@ impl Host {
             .or(pw_home)
             .unwrap_or_else(|| PathBuf::from("/"));
         Host {
-            arch: crate::vm::host::host_arch().to_string(),
+            arch: crate::vm::sys::host_arch().to_string(),
             is_macos: cfg!(target_os = "macos"),
             ncpu: host_cpus(),
             memory_bytes: physical_memory(),

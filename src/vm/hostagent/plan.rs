@@ -117,7 +117,7 @@ impl Plan {
         let arch = cfg
             .arch
             .clone()
-            .unwrap_or_else(|| crate::vm::host::host_arch().to_string());
+            .unwrap_or_else(|| crate::vm::sys::host_arch().to_string());
         let accel = qemu::detect_accel(&arch)?;
         let qemu = QemuSpec {
             name: name.to_string(),

@@ -18,10 +18,10 @@ use crate::ssh;
 use crate::timeouts;
 use crate::vm::cidata;
 use crate::vm::config;
-use crate::vm::host::RealHost;
 use crate::vm::layout;
 use crate::vm::qemu;
 use crate::vm::store;
+use crate::vm::sys::RealSys;
 
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
@@ -160,7 +160,7 @@ async fn supervise(
     );
     let (spec, log_path) = (plan.qemu.clone(), dir.join(layout::QEMU_LOG));
     let launched = tokio::task::spawn_blocking(move || {
-        qemu::launch_with_fallback(&RealHost, &exe, &spec, &log_path, qemu::stuck::KVM_WINDOW)
+        qemu::launch_with_fallback(&RealSys, &exe, &spec, &log_path, qemu::stuck::KVM_WINDOW)
     })
     .await
     .map_err(|e| HostAgentError::Join(e.to_string()))??;

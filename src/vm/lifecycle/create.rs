@@ -81,7 +81,7 @@ pub(super) fn prepare_disk(
     cfg: &config::LimaYaml,
     progress: &dyn Progress,
 ) -> Result<(), LifecycleError> {
-    let host = crate::vm::host::RealHost;
+    let host = crate::vm::sys::RealSys;
     crate::vm::disk::migrate_layout(dir)?;
     let arch = cfg.arch.clone().unwrap_or_default();
     let images: Vec<image::ImageSpec> = cfg.images.iter().map(image_spec).collect();

@@ -43,7 +43,7 @@ pub(crate) fn start(
         Ok(inst) => (inst, false),
         Err(store::StoreError::NotFound { .. }) => {
             // Fail before fetching gigabytes when QEMU is not installed.
-            crate::vm::qemu::find_exe_from_env(crate::vm::host::host_arch())?;
+            crate::vm::qemu::find_exe_from_env(crate::vm::sys::host_arch())?;
             ui.stage("creating the instance (first start)");
             create::create(lima_home, name, template, ui.download())?;
             (store::inspect(lima_home, name)?, true)
@@ -71,9 +71,7 @@ pub(crate) fn start(
         Status::Stopped => {}
     }
     let cfg = crate::vm::config::load_instance(&inst.dir, lima_home)?;
-    crate::vm::qemu::find_exe_from_env(
-        cfg.arch.as_deref().unwrap_or(crate::vm::host::host_arch()),
-    )?;
+    crate::vm::qemu::find_exe_from_env(cfg.arch.as_deref().unwrap_or(crate::vm::sys::host_arch()))?;
     if !created {
         create::prepare_disk(&inst.dir, &cfg, ui.download())?;
     }

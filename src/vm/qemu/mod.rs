@@ -19,8 +19,8 @@ use std::time::Duration;
 
 pub(crate) use cmdline::{MountSpec, QemuSpec, cmdline};
 
-use crate::vm::host::Host;
 use crate::vm::qmp::{Qmp, QmpError};
+use crate::vm::sys::Sys;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum QemuError {
@@ -204,7 +204,7 @@ pub(crate) fn choose_accel(
 pub(crate) fn host_facts() -> HostFacts<'static> {
     HostFacts {
         os: std::env::consts::OS,
-        arch: crate::vm::host::host_arch(),
+        arch: crate::vm::sys::host_arch(),
         kvm_usable: cfg!(target_os = "linux")
             && OpenOptions::new()
                 .read(true)
@@ -297,7 +297,7 @@ pub(crate) fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child,
 /// with the end of `log`, when QEMU exits first (a bad option, a missing
 /// file, an accelerator it cannot open).
 pub(crate) fn wait_for_pidfile(
-    host: &dyn Host,
+    host: &dyn Sys,
     child: &mut Child,
     path: &Path,
     timeout: Duration,
@@ -327,7 +327,7 @@ pub(crate) fn wait_for_pidfile(
 /// Connects to `$D/qmp.sock`, retrying while QEMU is still creating it
 /// (the pid file comes first), and failing early if QEMU exits.
 pub(crate) fn connect_qmp(
-    host: &dyn Host,
+    host: &dyn Sys,
     child: &mut Child,
     instance_dir: &Path,
     timeout: Duration,
@@ -375,7 +375,7 @@ const PID_TIMEOUT: Duration = Duration::from_secs(30);
 /// Cleans up after a previous run, starts QEMU for `spec` (stdout and
 /// stderr to `log`), waits for its pid file and connects QMP.
 pub(crate) fn launch(
-    host: &dyn Host,
+    host: &dyn Sys,
     exe: &QemuExe,
     spec: &QemuSpec,
     log: &Path,
@@ -414,7 +414,7 @@ pub(crate) fn launch(
 /// out not to run guests (see [`stuck`]), or QEMU cannot start with it,
 /// QEMU is killed and started again with TCG; `fell_back` says why.
 pub(crate) fn launch_with_fallback(
-    host: &dyn Host,
+    host: &dyn Sys,
     exe: &QemuExe,
     spec: &QemuSpec,
     log: &Path,
@@ -559,10 +559,10 @@ mod tests {
 
     /// Boots a real QEMU from the argv builder; returns it once QMP answers.
     fn boot(dir: &Path, firmware: Option<PathBuf>) -> (Child, Qmp) {
-        use crate::vm::host::RealHost;
+        use crate::vm::sys::RealSys;
         let exe = find_exe_from_env("x86_64").expect("qemu-system-x86_64 must be installed");
         let spec = test_spec(dir, firmware);
-        let r = launch(&RealHost, &exe, &spec, &dir.join(layout::QEMU_LOG)).unwrap();
+        let r = launch(&RealSys, &exe, &spec, &dir.join(layout::QEMU_LOG)).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join(layout::QEMU_PID))
                 .unwrap()
@@ -587,7 +587,7 @@ mod tests {
         // exactly what a hung accelerator looks like: judged as if under KVM
         // with a short window, the watcher must call it stuck.
         let v = stuck::watch(
-            &crate::vm::host::RealHost,
+            &crate::vm::sys::RealSys,
             Accel::Kvm,
             Duration::from_secs(2),
             Duration::from_millis(200),
@@ -608,7 +608,7 @@ mod tests {
             .expect("OVMF must be installed (apt-get install ovmf)");
         let (mut child, mut qmp) = boot(dir.path(), Some(fw));
         let v = stuck::watch(
-            &crate::vm::host::RealHost,
+            &crate::vm::sys::RealSys,
             Accel::Kvm,
             Duration::from_secs(60),
             Duration::from_millis(200),
@@ -620,14 +620,14 @@ mod tests {
 
     #[test]
     fn real_qemu_failing_early_reports_its_error() {
-        use crate::vm::host::RealHost;
+        use crate::vm::sys::RealSys;
         let dir = tempfile::tempdir().unwrap();
         let exe = find_exe_from_env("x86_64").unwrap();
         let log = dir.path().join(layout::QEMU_LOG);
         let args = vec!["-drive".to_string(), "file=/nonexistent/disk".to_string()];
         let mut child = spawn(&exe, &args, &log).unwrap();
         let err = wait_for_pidfile(
-            &RealHost,
+            &RealSys,
             &mut child,
             &dir.path().join(layout::QEMU_PID),
             Duration::from_secs(20),
@@ -642,7 +642,7 @@ mod tests {
     /// replaced by TCG. Either way the guest ends up running.
     #[test]
     fn real_launch_with_fallback_ends_with_a_running_guest() {
-        use crate::vm::host::RealHost;
+        use crate::vm::sys::RealSys;
         let dir = tempfile::tempdir().unwrap();
         let home = crate::vm::dirs::home_dir().unwrap();
         let exe = find_exe_from_env("x86_64").unwrap();
@@ -650,7 +650,7 @@ mod tests {
         let mut spec = test_spec(dir.path(), Some(fw));
         spec.accel = Accel::Kvm;
         let log = dir.path().join(layout::QEMU_LOG);
-        let mut r = launch_with_fallback(&RealHost, &exe, &spec, &log, stuck::KVM_WINDOW).unwrap();
+        let mut r = launch_with_fallback(&RealSys, &exe, &spec, &log, stuck::KVM_WINDOW).unwrap();
         assert_eq!(
             r.accel == Accel::Tcg,
             r.fell_back.is_some(),

@@ -30,9 +30,9 @@ use std::process::Child;
 use std::time::Duration;
 
 use super::Accel;
-use crate::vm::host::Host;
 use crate::vm::layout;
 use crate::vm::qmp::Qmp;
+use crate::vm::sys::Sys;
 
 /// How long kvm/hvf may stay silent before the accelerator is given up.
 pub(crate) const KVM_WINDOW: Duration = Duration::from_secs(10);
@@ -96,7 +96,7 @@ pub(crate) fn judge(accel: Accel, elapsed: Duration, o: &Observation, window: Du
 /// Polls `observe` every `poll` until [`judge`] decides, or `window` has
 /// passed (then, under TCG, the answer is `Waiting`).
 pub(crate) fn watch(
-    host: &dyn Host,
+    host: &dyn Sys,
     accel: Accel,
     window: Duration,
     poll: Duration,
@@ -132,7 +132,7 @@ pub(crate) fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::host::fake::{FakeHost, ok};
+    use crate::vm::sys::fake::{FakeSys, ok};
 
     const W: Duration = KVM_WINDOW;
 
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn watch_polls_until_the_window_closes() {
-        let host = FakeHost::new(|_, _| ok(""));
+        let host = FakeSys::new(|_, _| ok(""));
         let mut calls = 0;
         let v = watch(&host, Accel::Kvm, W, Duration::from_millis(500), || {
             calls += 1;

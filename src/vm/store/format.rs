@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::instance::Instance;
-use crate::vm::host::{host_arch, host_os};
+use crate::vm::sys::{host_arch, host_os};
 use crate::vm::units::format_bytes;
 
 /// The deprecated host-wide fields limactl still adds to every entry.

@@ -8,7 +8,7 @@ mod message;
 mod pidfile;
 mod unix_http;
 
-pub use crate::vm::host::{host_arch, host_os};
+pub use crate::vm::sys::{host_arch, host_os};
 pub(crate) use format::{Globals, list_json, table};
 pub use instance::{DiskLayout, Status, inspect};
 pub(crate) use instance::{Instance, inspect_for_list};

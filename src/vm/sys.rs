@@ -1,6 +1,6 @@
 //! The seam for the side effects of the disk and QEMU code: running helper
 //! programs (qemu-img) and the clock. The real implementation is
-//! [`RealHost`]; unit tests use a recording fake so they can assert the
+//! [`RealSys`]; unit tests use a recording fake so they can assert the
 //! exact commands without touching the system.
 
 use std::io;
@@ -33,7 +33,7 @@ pub(crate) struct Output {
     pub stderr: Vec<u8>,
 }
 
-pub(crate) trait Host {
+pub(crate) trait Sys {
     /// Runs `program args…` to completion and collects its output. An
     /// `Err` means the program could not be started at all.
     fn run(&self, program: &str, args: &[String]) -> io::Result<Output>;
@@ -43,9 +43,9 @@ pub(crate) trait Host {
 
 /// The machine itself.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RealHost;
+pub(crate) struct RealSys;
 
-impl Host for RealHost {
+impl Sys for RealSys {
     fn run(&self, program: &str, args: &[String]) -> io::Result<Output> {
         let out = Command::new(program).args(args).output()?;
         Ok(Output {
@@ -73,18 +73,18 @@ pub(crate) mod fake {
 
     /// Records every command as one string ("qemu-img info …") and answers
     /// with `respond`; its clock only moves when `sleep` is called.
-    pub(crate) struct FakeHost {
+    pub(crate) struct FakeSys {
         pub calls: RefCell<Vec<String>>,
         respond: Responder,
         start: Instant,
         elapsed: Cell<Duration>,
     }
 
-    impl FakeHost {
+    impl FakeSys {
         pub(crate) fn new(
             respond: impl Fn(&str, &[String]) -> io::Result<Output> + 'static,
         ) -> Self {
-            FakeHost {
+            FakeSys {
                 calls: RefCell::new(Vec::new()),
                 respond: Box::new(respond),
                 start: Instant::now(),
@@ -106,7 +106,7 @@ pub(crate) mod fake {
         })
     }
 
-    impl Host for FakeHost {
+    impl Sys for FakeSys {
         fn run(&self, program: &str, args: &[String]) -> io::Result<Output> {
             let mut line = program.to_string();
             for a in args {
