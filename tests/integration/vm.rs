@@ -11,6 +11,11 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// `sh -c SCRIPT` in instance `name` as its user; stdout.
+fn guest_sh(home: &VmHome, name: &str, script: &str) -> String {
+    home.ok(&["--instance", name, "vm", "shell", "--", "sh", "-c", script])
+}
+
 fn pid_of(v: &Value, key: &str) -> u32 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}")) as u32
 }
@@ -107,16 +112,11 @@ fn lifecycle_end_to_end() {
         // host, owned by the host user.
         let shared = TestDir::new_in(&user().home);
         let target = shared.path().join("from-guest.txt");
-        home.ok(&[
-            "--instance",
+        guest_sh(
+            &home,
             name,
-            "vm",
-            "shell",
-            "--",
-            "sh",
-            "-c",
             &format!("printf 'hello from the guest\\n' > '{}'", target.display()),
-        ]);
+        );
         assert_eq!(
             std::fs::read_to_string(&target).unwrap(),
             "hello from the guest\n"
@@ -127,16 +127,7 @@ fn lifecycle_end_to_end() {
 
     checks.run_after("stop_and_start_again", STARTED, || {
         // Stop: Stopped, no stale pid or socket files.
-        home.ok(&[
-            "--instance",
-            name,
-            "vm",
-            "shell",
-            "--",
-            "sh",
-            "-c",
-            "echo kept > ~/persist",
-        ]);
+        guest_sh(&home, name, "echo kept > ~/persist");
         home.ok(&["--instance", name, "vm", "stop"]);
         assert_eq!(home.status(name)["status"], "Stopped");
         for f in layout::RUNNING_ONLY {
@@ -145,16 +136,7 @@ fn lifecycle_end_to_end() {
 
         // Start again: the guest home survived.
         home.ok(&["--instance", name, "vm", "start"]);
-        let kept = home.ok(&[
-            "--instance",
-            name,
-            "vm",
-            "shell",
-            "--",
-            "sh",
-            "-c",
-            "cat ~/persist",
-        ]);
+        let kept = guest_sh(&home, name, "cat ~/persist");
         assert_eq!(kept.trim(), "kept");
     });
 
