@@ -97,6 +97,7 @@ fn environments_end_to_end() {
     checks.run_after("isolation_of_b", FIRST, || {
         check_isolation(&vm, &projects, &b, &a)
     });
+    checks.run_after("ipc_private", FIRST, || check_ipc_private(&vm, &a, &b));
     checks.run_after("exec_bits_and_git", FIRST, || {
         check_exec_bits_and_git(&vm, &projects, &a)
     });
@@ -686,6 +687,23 @@ fn field(out: &str, key: &str) -> String {
 
 /// An environment user cannot log in to the guest's sshd with a key it
 /// planted, neither from inside nor with the key carried elsewhere.
+/// SysV IPC objects and POSIX message queues made in one environment are
+/// not seen from another (each has its own IPC namespace and /dev/mqueue);
+/// the maker sees its own, so the probe itself works.
+fn check_ipc_private(vm: &VmHome, a: &Path, b: &Path) {
+    const MAKE: &str = "ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && \
+                        touch /dev/mqueue/llb-canary && echo made";
+    const LOOK: &str = "echo sysv=$(ipcs -m -q | grep -c '^0x'); echo mq=$(ls -A /dev/mqueue)";
+    assert_eq!(vm.shell_ok(a, &["sh", "-c", MAKE]).trim(), "made");
+    let own = vm.shell_ok(a, &["sh", "-c", LOOK]);
+    assert!(
+        own.contains("sysv=2") && own.contains("mq=llb-canary"),
+        "{own}"
+    );
+    let other = vm.shell_ok(b, &["sh", "-c", LOOK]);
+    assert_eq!(other, "sysv=0\nmq=\n", "B sees A's IPC objects");
+}
+
 fn check_sshd_escape(vm: &VmHome, a: &Path, name: &str) {
     let inside = vm.shell_ok(a, &["bash", "-c", SSHD_ESCAPE]);
     assert_eq!(field(&inside, "planted"), "yes", "{inside}");
