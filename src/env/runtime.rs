@@ -301,7 +301,7 @@ mod tests {
 T=$1
 SELF=$T/libexec/env-runtime STATE=$T/state LOCKS=$T/state/locks
 GUARD_MARK=$T/run/guard SSHD_DROPIN=$T/ssh/sshd_config.d/00-llima-box.conf
-FW_CHAIN=LLIMA-BOX-ENV UID_MIN=60001 UID_MAX=64999 SLIRP_GATEWAY=192.168.5.2
+FW_CHAIN=LLIMA-BOX-ENV ENV_UID_RANGES='70000-99999 60001-64999' SLIRP_GATEWAY=192.168.5.2
 SLIRP_DNS=192.168.5.3 RESOLV_CONF=$T/resolv.conf IF_INET6=$T/if_inet6
 die() {{ echo "die $*" >>"$T/log"; exit "$1"; }}
 id() {{ echo alice; }}
@@ -310,9 +310,9 @@ sshd() {{ sed -n 's/^AllowUsers /allowusers /p' "$SSHD_DROPIN"; }}
 systemctl() {{ echo "systemctl $*" >>"$T/log"; }}
 iptables-restore() {{ echo "iptables-restore $*" >>"$T/log"; cat >>"$T/log"; }}
 ip6tables-restore() {{ echo "ip6tables-restore $*" >>"$T/log"; cat >>"$T/log"; }}
-# -C finds the jump only once it was inserted.
-iptables() {{ echo "iptables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump4" ] ;; -I) touch "$T/jump4" ;; esac; }}
-ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] ;; -I) touch "$T/jump6" ;; esac; }}
+# -C finds a range's jump only once it was inserted.
+iptables() {{ echo "iptables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump4-$7" ] ;; -I) touch "$T/jump4-$8" ;; esac; }}
+ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7" ] ;; -I) touch "$T/jump6-$8" ;; esac; }}
 {}
 {calls}
 "#,
@@ -348,7 +348,7 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
         assert_eq!(
             std::fs::read_to_string(t.join("ssh/sshd_config.d/00-llima-box.conf")).unwrap(),
             "# Written by llima-box: only the admin user may log in, never an environment\n\
-             # user (uids 60001-64999). Read before the other files of this directory.\n\
+             # user (uids 70000-99999 60001-64999). Read before the other files of this directory.\n\
              AllowUsers alice\n"
         );
         assert_eq!(
@@ -368,6 +368,8 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
              -A LLIMA-BOX-ENV -d 172.16.0.0/12 -j REJECT\n\
              -A LLIMA-BOX-ENV -d 192.168.0.0/16 -j REJECT\n\
              COMMIT\n\
+             iptables -w -C OUTPUT -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
+             iptables -w -I OUTPUT 1 -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
              iptables -w -C OUTPUT -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
              iptables -w -I OUTPUT 1 -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
              ip6tables-restore -w --noflush\n\
@@ -380,6 +382,8 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
              -A LLIMA-BOX-ENV -d fc00::/7 -j REJECT\n\
              -A LLIMA-BOX-ENV -d fec0::/10 -j REJECT\n\
              COMMIT\n\
+             ip6tables -w -C OUTPUT -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
+             ip6tables -w -I OUTPUT 1 -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
              ip6tables -w -C OUTPUT -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
              ip6tables -w -I OUTPUT 1 -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n"
         );
@@ -409,6 +413,50 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6" ] 
         assert!(!log().contains("ip6tables"), "{}", log());
         assert!(!run_guard(t, "guard_sshd 0").status.success());
         assert!(log().contains("die 125 cannot tell the VM's admin user"));
+    }
+
+    /// `next_uid` never gives a uid twice: past the last one recorded, past
+    /// every uid and gid of the range in use, never below the range, and an
+    /// error once the range is used up.
+    #[test]
+    fn next_uid_never_reuses() {
+        let start = RUNTIME.find("\nnext_uid() {").expect("next_uid");
+        let end = RUNTIME
+            .find("\n# Creates the user NAME")
+            .expect("ensure_user");
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        let run = |passwd: &str, group: &str, last: Option<&str>| {
+            std::fs::write(t.join("passwd"), passwd).unwrap();
+            std::fs::write(t.join("group"), group).unwrap();
+            match last {
+                Some(l) => std::fs::write(t.join("last"), l).unwrap(),
+                None => drop(std::fs::remove_file(t.join("last"))),
+            }
+            let harness = format!(
+                "set -eu\nT=$1 UID_MIN=70000 UID_MAX=70005 LAST_UID=$1/last\n\
+                 PASSWD_FILE=$1/passwd GROUP_FILE=$1/group\n\
+                 read_file() {{ local v; v=$(<\"$1\") && printf '%s' \"$v\"; }}\n\
+                 die() {{ echo \"die $*\"; exit \"$1\"; }}\n{}\nnext_uid",
+                &RUNTIME[start..end]
+            );
+            let out = std::process::Command::new("bash")
+                .args(["-c", &harness, "harness"])
+                .arg(t)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let root = "root:x:0:0::/root:/bin/sh\n";
+        assert_eq!(run(root, "root:x:0:\n", None), "70000");
+        // A deleted environment's uid stays given out.
+        assert_eq!(run(root, "root:x:0:\n", Some("70002\n")), "70003");
+        // Users and groups in the range count even without the record;
+        // legacy and foreign uids do not.
+        let passwd = format!("{root}old:x:60001:60001::/:/bin/sh\na:x:70001:70001::/:/bin/sh\n");
+        assert_eq!(run(&passwd, "g:x:70003:\n", None), "70004");
+        assert_eq!(run(&passwd, "g:x:70003:\n", Some("garbage")), "70004");
+        assert!(run(root, "", Some("70005")).starts_with("die 125 no environment uids left"));
     }
 
     const GUARD_LINE: &str = "\"$d/env-runtime\" guard >/dev/null 2>&1 || true\n";

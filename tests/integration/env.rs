@@ -155,8 +155,11 @@ fn environments_end_to_end() {
     );
 
     // Deleting last: the checks above count and use the environments.
-    checks.run_after("delete", &["first_shell", "nasty_names"], || {
+    let uid_a = checks.run_after("delete", &["first_shell", "nasty_names"], || {
         check_delete(&vm, &a, name_a(), total())
+    });
+    checks.run_after("uid_not_reused", &["delete"], || {
+        check_uid_not_reused(&vm, &projects, uid_a.as_deref().expect("delete passed"))
     });
     checks.run("delete_all", || {
         let before_a = tree_hash(&a);
@@ -361,7 +364,8 @@ fn check_list(vm: &VmHome, projects: [&Path; 3], name_a: &str, total: usize) {
 /// Deleting an environment leaves the project untouched, and nothing of
 /// the environment: no process (a detached one was left running), no
 /// user, no home.
-fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) {
+/// Deletes A with a process still running; returns the uid A had.
+fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) -> String {
     let before = tree_hash(a);
     vm.shell_ok(
         a,
@@ -372,7 +376,8 @@ fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) {
         ],
     );
     let uid_a = vm.ok(&["vm", "shell", "--", "id", "-u", name_a]);
-    let uid_a = uid_a.trim();
+    let uid_a = uid_a.trim().to_string();
+    let uid_a = uid_a.as_str();
     let procs = vm.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", uid_a]);
     assert_ne!(procs.trim(), "0", "no process of {name_a} to kill");
     vm.ok(&["delete", a.to_str().unwrap(), "-y"]);
@@ -394,6 +399,7 @@ fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) {
     assert_eq!(listed.len(), total - 1, "{listed:?}");
     // Again: nothing to do, still fine.
     vm.ok(&["delete", name_a, "-y"]);
+    uid_a.to_string()
 }
 
 /// The isolation checks, run as environment A inside it. Arguments: B's
@@ -979,6 +985,39 @@ fn wait_for_spare(vm: &VmHome, not: Option<&str>) -> String {
         std::thread::sleep(Duration::from_secs(2));
     }
     panic!("no spare environment was published (last: {last:?})");
+}
+
+/// A deleted environment's uid passes to nobody: not to the next new
+/// project's user, nor to a spare made after the delete (every user made
+/// from here on is made after it). New uids come from 70000 on, clear of
+/// systemd's homed and dynamic users.
+fn check_uid_not_reused(vm: &VmHome, projects: &TestDir, uid_a: &str) {
+    let mut uids = vec![];
+    for p in ["gamma", "delta"] {
+        let dir = projects.mkdir(p);
+        uids.push(
+            vm.shell_ok(&dir, &["id", "-u"])
+                .trim()
+                .parse::<u32>()
+                .unwrap(),
+        );
+    }
+    let spare = wait_for_spare(vm, None);
+    let spare_uid = vm.ok(&["vm", "shell", "--", "id", "-u", &spare]);
+    uids.push(spare_uid.trim().parse().unwrap());
+    for uid in &uids {
+        assert_ne!(
+            uid.to_string(),
+            uid_a,
+            "a deleted environment's uid was given again"
+        );
+        assert!(
+            (70000..=99999).contains(uid),
+            "uid {uid} outside the environments' range"
+        );
+    }
+    let holder = vm.run(&["vm", "shell", "--", "getent", "passwd", uid_a]);
+    assert_eq!(text(&holder).0, "", "uid {uid_a} was given again");
 }
 
 /// Four first shells at once in a new project: all succeed, one

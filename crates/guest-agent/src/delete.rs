@@ -9,9 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use llima_box_proto::names::valid_env_name;
-use llima_box_proto::paths::{
-    ENV_UID_MAX, ENV_UID_MIN, ENV_UNIT_PREFIX, ENVS_DIR, HOMES_DIR, SOCKETS_DIR,
-};
+use llima_box_proto::paths::{ENV_UNIT_PREFIX, ENVS_DIR, HOMES_DIR, SOCKETS_DIR, is_env_uid};
 
 use crate::{accounts, list, lock};
 
@@ -53,8 +51,7 @@ pub fn delete(name: &str) -> Result<bool, DeleteError> {
     for unit in [recorded.trim(), &format!("{ENV_UNIT_PREFIX}{name}")] {
         stop_unit(unit);
     }
-    if let Some(uid) = accounts::local_uid(name).filter(|u| (ENV_UID_MIN..=ENV_UID_MAX).contains(u))
-    {
+    if let Some(uid) = accounts::local_uid(name).filter(|u| is_env_uid(*u)) {
         kill_all_of(uid)?;
         accounts::remove_account(name).map_err(io("cannot remove the user"))?;
     }

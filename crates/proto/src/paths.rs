@@ -24,6 +24,36 @@ pub const ENV_UNIT_PREFIX: &str = "llima-box-env-";
 /// Environment users' homes: `/home/NAME`.
 pub const HOMES_DIR: &str = "/home";
 
-/// The uids (and gids) environment users get; nothing else uses them.
-pub const ENV_UID_MIN: u32 = 60001;
-pub const ENV_UID_MAX: u32 = 64999;
+/// The uids (and gids) new environment users get, each given out once: clear
+/// of systemd's homed (60001-60513) and dynamic (61184-65519) users and
+/// below the subordinate ids useradd hands out from 100000 on.
+pub const ENV_UIDS: std::ops::RangeInclusive<u32> = 70000..=99999;
+/// Where earlier versions made them; such users are still environments.
+pub const LEGACY_ENV_UIDS: std::ops::RangeInclusive<u32> = 60001..=64999;
+
+/// Whether `uid` is an environment user's.
+pub fn is_env_uid(uid: u32) -> bool {
+    ENV_UIDS.contains(&uid) || LEGACY_ENV_UIDS.contains(&uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_uids_avoid_systemd_and_subordinate_ranges() {
+        for uid in [60001, 64999, 70000, 99999] {
+            assert!(is_env_uid(uid), "{uid}");
+        }
+        // root, regular users, nobody, subordinate ids.
+        for uid in [0, 1000, 60000, 65534, 69999, 100000] {
+            assert!(!is_env_uid(uid), "{uid}");
+        }
+        // New uids stay clear of systemd's homed and dynamic users (the
+        // legacy range overlaps them, which is why it is no longer used).
+        for uid in [60001, 60513, 61184, 65519] {
+            assert!(!ENV_UIDS.contains(&uid), "{uid}");
+        }
+        assert!(*ENV_UIDS.start() > 65535 && *ENV_UIDS.end() < 100000);
+    }
+}
