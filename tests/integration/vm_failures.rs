@@ -206,11 +206,19 @@ fn ctrl_c_during_a_first_start_leaves_nothing_that_breaks_the_next() {
         &format!("http://127.0.0.1:{port}/disk.img"),
         None,
     );
-    let mut child = start_cmd(&home, &t)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = start_cmd(&home, &t);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // As from a terminal: a launcher that ran these tests as a background
+    // job left SIGINT ignored, which the start would inherit.
+    // SAFETY: signal() is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     // Interrupt once the download is under way.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !walk(&home.path().join("_cache")).iter().any(|p| {
