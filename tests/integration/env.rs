@@ -795,8 +795,9 @@ fn check_guard_idempotent(vm: &VmHome) {
     assert!(before.contains("\nAllowUsers "), "{before}");
     assert!(before.contains("-d 192.168.5.2/32 -j REJECT"), "{before}");
     assert!(before.contains("-d fec0::/10 -j REJECT"), "{before}");
-    // One jump to the chain in OUTPUT, for each of IPv4 and IPv6.
-    assert_eq!(before.lines().filter(|l| *l == "1").count(), 2, "{before}");
+    // In OUTPUT, for each of IPv4 and IPv6, one jump to the chain per uid
+    // range (the environments' and the legacy one).
+    assert_eq!(before.lines().filter(|l| *l == "2").count(), 2, "{before}");
     for _ in 0..2 {
         vm.ok(&[
             "vm",
