@@ -200,6 +200,10 @@ fn check_refused_before_boot(vm: &VmHome) {
 fn check_first_shell(vm: &VmHome, a: &Path) -> String {
     let out = vm.shell(a, &["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{:?}", text(&out));
+    // Creating the environment adds no tool's warnings to the command's
+    // stderr (booting the VM shows its progress there).
+    let stderr = text(&out).1;
+    assert!(!stderr.to_lowercase().contains("warning"), "{stderr}");
 
     let name_a = vm.shell_ok(a, &["id", "-un"]).trim().to_string();
     assert!(name_a.starts_with("alpha-"), "{name_a}");
