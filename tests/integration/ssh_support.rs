@@ -22,13 +22,34 @@ fn run_ok(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {:?}", text(&out));
 }
 
-/// A free loopback port (released again; sshd binds it soon after).
+/// A free loopback port for sshd to bind soon after (it is released
+/// again). Taken below the kernel's ephemeral range: a port from `bind(0)`
+/// could be handed to another test's socket in between.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TRIES: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const LOW: u32 = 10000;
+    assert!(
+        ephemeral_low > LOW + 1000,
+        "ephemeral ports start at {ephemeral_low}"
+    );
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for _ in 0..1000 {
+        let n = seed.wrapping_add(TRIES.fetch_add(1, Ordering::Relaxed).wrapping_mul(7919));
+        let port = LOW + n.wrapping_mul(2_654_435_761) % (ephemeral_low - LOW);
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
 }
 
 /// `ssh-keygen` a passphrase-less key of `kind` at `path`, as the test user.
