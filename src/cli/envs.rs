@@ -1,6 +1,5 @@
-//! `llima-box list`, `delete` and `delete-all`, and what every environment
-//! command shares: reaching the guest as its admin and keeping the
-//! in-guest runtime current.
+//! `llima-box list`, `delete` and `delete-all`: the guest agent's answers,
+//! reached as the guest's admin.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,52 +10,12 @@ use anyhow::{Context, Result, bail};
 use super::Output;
 use super::args::{DeleteArgs, JsonArg, YesArg};
 use super::vm_shell::block_on;
-use crate::env::{self, EnvInfo, runtime};
-use crate::ssh::{Captured, Session};
+use crate::env::{self, EnvInfo};
+use crate::ssh::Session;
 use crate::timeouts;
 use crate::vm::access::{self, AccessError};
 
-/// Records, in the instance directory, which runtime version the guest has.
-/// The guest's disk lives and dies with that directory, so a matching stamp
-/// lets `shell` skip the install round trip (and use the host agent's held
-/// connection, which cannot carry the runtime on stdin).
-const RUNTIME_STAMP: &str = "env-runtime.sha256";
-
-/// Whether the guest of the instance in `dir` is known to have this
-/// binary's runtime.
-pub(super) fn runtime_is_current(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(RUNTIME_STAMP))
-        .is_ok_and(|s| s.trim() == runtime::runtime_version())
-}
-
-/// Installs or upgrades the runtime over `session` (a no-op in the guest
-/// when it is current) and records that on the host.
-pub(super) async fn install_runtime(session: &Session, dir: &Path) -> Result<()> {
-    if runtime_is_current(dir) {
-        return Ok(());
-    }
-    let done = session
-        .exec_with_stdin(&runtime::install_argv(), runtime::RUNTIME.as_bytes())
-        .await
-        .context("cannot install the environment runtime in the VM")?;
-    check(&done, "install the environment runtime", "")?;
-    std::fs::write(dir.join(RUNTIME_STAMP), runtime::runtime_version())
-        .with_context(|| format!("cannot write {}", dir.join(RUNTIME_STAMP).display()))?;
-    Ok(())
-}
-
-/// A finished runtime call's status as an error that says what failed.
-fn check(done: &Captured, action: &'static str, name: &str) -> Result<()> {
-    let code = match done.exit {
-        crate::ssh::RemoteExit::Code(c) => c,
-        // A signal: report it as the shell would.
-        _ => u32::from(done.exit.code()),
-    };
-    env::runtime::check_status(action, name, code, &String::from_utf8_lossy(&done.stderr))?;
-    Ok(())
-}
-
-/// An admin connection to the running VM with the runtime installed.
+/// An admin connection to the running VM.
 struct Guest {
     session: Session,
 }
@@ -76,7 +35,6 @@ impl Guest {
         let session = Session::connect(opts)
             .await
             .context("cannot connect to the VM")?;
-        install_runtime(&session, &lima_home.join(instance)).await?;
         Ok(Some(Guest { session }))
     }
 

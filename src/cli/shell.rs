@@ -9,14 +9,47 @@ use anyhow::{Context, Result, bail};
 
 use super::Output;
 use super::args::ShellArgs;
-use super::envs::{install_runtime, runtime_is_current};
 use super::vm_shell::{agent_socket, block_on, exit_code, run_attached};
 use crate::env::{self, ExecRequest, runtime};
-use crate::ssh::{self, Session};
+use crate::ssh::{self, Captured, Session};
 use crate::timeouts;
 use crate::vm::access::{self, AccessError};
 use crate::vm::config;
 use crate::vm::layout;
+
+/// Whether the guest of the instance in `dir` is known to have this
+/// binary's runtime.
+fn runtime_is_current(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(layout::RUNTIME_STAMP))
+        .is_ok_and(|s| s.trim() == runtime::runtime_version())
+}
+
+/// Installs or upgrades the runtime over `session` (a no-op in the guest
+/// when it is current) and records that on the host.
+async fn install_runtime(session: &Session, dir: &Path) -> Result<()> {
+    if runtime_is_current(dir) {
+        return Ok(());
+    }
+    let done = session
+        .exec_with_stdin(&runtime::install_argv(), runtime::RUNTIME.as_bytes())
+        .await
+        .context("cannot install the environment runtime in the VM")?;
+    check(&done, "install the environment runtime", "")?;
+    std::fs::write(dir.join(layout::RUNTIME_STAMP), runtime::runtime_version())
+        .with_context(|| format!("cannot write {}", dir.join(layout::RUNTIME_STAMP).display()))?;
+    Ok(())
+}
+
+/// A finished runtime call's status as an error that says what failed.
+fn check(done: &Captured, action: &'static str, name: &str) -> Result<()> {
+    let code = match done.exit {
+        crate::ssh::RemoteExit::Code(c) => c,
+        // A signal: report it as the shell would.
+        _ => u32::from(done.exit.code()),
+    };
+    env::runtime::check_status(action, name, code, &String::from_utf8_lossy(&done.stderr))?;
+    Ok(())
+}
 
 pub(super) fn run(
     lima_home: &Path,
