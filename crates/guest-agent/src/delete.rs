@@ -88,7 +88,11 @@ fn kill_all_of(uid: u32) -> Result<(), DeleteError> {
     const ROUNDS: u32 = 100;
     const PAUSE: Duration = Duration::from_millis(100);
     for _ in 0..ROUNDS {
-        let pids = list::pids_of(uid);
+        let pids: Vec<u32> = list::processes()
+            .into_iter()
+            .filter(|p| p.uid == uid)
+            .map(|p| p.pid)
+            .collect();
         if pids.is_empty() {
             return Ok(());
         }

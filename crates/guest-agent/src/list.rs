@@ -16,9 +16,12 @@ use crate::accounts;
 
 /// Every environment under `ENVS_DIR`, sorted by name. A directory without
 /// a valid name or a `project` record is not an environment (a half-made
-/// one, or something else) and is left out.
+/// one, or something else) and is left out. The account file and the
+/// process table are read once for all of them.
 pub fn list() -> std::io::Result<Vec<EnvInfo>> {
     let mut envs = vec![];
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let procs = processes();
     let entries = match fs::read_dir(ENVS_DIR) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(envs),
@@ -36,16 +39,17 @@ pub fn list() -> std::io::Result<Vec<EnvInfo>> {
         let Ok(project) = read_record(&dir.join("project")) else {
             continue;
         };
-        envs.push(info(&name, &dir, project));
+        let uid = accounts::uid_of(&passwd, &name);
+        envs.push(info(&name, &dir, project, uid, &procs));
     }
     envs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(envs)
 }
 
-fn info(name: &str, dir: &Path, project: String) -> EnvInfo {
+fn info(name: &str, dir: &Path, project: String, uid: Option<u32>, procs: &[Proc]) -> EnvInfo {
     let holder = holder_pid(dir);
-    let processes = match (holder, accounts::local_uid(name)) {
-        (Some(pid), Some(uid)) => processes_in_namespace_of(pid, uid),
+    let processes = match (holder, uid) {
+        (Some(pid), Some(uid)) => processes_in_namespace_of(pid, uid, procs),
         _ => 0,
     };
     let last_used = fs::metadata(dir.join("last_used"))
@@ -91,26 +95,36 @@ fn start_time(stat: &str) -> Option<&str> {
 
 /// Processes of `uid` in the PID namespace of `holder` (the holder itself
 /// runs as root and is not counted).
-fn processes_in_namespace_of(holder: u32, uid: u32) -> u32 {
+fn processes_in_namespace_of(holder: u32, uid: u32, procs: &[Proc]) -> u32 {
     let Ok(ns) = fs::read_link(format!("/proc/{holder}/ns/pid")) else {
         return 0;
     };
-    pids_of(uid)
-        .into_iter()
-        .filter(|p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns))
+    procs
+        .iter()
+        .filter(|p| p.uid == uid)
+        .filter(|p| fs::read_link(format!("/proc/{}/ns/pid", p.pid)).is_ok_and(|l| l == ns))
         .count() as u32
 }
 
-/// The pids of every process running as `uid` (the owner of its /proc
-/// directory is its effective uid).
-pub fn pids_of(uid: u32) -> Vec<u32> {
+/// A running process and its effective uid (the owner of its /proc
+/// directory).
+pub struct Proc {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// Every running process, from one read of /proc.
+pub fn processes() -> Vec<Proc> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return vec![];
     };
     procs
         .flatten()
-        .filter(|p| p.metadata().is_ok_and(|m| m.uid() == uid))
-        .filter_map(|p| p.file_name().to_str()?.parse().ok())
+        .filter_map(|p| {
+            let pid = p.file_name().to_str()?.parse().ok()?;
+            let uid = p.metadata().ok()?.uid();
+            Some(Proc { pid, uid })
+        })
         .collect()
 }
 
@@ -161,6 +175,14 @@ mod tests {
     fn own_start_time_is_readable() {
         let stat = fs::read_to_string("/proc/self/stat").unwrap();
         assert!(start_time(&stat).unwrap().parse::<u64>().is_ok());
+    }
+
+    #[test]
+    fn the_process_table_has_this_process_as_its_user() {
+        let me = std::process::id();
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        assert!(processes().iter().any(|p| p.pid == me && p.uid == uid));
     }
 
     #[test]
