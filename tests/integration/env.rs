@@ -379,10 +379,11 @@ fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) -> String {
             "setsid sleep 1000 >/dev/null 2>&1 < /dev/null &",
         ],
     );
-    let uid_a = vm.ok(&["vm", "shell", "--", "id", "-u", name_a]);
-    let uid_a = uid_a.trim().to_string();
-    let uid_a = uid_a.as_str();
-    let procs = vm.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", uid_a]);
+    let uid_a = vm
+        .ok(&["vm", "shell", "--", "id", "-u", name_a])
+        .trim()
+        .to_string();
+    let procs = vm.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", &uid_a]);
     assert_ne!(procs.trim(), "0", "no process of {name_a} to kill");
     vm.ok(&["delete", a.to_str().unwrap(), "-y"]);
     assert_eq!(tree_hash(a), before);
@@ -403,7 +404,7 @@ fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) -> String {
     assert_eq!(listed.len(), total - 1, "{listed:?}");
     // Again: nothing to do, still fine.
     vm.ok(&["delete", name_a, "-y"]);
-    uid_a.to_string()
+    uid_a
 }
 
 /// The isolation checks, run as environment A inside it. Arguments: B's
