@@ -294,8 +294,10 @@ mod tests {
     /// use replaced by a stub that logs its arguments (and, for the
     /// restores, the rules on stdin) to `$T/log`, and every path in `t`.
     fn run_guard(t: &std::path::Path, calls: &str) -> std::process::Output {
-        let start = RUNTIME.find("\nensure_guard() {").expect("ensure_guard");
-        let end = RUNTIME.find("\ncmd_guard() {").expect("cmd_guard");
+        let section = |from: &str, to: &str| {
+            let start = RUNTIME.find(from).expect(from);
+            &RUNTIME[start..start + RUNTIME[start..].find(to).expect(to)]
+        };
         let harness = format!(
             r#"set -eEuo pipefail
 T=$1
@@ -314,9 +316,11 @@ ip6tables-restore() {{ echo "ip6tables-restore $*" >>"$T/log"; cat >>"$T/log"; }
 iptables() {{ echo "iptables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump4-$7" ] ;; -I) touch "$T/jump4-$8" ;; esac; }}
 ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7" ] ;; -I) touch "$T/jump6-$8" ;; esac; }}
 {}
+{}
 {calls}
 "#,
-            &RUNTIME[start..end]
+            section("\nmake_dirs() {", "\nread_file() {"),
+            section("\nensure_guard() {", "\ncmd_guard() {"),
         );
         std::process::Command::new("bash")
             .args(["-c", &harness, "harness"])
@@ -333,7 +337,9 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7"
     fn guard_writes_sshd_config_and_firewall_rules() {
         let dir = tempfile::tempdir().unwrap();
         let t = dir.path();
-        std::fs::create_dir_all(t.join("libexec")).unwrap();
+        for d in ["libexec", "ssh", "run"] {
+            std::fs::create_dir(t.join(d)).unwrap();
+        }
         std::fs::write(t.join("libexec/version"), "v1\n").unwrap();
         std::fs::write(
             t.join("resolv.conf"),
