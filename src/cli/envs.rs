@@ -40,7 +40,7 @@ impl Guest {
 
     /// From the guest agent, installed or upgraded first when needed.
     async fn list(&self) -> Result<Vec<EnvInfo>> {
-        let agent = env::guest_agent::AgentBinary::load()?;
+        let agent = env::guest_agent::GuestAgentBinary::load()?;
         env::guest_agent::ensure(&self.session, &agent).await?;
         env::guest_agent::list(&self.session)
             .await

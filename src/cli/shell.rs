@@ -176,7 +176,7 @@ fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
     } else {
         // Not created yet: the config `vm start` will create it with.
         let cx = config::FillContext {
-            host: &config::Host::current(),
+            host: &config::HostFacts::current(),
             instance_dir: dir,
             file: &yaml,
             existing_version: config::existing_version(dir),

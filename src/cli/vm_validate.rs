@@ -9,12 +9,12 @@ use anyhow::Result;
 
 use super::Output;
 use super::args::ValidateArgs;
-use crate::vm::config::{self, FillContext, Host, LimaYaml, TemplateSearch};
+use crate::vm::config::{self, FillContext, HostFacts, LimaYaml, TemplateSearch};
 use crate::vm::dirs;
 
 pub(super) fn run(lima_home: &Path, args: &ValidateArgs, out: &Output) -> Result<ExitCode> {
     let search = TemplateSearch::from_env(lima_home);
-    let host = Host::current();
+    let host = HostFacts::current();
     let mut failed = 0;
     for file in &args.files {
         match check(file, lima_home, &search, &host, args.fill) {
@@ -47,7 +47,7 @@ fn check(
     file: &Path,
     lima_home: &Path,
     search: &TemplateSearch,
-    host: &Host,
+    host: &HostFacts,
     fill: bool,
 ) -> Result<LimaYaml, config::ConfigError> {
     // Like limactl, `_config/base.yaml` is embedded only when filling.

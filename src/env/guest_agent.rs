@@ -27,35 +27,36 @@ pub(crate) const OVERRIDE_VAR: &str = "LLIMA_BOX_GUEST_AGENT";
 const START_WAIT: Duration = Duration::from_secs(30);
 
 /// The agent executable to install, and what identifies it.
-pub(crate) struct AgentBinary {
+pub(crate) struct GuestAgentBinary {
     bytes: Cow<'static, [u8]>,
     pub sha256: String,
     /// `uname -m` of the machines it runs on.
     pub arch: &'static str,
 }
 
-impl AgentBinary {
+impl GuestAgentBinary {
     /// `$LLIMA_BOX_GUEST_AGENT` when set, else the embedded agent.
-    pub(crate) fn load() -> Result<AgentBinary, Error> {
-        let bytes: Cow<'static, [u8]> = match std::env::var_os(OVERRIDE_VAR) {
-            Some(path) => {
-                Cow::Owned(std::fs::read(&path).map_err(|source| Error::AgentOverride {
-                    path: path.into(),
-                    source,
-                })?)
-            }
-            None if EMBEDDED.is_empty() => return Err(Error::AgentNotBuilt),
-            None => Cow::Borrowed(EMBEDDED),
-        };
+    pub(crate) fn load() -> Result<GuestAgentBinary, Error> {
+        let bytes: Cow<'static, [u8]> =
+            match std::env::var_os(OVERRIDE_VAR) {
+                Some(path) => Cow::Owned(std::fs::read(&path).map_err(|source| {
+                    Error::GuestAgentOverride {
+                        path: path.into(),
+                        source,
+                    }
+                })?),
+                None if EMBEDDED.is_empty() => return Err(Error::GuestAgentNotBuilt),
+                None => Cow::Borrowed(EMBEDDED),
+            };
         Self::from_bytes(bytes)
     }
 
-    fn from_bytes(bytes: Cow<'static, [u8]>) -> Result<AgentBinary, Error> {
-        let arch = elf_arch(&bytes).ok_or(Error::AgentNotElf)?;
+    fn from_bytes(bytes: Cow<'static, [u8]>) -> Result<GuestAgentBinary, Error> {
+        let arch = elf_arch(&bytes).ok_or(Error::GuestAgentNotElf)?;
         if has_interpreter(&bytes) {
-            return Err(Error::AgentNotStatic);
+            return Err(Error::GuestAgentNotStatic);
         }
-        Ok(AgentBinary {
+        Ok(GuestAgentBinary {
             sha256: hex::encode(Sha256::digest(&bytes)),
             bytes,
             arch,
@@ -134,7 +135,7 @@ systemctl restart "$unit"
 "##
 );
 
-impl AgentBinary {
+impl GuestAgentBinary {
     /// Installs this agent and restarts the service; run with the
     /// executable on stdin.
     fn install_argv(&self) -> Vec<String> {
@@ -161,8 +162,8 @@ pub(crate) async fn request(session: &Session, req: &Request) -> Result<Reply, E
     let mut stream = session
         .open_socket_stream(AGENT_SOCKET)
         .await
-        .map_err(|e| Error::AgentUnreachable(e.to_string()))?;
-    let io = |e: std::io::Error| Error::AgentUnreachable(e.to_string());
+        .map_err(|e| Error::GuestAgentUnreachable(e.to_string()))?;
+    let io = |e: std::io::Error| Error::GuestAgentUnreachable(e.to_string());
     stream
         .write_all(&message::encode_request(req))
         .await
@@ -172,17 +173,18 @@ pub(crate) async fn request(session: &Session, req: &Request) -> Result<Reply, E
     loop {
         if let Some(frame) = decoder
             .next_frame()
-            .map_err(|e| Error::AgentProtocol(e.to_string()))?
+            .map_err(|e| Error::GuestAgentProtocol(e.to_string()))?
         {
             let _ = stream.shutdown().await;
-            return message::decode_reply(&frame).map_err(|e| Error::AgentProtocol(e.to_string()));
+            return message::decode_reply(&frame)
+                .map_err(|e| Error::GuestAgentProtocol(e.to_string()));
         }
         let n = stream.read(&mut buf).await.map_err(io)?;
         if n == 0 {
             decoder
                 .finish()
-                .map_err(|e| Error::AgentProtocol(e.to_string()))?;
-            return Err(Error::AgentUnreachable(
+                .map_err(|e| Error::GuestAgentProtocol(e.to_string()))?;
+            return Err(Error::GuestAgentUnreachable(
                 "it closed the stream without a reply".into(),
             ));
         }
@@ -193,25 +195,25 @@ pub(crate) async fn request(session: &Session, req: &Request) -> Result<Reply, E
 /// Makes sure the guest runs `agent`: asks the running one its version and,
 /// when it is not there or another, installs this one and waits until it
 /// answers. One round trip when the agent is current.
-pub(crate) async fn ensure(session: &Session, agent: &AgentBinary) -> Result<(), Error> {
+pub(crate) async fn ensure(session: &Session, agent: &GuestAgentBinary) -> Result<(), Error> {
     if running_version(session).await.as_deref() == Some(agent.sha256.as_str()) {
         return Ok(());
     }
     let done = session
         .exec_with_stdin(&agent.install_argv(), &agent.bytes)
         .await
-        .map_err(|e| Error::AgentInstall(e.to_string()))?;
+        .map_err(|e| Error::GuestAgentInstall(e.to_string()))?;
     let stderr = String::from_utf8_lossy(&done.stderr).trim().to_string();
     match done.exit {
         crate::ssh::RemoteExit::Code(0) => {}
         crate::ssh::RemoteExit::Code(EXIT_WRONG_ARCH) => {
-            return Err(Error::AgentArch {
+            return Err(Error::GuestAgentArch {
                 guest: stderr,
                 agent: agent.arch,
             });
         }
         other => {
-            return Err(Error::AgentInstall(format!(
+            return Err(Error::GuestAgentInstall(format!(
                 "exit status {}: {stderr}",
                 other.code()
             )));
@@ -223,7 +225,7 @@ pub(crate) async fn ensure(session: &Session, agent: &AgentBinary) -> Result<(),
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::AgentUnreachable(format!(
+            return Err(Error::GuestAgentUnreachable(format!(
                 "the new agent did not answer within {} s",
                 START_WAIT.as_secs()
             )));
@@ -243,8 +245,8 @@ async fn running_version(session: &Session) -> Option<String> {
 pub(crate) async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Error> {
     match request(session, &Request::List).await? {
         Reply::List { envs } => Ok(envs),
-        Reply::Error { message } => Err(Error::AgentFailed(message)),
-        other => Err(Error::AgentProtocol(format!(
+        Reply::Error { message } => Err(Error::GuestAgentFailed(message)),
+        other => Err(Error::GuestAgentProtocol(format!(
             "unexpected reply to list: {other:?}"
         ))),
     }
@@ -257,8 +259,8 @@ pub(crate) async fn delete(session: &Session, name: &str) -> Result<(), Error> {
     };
     match request(session, &req).await? {
         Reply::Deleted { .. } => Ok(()),
-        Reply::Error { message } => Err(Error::AgentFailed(message)),
-        other => Err(Error::AgentProtocol(format!(
+        Reply::Error { message } => Err(Error::GuestAgentFailed(message)),
+        other => Err(Error::GuestAgentProtocol(format!(
             "unexpected reply to delete: {other:?}"
         ))),
     }
@@ -270,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_embedded_agent_is_a_static_executable_for_this_arch() {
-        let a = AgentBinary::load().unwrap();
+        let a = GuestAgentBinary::load().unwrap();
         assert_eq!(a.arch, std::env::consts::ARCH);
         assert_eq!(a.sha256.len(), 64);
         // No program interpreter: it runs whatever libc the guest has.
@@ -283,8 +285,8 @@ mod tests {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(has_interpreter(&exe));
         assert!(matches!(
-            AgentBinary::from_bytes(Cow::Owned(exe)),
-            Err(Error::AgentNotStatic)
+            GuestAgentBinary::from_bytes(Cow::Owned(exe)),
+            Err(Error::GuestAgentNotStatic)
         ));
     }
 
@@ -300,14 +302,14 @@ mod tests {
         assert_eq!(elf_arch(&h), None);
         assert_eq!(elf_arch(b"#!/bin/sh\n"), None);
         assert!(matches!(
-            AgentBinary::from_bytes(Cow::Borrowed(b"#!/bin/sh\nexit 0\n")),
-            Err(Error::AgentNotElf)
+            GuestAgentBinary::from_bytes(Cow::Borrowed(b"#!/bin/sh\nexit 0\n")),
+            Err(Error::GuestAgentNotElf)
         ));
     }
 
     #[test]
     fn install_argv_passes_every_value_as_its_own_word() {
-        let a = AgentBinary::load().unwrap();
+        let a = GuestAgentBinary::load().unwrap();
         let argv = a.install_argv();
         assert_eq!(&argv[..4], ["sudo", "-n", "sh", "-c"]);
         assert_eq!(

@@ -53,12 +53,12 @@ pub(crate) enum Error {
         "this llima-box was built where no Linux guest agent can be built; set {} to a static build of crates/guest-agent for the VM's architecture",
         guest_agent::OVERRIDE_VAR
     )]
-    AgentNotBuilt,
+    GuestAgentNotBuilt,
     #[error(
         "cannot read the guest agent named by {}={path:?}: {source}",
         guest_agent::OVERRIDE_VAR
     )]
-    AgentOverride {
+    GuestAgentOverride {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
@@ -66,24 +66,24 @@ pub(crate) enum Error {
         "the guest agent is not a 64-bit Linux executable of a known architecture; check {}",
         guest_agent::OVERRIDE_VAR
     )]
-    AgentNotElf,
+    GuestAgentNotElf,
     #[error(
         "the guest agent is dynamically linked, so it would depend on the VM's C library; build it with RUSTFLAGS=\"-C target-feature=+crt-static\""
     )]
-    AgentNotStatic,
+    GuestAgentNotStatic,
     #[error(
         "the VM is {guest} but this llima-box carries a guest agent for {agent}; build llima-box on a {guest} machine, or set {} to a static {guest} build of crates/guest-agent (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p llima-box-guest-agent --target {guest}-unknown-linux-gnu)",
         guest_agent::OVERRIDE_VAR
     )]
-    AgentArch { guest: String, agent: &'static str },
+    GuestAgentArch { guest: String, agent: &'static str },
     #[error("cannot install the guest agent in the VM: {0}")]
-    AgentInstall(String),
+    GuestAgentInstall(String),
     #[error(
         "the guest agent does not answer: {0}; see `llima-box vm shell -- sudo journalctl -u llima-box-agent`"
     )]
-    AgentUnreachable(String),
+    GuestAgentUnreachable(String),
     #[error("the guest agent answered something unexpected ({0}); upgrade llima-box")]
-    AgentProtocol(String),
+    GuestAgentProtocol(String),
     #[error("the guest agent failed: {0}")]
-    AgentFailed(String),
+    GuestAgentFailed(String),
 }

@@ -44,7 +44,7 @@ pub struct Session {
     pub(super) handle: Handle<Client>,
     /// Where agent channels opened by the guest go; the mux server points
     /// it at the socket of the client it serves.
-    pub(super) agent_socket: AgentSocket,
+    pub(super) agent_socket: ForwardedAgentSocket,
     /// The guest socket that sshd forwards to `agent_socket`, once asked
     /// for (see [`Session::agent_forward`]).
     agent_forward: tokio::sync::Mutex<Option<String>>,
@@ -53,7 +53,7 @@ pub struct Session {
 }
 
 /// The local agent socket, shared between a session and its handler.
-pub(super) type AgentSocket = Arc<Mutex<Option<PathBuf>>>;
+pub(super) type ForwardedAgentSocket = Arc<Mutex<Option<PathBuf>>>;
 
 /// One attempt may not hang on a port that accepts but never answers.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,7 +206,7 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
         .map_err(|e| Failure::Transient(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let HostKeyPolicy::Pinned(expected) = &opts.host_key;
-    let agent_socket: AgentSocket = Arc::new(Mutex::new(opts.agent_forwarding.clone()));
+    let agent_socket: ForwardedAgentSocket = Arc::new(Mutex::new(opts.agent_forwarding.clone()));
     let handler = Client {
         expected: expected.clone(),
         agent_socket: agent_socket.clone(),
@@ -269,7 +269,7 @@ fn classify(addr: SocketAddr, e: russh::Error) -> Failure {
 /// The russh handler: host-key pinning and agent channels.
 pub(super) struct Client {
     expected: PublicKey,
-    agent_socket: AgentSocket,
+    agent_socket: ForwardedAgentSocket,
 }
 
 #[derive(Debug)]

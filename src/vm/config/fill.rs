@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
-use super::host::Host;
+use super::host_facts::HostFacts;
 use super::model::*;
 use super::template::{self, Vars};
 use super::{COMPAT_VERSION, ConfigError, version_less};
@@ -16,7 +16,7 @@ use crate::vm::units::format_bytes;
 
 /// Where the config being filled lives, for templates and versioned defaults.
 pub(crate) struct FillContext<'a> {
-    pub host: &'a Host,
+    pub host: &'a HostFacts,
     /// The instance directory (`{{.Dir}}`; its base name is `{{.Name}}`).
     pub instance_dir: &'a Path,
     /// The file being filled, named in error messages.
@@ -671,8 +671,8 @@ pub(crate) fn existing_version(dir: &Path) -> String {
 }
 
 #[cfg(test)]
-pub(crate) fn test_host() -> Host {
-    Host {
+pub(crate) fn test_host() -> HostFacts {
+    HostFacts {
         arch: "x86_64".into(),
         is_macos: false,
         ncpu: 2,

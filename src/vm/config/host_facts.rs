@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Host {
+pub(crate) struct HostFacts {
     /// Lima's name for the host architecture: `x86_64`, `aarch64`, ...
     pub arch: String,
     pub is_macos: bool,
@@ -20,16 +20,16 @@ pub(crate) struct Host {
     pub timezone: String,
 }
 
-impl Host {
+impl HostFacts {
     /// Reads the real host.
-    pub(crate) fn current() -> Host {
+    pub(crate) fn current() -> HostFacts {
         let uid = rustix::process::getuid().as_raw();
         let (user, comment, pw_home) = passwd_entry(uid);
         let home = crate::vm::dirs::home_dir()
             .ok()
             .or(pw_home)
             .unwrap_or_else(|| PathBuf::from("/"));
-        Host {
+        HostFacts {
             arch: crate::vm::sys::host_arch().to_string(),
             is_macos: cfg!(target_os = "macos"),
             ncpu: host_cpus(),
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn current_host_is_plausible() {
-        let h = Host::current();
+        let h = HostFacts::current();
         assert!(h.ncpu >= 1);
         assert!(h.memory_bytes > 0);
         assert!(!h.user.is_empty());

@@ -8,7 +8,7 @@
 mod embed;
 mod error;
 mod fill;
-mod host;
+mod host_facts;
 mod model;
 mod template;
 mod validate;
@@ -16,7 +16,7 @@ mod validate;
 pub(crate) use embed::{TemplateSearch, embed_file};
 pub(crate) use error::ConfigError;
 pub(crate) use fill::{FillContext, existing_version, fill_default};
-pub(crate) use host::Host;
+pub(crate) use host_facts::HostFacts;
 pub(crate) use model::*;
 pub(crate) use validate::validate;
 
@@ -43,7 +43,7 @@ pub(crate) fn load_instance(
     let path = instance_dir.join(layout::LIMA_YAML);
     let text = read(&path)?;
     let cx = FillContext {
-        host: &Host::current(),
+        host: &HostFacts::current(),
         instance_dir,
         file: &path,
         existing_version: existing_version(instance_dir),

@@ -24,7 +24,7 @@ fn check_template(
     templates: &Path,
     file: &Path,
     lima_home: &Path,
-    host: &Host,
+    host: &HostFacts,
 ) -> Result<LimaYaml, ConfigError> {
     let search = TemplateSearch {
         dirs: vec![templates.to_path_buf()],
@@ -41,7 +41,7 @@ fn check_template(
     Ok(y)
 }
 
-fn fill_str(text: &str, lima_home: &Path, host: &Host) -> Result<LimaYaml, ConfigError> {
+fn fill_str(text: &str, lima_home: &Path, host: &HostFacts) -> Result<LimaYaml, ConfigError> {
     let file = lima_home.join("t/lima.yaml");
     let cx = FillContext {
         host,
@@ -67,7 +67,7 @@ fn every_template_validates(dir: &Path, at_least: usize) {
         "only {} templates found",
         files.len()
     );
-    for host in [test_host(), Host::current()] {
+    for host in [test_host(), HostFacts::current()] {
         for f in &files {
             if let Err(e) = check_template(dir, f, home.path(), &host) {
                 panic!("{}: {e}", f.display());

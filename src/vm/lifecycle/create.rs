@@ -117,7 +117,7 @@ fn default_instance_yaml() -> String {
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4);
-    let memory = (crate::vm::config::Host::current().memory_bytes / 2).min(8 << 30);
+    let memory = (crate::vm::config::HostFacts::current().memory_bytes / 2).min(8 << 30);
     config::default_instance_yaml()
         .replace("cpus: null", &format!("cpus: {cpus}"))
         .replace("memory: null", &format!("memory: {}", format_bytes(memory)))

@@ -76,7 +76,7 @@ pub(crate) fn start(
         create::prepare_disk(&inst.dir, &cfg, ui.download())?;
     }
     ui.stage("starting the host agent");
-    let agent = spawn_agent(&inst)?;
+    let agent = spawn_host_agent(&inst)?;
     let port = follow_events(&inst.dir, Some(agent), 0, timeout, ui)?;
     Ok(Started {
         ssh_local_port: port,
@@ -86,7 +86,7 @@ pub(crate) fn start(
 
 /// Re-executes this binary as `llima-box hostagent DIR` in its own process
 /// group, so that it outlives the CLI and a Ctrl-C aimed at the CLI.
-fn spawn_agent(inst: &Instance) -> Result<u32, LifecycleError> {
+fn spawn_host_agent(inst: &Instance) -> Result<u32, LifecycleError> {
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
         move |source| LifecycleError::Io { what, path, source }
