@@ -102,14 +102,8 @@ pub(super) struct Setup {
 }
 
 /// A remote terminal like the local one: `TERM`, size and line settings
-/// (as SSH mode opcodes).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct PtyRequest {
-    pub term: String,
-    pub cols: u32,
-    pub rows: u32,
-    pub modes: Vec<(u8, u32)>,
-}
+/// (as SSH mode opcodes); the spawn protocol's, also sent through sshd.
+pub(super) use llima_box_proto::spawn::Pty as PtyRequest;
 
 impl Setup {
     /// The setup `ssh` would send from this process's terminal and

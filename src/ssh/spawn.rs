@@ -1,33 +1,19 @@
-//! The spawn protocol: a command run by a server in the guest that the
-//! host reaches over a `direct-streamlocal` channel, instead of by sshd in
-//! a new session. Under emulation every process the guest starts costs
-//! tens of milliseconds; sshd's session, login shell and sudo are several,
-//! the spawn server forks once and execs the command.
-//!
-//! On the stream, frames: a type byte, a 4-byte big-endian length, the
-//! payload. The host sends one header (JSON: the caller's request, the
-//! forwarded environment, the terminal, the agent socket that sshd forwards
-//! to the host's agent) and then stdin, EOF and resizes;
-//! the server answers with stdout, stderr and one exit frame (JSON:
-//! `{"code": N}` or `{"signal": "TERM", "core": false}`). An alternate
-//! server (tried when the first is not there) answers an accepted frame
-//! before anything else, or nothing ran. The server is the environment
-//! runtime's (`assets/guest/env-runtime`, `env_server`).
+//! The host's side of the spawn protocol (`llima_box_proto::spawn`): a
+//! command run by a server in the guest that the host reaches over a
+//! `direct-streamlocal` channel, instead of by sshd in a new session. Under
+//! emulation every process the guest starts costs tens of milliseconds;
+//! sshd's session, login shell and sudo are several, the spawn server forks
+//! once and execs the command. The server is the guest agent's
+//! `env-server`.
 
+use llima_box_proto::frame::encode as frame;
+use llima_box_proto::spawn::{
+    ACCEPTED, EOF, EXIT, ExitStatus, HEADER, Header, RESIZE, STDERR, STDIN, STDOUT,
+};
 use serde::{Deserialize, Serialize};
 
 use super::RemoteExit;
 use super::exec::PtyRequest;
-
-const HEADER: u8 = 0;
-const STDIN: u8 = 1;
-const EOF: u8 = 2;
-const RESIZE: u8 = 3;
-
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const EXIT: u8 = 3;
-const ACCEPTED: u8 = 4;
 
 /// Where the server listens in the guest and what to ask it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,24 +29,6 @@ pub(crate) struct Spawn {
     pub alternate: Option<Box<Spawn>>,
 }
 
-#[derive(Serialize)]
-struct Header<'a> {
-    request: &'a serde_json::Value,
-    env: &'a [(String, String)],
-    pty: Option<&'a PtyRequest>,
-    /// A guest socket that reaches the host's agent.
-    agent: Option<&'a str>,
-}
-
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frames are written in small chunks");
-    let mut v = Vec::with_capacity(5 + payload.len());
-    v.push(kind);
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
 pub(super) fn header(
     spawn: &Spawn,
     env: &[(String, String)],
@@ -69,9 +37,9 @@ pub(super) fn header(
 ) -> Vec<u8> {
     let json = serde_json::to_vec(&Header {
         request: &spawn.request,
-        env,
-        pty,
-        agent,
+        env: env.to_vec(),
+        pty: pty.cloned(),
+        agent: agent.map(String::from),
     })
     .expect("plain data serialises");
     frame(HEADER, &json)
@@ -106,14 +74,6 @@ pub(super) enum Output {
 #[derive(Default)]
 pub(super) struct Decoder {
     buf: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct ExitBody {
-    code: Option<u32>,
-    signal: Option<String>,
-    #[serde(default)]
-    core: bool,
 }
 
 impl Decoder {
@@ -174,16 +134,15 @@ impl Decoder {
 }
 
 fn exit(payload: &[u8]) -> Result<RemoteExit, String> {
-    let body: ExitBody = serde_json::from_slice(payload)
+    let body: ExitStatus = serde_json::from_slice(payload)
         .map_err(|e| format!("bad exit frame {:?}: {e}", String::from_utf8_lossy(payload)))?;
-    match (body.code, body.signal) {
-        (Some(code), _) => Ok(RemoteExit::Code(code)),
-        (None, Some(name)) => Ok(RemoteExit::Signal {
-            name,
-            core_dumped: body.core,
-        }),
-        (None, None) => Err("exit frame without code or signal".into()),
-    }
+    Ok(match body {
+        ExitStatus::Code { code } => RemoteExit::Code(code),
+        ExitStatus::Signal { signal, core } => RemoteExit::Signal {
+            name: signal,
+            core_dumped: core,
+        },
+    })
 }
 
 #[cfg(test)]
