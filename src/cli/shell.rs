@@ -18,24 +18,28 @@ use crate::vm::config;
 use crate::vm::layout;
 
 /// Whether the guest of the instance in `dir` is known to have this
-/// binary's runtime.
-fn runtime_is_current(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(layout::RUNTIME_STAMP))
-        .is_ok_and(|s| s.trim() == runtime::runtime_version())
+/// binary's runtime and guest agent (`version`, see
+/// [`runtime::guest_version`]).
+fn guest_is_current(dir: &Path, version: &str) -> bool {
+    std::fs::read_to_string(dir.join(layout::RUNTIME_STAMP)).is_ok_and(|s| s.trim() == version)
 }
 
-/// Installs or upgrades the runtime over `session` (a no-op in the guest
-/// when it is current) and records that on the host.
-async fn install_runtime(session: &Session, dir: &Path) -> Result<()> {
-    if runtime_is_current(dir) {
-        return Ok(());
-    }
+/// Installs or upgrades the guest agent and the runtime over `session` (each
+/// a no-op in the guest when current) and records that on the host.
+async fn install_guest(
+    session: &Session,
+    dir: &Path,
+    agent: &env::guest_agent::GuestAgentBinary,
+    version: &str,
+) -> Result<()> {
+    // First: the runtime starts the agent in every new environment.
+    env::guest_agent::ensure(session, agent).await?;
     let done = session
         .exec_with_stdin(&runtime::install_argv(), runtime::RUNTIME.as_bytes())
         .await
         .context("cannot install the environment runtime in the VM")?;
     check(&done, "install the environment runtime", "")?;
-    std::fs::write(dir.join(layout::RUNTIME_STAMP), runtime::runtime_version())
+    std::fs::write(dir.join(layout::RUNTIME_STAMP), version)
         .with_context(|| format!("cannot write {}", dir.join(layout::RUNTIME_STAMP).display()))?;
     Ok(())
 }
@@ -65,6 +69,9 @@ pub(super) fn run(
     let dir = lima_home.join(instance);
     // Refused before anything boots.
     let guest_project = guest_path(&dir, lima_home, &project)?;
+    // What the guest needs, found (or refused) before anything boots.
+    let guest_agent = env::guest_agent::GuestAgentBinary::load()?;
+    let version = runtime::guest_version(&guest_agent.sha256);
     let agent = agent_socket(args.no_agent);
     let opts = match access::connect_options(
         lima_home,
@@ -94,18 +101,18 @@ pub(super) fn run(
         argv: args.command.clone(),
     };
     let script = ssh::quote_argv(&runtime::exec_argv(&req))?;
-    let spawn = runtime::spawn_target(&req);
+    let spawn = runtime::spawn_target(&req, &version);
     out.debug(&format!(
         "ssh {}@{}: spawn server {}, else: {script}",
         opts.user, opts.addr, spawn.socket
     ));
     let pty = ssh::stdin_is_tty();
     let result = block_on(async {
-        if !runtime_is_current(&dir) {
+        if !guest_is_current(&dir, &version) {
             let session = Session::connect(opts.clone())
                 .await
                 .context("cannot connect to the VM")?;
-            install_runtime(&session, &dir).await?;
+            install_guest(&session, &dir, &guest_agent, &version).await?;
             // Use this connection rather than open another.
             return anyhow::Ok(session.run_interactive_or_piped(&script, pty).await);
         }

@@ -3,6 +3,8 @@
 //! installation, and the parsing of what it prints. Callers run these argv
 //! over SSH as the guest's admin user (who has passwordless sudo).
 
+use llima_box_proto::paths::{SOCKETS_DIR, SPARE_SOCKET};
+use llima_box_proto::spawn::{Claim, EnvRequest};
 use sha2::{Digest, Sha256};
 
 use super::Error;
@@ -94,35 +96,45 @@ pub(crate) fn exec_argv(req: &ExecRequest) -> Vec<String> {
     argv
 }
 
-/// Where the spawn servers listen in the guest (the runtime's `SOCKS`).
-const SOCKETS: &str = "/run/llima-box/sock";
+/// The guest software an environment is made with: the runtime and the
+/// guest agent whose `env-server` is each environment's first process (what
+/// the runtime's `guest_version` prints). A spare made with other software
+/// refuses to be claimed, and the host's record of what the guest has
+/// (`layout::RUNTIME_STAMP`) changes with either.
+pub(crate) fn guest_version(agent_sha256: &str) -> String {
+    format!("{} {agent_sha256}", runtime_version())
+}
 
-/// The environment's spawn server (started with its namespace; see
-/// `env_server` in the runtime): the command of `req` without sudo, the
-/// runtime or sshd's session in between. When the environment does not
-/// exist yet (or its server is not up), the runtime's spare environment,
-/// which becomes this one if `req` says what to create it from.
-pub(crate) fn spawn_target(req: &ExecRequest) -> crate::ssh::Spawn {
-    let request = serde_json::json!({ "cwd": req.cwd, "argv": req.argv });
+/// The environment's spawn server (the guest agent's `env-server`, started
+/// with its namespace): the command of `req` without sudo, the runtime or
+/// sshd's session in between. When the environment does not exist yet (or
+/// its server is not up), the spare environment, which becomes this one if
+/// `req` says what to create it from and `guest_version` is the spare's.
+pub(crate) fn spawn_target(req: &ExecRequest, guest_version: &str) -> crate::ssh::Spawn {
+    let request = |claim| {
+        serde_json::to_value(EnvRequest {
+            cwd: req.cwd.clone(),
+            argv: req.argv.clone(),
+            claim,
+        })
+        .expect("plain data serialises")
+    };
     let alternate = req.ensure.as_ref().map(|(project, uid, gid)| {
-        let mut request = request.clone();
-        request["claim"] = serde_json::json!({
-            "name": req.name,
-            "project": project,
-            "host_uid": uid,
-            "host_gid": gid,
-            // A spare made by another runtime refuses.
-            "runtime": runtime_version(),
-        });
         Box::new(crate::ssh::Spawn {
-            socket: format!("{SOCKETS}/spare.sock"),
-            request,
+            socket: SPARE_SOCKET.to_string(),
+            request: request(Some(Claim {
+                name: req.name.clone(),
+                project: project.clone(),
+                host_uid: *uid,
+                host_gid: *gid,
+                runtime: guest_version.to_string(),
+            })),
             alternate: None,
         })
     });
     crate::ssh::Spawn {
-        socket: format!("{SOCKETS}/{}.sock", req.name),
-        request,
+        socket: format!("{SOCKETS_DIR}/{}.sock", req.name),
+        request: request(None),
         alternate,
     }
 }
@@ -195,26 +207,6 @@ mod tests {
         child.wait_with_output().unwrap()
     }
 
-    /// The spawn server embedded in the runtime compiles.
-    #[test]
-    fn spawn_server_compiles() {
-        let start = RUNTIME.find("cat <<'PY'\n").expect("env_server's heredoc") + 11;
-        let len = RUNTIME[start..].find("\nPY\n").expect("its end");
-        let out = with_stdin(
-            "python3",
-            &[
-                "-c",
-                "import sys; compile(sys.stdin.read(), 'env_server', 'exec')",
-            ],
-            &RUNTIME.as_bytes()[start..start + len],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     #[test]
     fn a_new_environment_may_claim_the_spare() {
         let mut req = ExecRequest {
@@ -224,7 +216,7 @@ mod tests {
             agent: false,
             argv: vec!["a b".into()],
         };
-        let target = spawn_target(&req);
+        let target = spawn_target(&req, "r a");
         assert_eq!(target.socket, "/run/llima-box/sock/app-0123abcd.sock");
         assert_eq!(
             target.request,
@@ -236,11 +228,11 @@ mod tests {
             spare.request,
             serde_json::json!({"cwd": "/p q/sub", "argv": ["a b"], "claim": {
                 "name": "app-0123abcd", "project": "/p q", "host_uid": 501,
-                "host_gid": 20, "runtime": runtime_version()}})
+                "host_gid": 20, "runtime": "r a"}})
         );
         // Without what to create it from, there is nothing to claim.
         req.ensure = None;
-        assert!(spawn_target(&req).alternate.is_none());
+        assert!(spawn_target(&req, "r a").alternate.is_none());
     }
 
     #[test]

@@ -69,9 +69,10 @@ pub const HOST_KEY_PUB: &str = "ssh_host_key.pub";
 /// The host agent's held SSH connection for the CLI (ours; kept short, as
 /// unix socket paths are limited to about 100 bytes).
 pub const MUX_SOCK: &str = "mux.sock";
-/// Which environment runtime version the guest has (ours): the guest's disk
-/// lives and dies with the instance directory, so a matching stamp lets
-/// `shell` skip the install round trip.
+/// Which environment runtime and guest agent the guest has (ours, see
+/// `env::runtime::guest_version`): the guest's disk lives and dies with the
+/// instance directory, so a matching stamp lets `shell` skip the install
+/// round trips.
 pub const RUNTIME_STAMP: &str = "env-runtime.sha256";
 
 /// What only a running instance has; a stop leaves none of them behind.

@@ -83,6 +83,9 @@ fn environments_end_to_end() {
         check_ssh_agent_forwarding(&vm, &a)
     });
     checks.run_after("terminal", FIRST, || check_terminal(&vm, &a, name_a()));
+    checks.run_after("server_is_the_agent", FIRST, || {
+        check_server_is_the_agent(&vm, &a)
+    });
     // Before anything else makes B: B must be the one to claim the spare.
     checks.run_after("spare_claimed", FIRST, || check_spare_claimed(&vm, &b));
 
@@ -170,9 +173,48 @@ fn environments_end_to_end() {
         assert_eq!(tree_hash(&a), before_a);
         vm.ok(&["delete-all", "-y"]);
     });
+    checks.run_after("without_python", &["delete_all"], || {
+        check_without_python(&vm, &projects)
+    });
     checks.run("stop", || vm.ok(&["vm", "stop", "--force"]));
 
     checks.finish();
+}
+
+/// The environment's first process, which runs its commands, is the guest
+/// agent's env-server (a resident python3 was about 10 MiB per environment).
+fn check_server_is_the_agent(vm: &VmHome, a: &Path) {
+    let out = vm.shell_ok(
+        a,
+        &["sh", "-c", "cat /proc/1/comm; grep VmRSS /proc/1/status"],
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("guest-agent"), "{out}");
+    let rss_kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {out:?}"));
+    eprintln!("env-server resident: {rss_kib} KiB");
+    assert!(rss_kib < 4096, "the env-server holds {rss_kib} KiB");
+}
+
+/// Environments need no python3 in the guest: with it made unusable, a new
+/// project's first shell and a second one work.
+fn check_without_python(vm: &VmHome, projects: &TestDir) {
+    const HIDE: &str = r#"p=$(readlink -f /usr/bin/python3)
+case $1 in
+hide) sudo mount --bind /dev/null "$p" && ! python3 -c 1 2>/dev/null && echo hidden ;;
+*) sudo umount "$p" && python3 -c 'print("back")' ;;
+esac"#;
+    assert_eq!(vm.admin_bash(HIDE, "hide").trim(), "hidden");
+    let project = projects.mkdir("no-python");
+    projects.write("no-python/file", "here\n");
+    let first = vm.shell(&project, &["sh", "-c", "cat file; cat /proc/1/comm"]);
+    let again = vm.shell(&project, &["cat", "file"]);
+    assert_eq!(vm.admin_bash(HIDE, "show").trim(), "back");
+    assert_eq!(text(&first).0, "here\nguest-agent\n", "{:?}", text(&first));
+    assert_eq!(text(&again).0, "here\n", "{:?}", text(&again));
 }
 
 /// Outside every mount: refused before anything boots; and list, with the

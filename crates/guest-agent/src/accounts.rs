@@ -73,6 +73,55 @@ fn map_lines(text: &str, mut f: impl FnMut(&str) -> Option<String>) -> String {
     out
 }
 
+/// An account file's text with the account `old` named `new`: every field
+/// or comma-separated list entry that is `old`, and the home `/home/old`.
+/// What `usermod -l` and `groupmod -n` do, without starting either.
+pub fn renamed(text: &str, old: &str, new: &str) -> String {
+    let old_home = format!("/home/{old}");
+    let new_home = format!("/home/{new}");
+    map_lines(text, |line| {
+        let fields: Vec<String> = line
+            .split(':')
+            .map(|f| {
+                if f == old_home {
+                    return new_home.clone();
+                }
+                f.split(',')
+                    .map(|e| if e == old { new } else { e })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        Some(fields.join(":"))
+    })
+}
+
+/// Renames the account `old` to `new` in each of `files` (see [`renamed`]);
+/// the caller holds the account files' lock.
+pub fn rename_account(old: &str, new: &str, files: &[&str]) -> std::io::Result<()> {
+    for file in files {
+        rewrite(Path::new(file), |t| renamed(t, old, new))?;
+    }
+    Ok(())
+}
+
+/// The groups `name` is in according to a group file's text, and `gid`
+/// (its own), as getgrouplist(3) gives them.
+pub fn groups_of(group: &str, name: &str, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    for line in group.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if let [_, _, g, members] = fields[..]
+            && members.split(',').any(|m| m == name)
+            && let Ok(g) = g.parse()
+            && !groups.contains(&g)
+        {
+            groups.push(g);
+        }
+    }
+    groups
+}
+
 /// Replaces the file at `path` with `edit` of its text, atomically (a
 /// temporary file beside it, then rename) and keeping its mode and owner.
 /// A missing file is left missing; an unchanged one is not rewritten.
@@ -177,6 +226,30 @@ mod tests {
         let gshadow = "sudo:*:app:admin,app\napp:!::\n";
         let t = without_member(&without_entry(gshadow, "app").0, "app", &[2, 3]);
         assert_eq!(t, "sudo:*::admin\n");
+    }
+
+    #[test]
+    fn renames_names_members_and_home_only() {
+        let passwd = "spare-7:x:70001:70001::/home/spare-7:/bin/bash\n\
+            spare-70:x:70002:70002::/home/spare-70:/bin/bash\n";
+        assert_eq!(
+            renamed(passwd, "spare-7", "app-1a2b3c4d"),
+            "app-1a2b3c4d:x:70001:70001::/home/app-1a2b3c4d:/bin/bash\n\
+             spare-70:x:70002:70002::/home/spare-70:/bin/bash\n"
+        );
+        let group = "spare-7:x:70001:\nusers:x:100:a,spare-7,spare-70\n";
+        assert_eq!(
+            renamed(group, "spare-7", "new"),
+            "new:x:70001:\nusers:x:100:a,new,spare-70\n"
+        );
+        assert_eq!(renamed(group, "nobody", "new"), group);
+    }
+
+    #[test]
+    fn finds_supplementary_groups() {
+        let group = "app:x:70001:\nusers:x:100:a,app\ndocker:x:999:app-2\nbad:x:z:app\n";
+        assert_eq!(groups_of(group, "app", 70001), [70001, 100]);
+        assert_eq!(groups_of("", "app", 5), [5]);
     }
 
     #[test]

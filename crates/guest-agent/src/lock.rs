@@ -28,6 +28,36 @@ pub fn flock(name: &str) -> std::io::Result<Guard> {
     Ok(Guard { _file: f })
 }
 
+/// `NAME` in the locks directory reached through `state` (a descriptor of
+/// the state directory, for a process in which its path is hidden), held
+/// exclusively if it is free: `None` when someone holds it.
+pub fn try_flock_at(state: &impl AsRawFd, name: &str) -> std::io::Result<Option<Guard>> {
+    let path = std::ffi::CString::new(format!("locks/{name}"))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated path.
+    let fd = unsafe {
+        libc::openat(
+            state.as_raw_fd(),
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a descriptor nothing else owns.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: a valid descriptor.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(Guard { _file: file }))
+}
+
 /// The lock `lckpwdf(3)` takes: a write lock on the whole of
 /// `/etc/.pwd.lock`, which shadow-utils' tools respect.
 pub fn account_files() -> std::io::Result<Guard> {

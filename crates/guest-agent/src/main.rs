@@ -1,23 +1,32 @@
 //! llima-box's guest agent: a root service in the VM that the host reaches
 //! through the admin user's SSH connection, on one unix socket. It takes
 //! over the environment runtime's work one responsibility at a time; today
-//! it answers `version`, `list` and `delete`.
+//! it answers `version`, `list` and `delete`, and each environment's first
+//! process is this binary's `env-server` (the commands' spawn server).
 //!
 //! It is built as a static executable (no glibc NSS: account files are read
 //! directly), so one binary runs on any guest of its architecture.
 
 mod accounts;
 mod delete;
+mod env_server;
 mod list;
 mod lock;
 mod server;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: llima-box-guest-agent serve --admin-uid UID";
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "env-server") {
+        return match env_server::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("llima-box-guest-agent env-server: {e}");
+                ExitCode::from(125)
+            }
+        };
+    }
     let admin_uid = match args.as_slice() {
         [serve, flag, uid] if serve == "serve" && flag == "--admin-uid" => match uid.parse() {
             Ok(uid) => uid,
@@ -35,6 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("{USAGE}");
+    eprintln!("usage: llima-box-guest-agent serve --admin-uid UID");
+    eprintln!("       llima-box-guest-agent {}", env_server::USAGE);
     ExitCode::from(2)
 }

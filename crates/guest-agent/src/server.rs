@@ -46,7 +46,7 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
+pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,

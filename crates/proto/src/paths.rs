@@ -18,6 +18,13 @@ pub const ENVS_DIR: &str = "/var/lib/llima-box/envs";
 pub const LOCKS_DIR: &str = "/var/lib/llima-box/locks";
 /// The environments' spawn sockets, `NAME.sock`.
 pub const SOCKETS_DIR: &str = "/run/llima-box/sock";
+/// Where the spare environment's server listens until a first shell
+/// claims it (then it moves to `NAME.sock`).
+pub const SPARE_SOCKET: &str = "/run/llima-box/sock/spare.sock";
+/// The runtime's per-namespace scratch: the raw and remapped shares
+/// (`raw/I`, `remap/I` for the I-th root) and the stashed home (`home`),
+/// only ever visible inside an environment's mount namespace.
+pub const STAGE_DIR: &str = "/run/llima-box/stage";
 /// An environment's holder unit is `PREFIX + NAME` (a claimed spare's is
 /// recorded in its `unit` file instead).
 pub const ENV_UNIT_PREFIX: &str = "llima-box-env-";

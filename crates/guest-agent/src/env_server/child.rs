@@ -1,0 +1,319 @@
+//! Starting one command: everything the child needs is prepared before the
+//! fork, because the server has threads and a forked child of a threaded
+//! process may only make system calls until it execs (no allocation, no
+//! locks). The child becomes the environment's user in its own session,
+//! optionally with the forwarded SSH agent in a mount namespace of its own.
+
+use std::ffi::{CString, c_char};
+use std::os::fd::RawFd;
+
+/// Where a command finds its forwarded agent: a tmpfs of its own mount
+/// namespace, so no other command of the environment sees the socket.
+const AGENT_DIR: &[u8] = b"/run/user/agent\0";
+const AGENT_SOCKET: &[u8] = b"/run/user/agent/ssh-agent.sock\0";
+pub const AGENT_SOCKET_PATH: &str = "/run/user/agent/ssh-agent.sock";
+
+/// The descriptors that become the command's 0, 1 and 2.
+pub enum Stdio {
+    /// The terminal's slave side: also the controlling terminal.
+    Pty(RawFd),
+    /// Pipes: stdin's read end, stdout's and stderr's write ends.
+    Pipes([RawFd; 3]),
+}
+
+pub struct Prepared {
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    /// Owns what `envp_ptrs` points at.
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const c_char>,
+    /// What execvp would try, in order: argv[0] in each PATH directory.
+    candidates: Vec<CString>,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    /// The forwarded agent's socket to bind in.
+    agent: Option<CString>,
+}
+
+// The raw pointers point into the CStrings owned alongside them.
+unsafe impl Send for Prepared {}
+
+/// A string for the kernel; NUL bytes cannot be passed and are refused.
+fn c(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+fn pointers(v: &[CString]) -> Vec<*const c_char> {
+    v.iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+pub struct Command<'a> {
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+    pub agent: Option<&'a str>,
+}
+
+impl Prepared {
+    pub fn new(cmd: &Command) -> Result<Prepared, String> {
+        let argv = cmd
+            .argv
+            .iter()
+            .map(|a| c(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = cmd
+            .env
+            .iter()
+            .map(|(k, v)| c(&format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let program = cmd.argv.first().ok_or("no command")?;
+        let candidates = if program.contains('/') {
+            vec![c(program)?]
+        } else {
+            let path = cmd
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+            path.split(':')
+                .map(|dir| {
+                    c(&format!(
+                        "{}/{program}",
+                        if dir.is_empty() { "." } else { dir }
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(Prepared {
+            argv_ptrs: pointers(&argv),
+            argv,
+            envp_ptrs: pointers(&envp),
+            _envp: envp,
+            candidates,
+            cwd: c(cmd.cwd)?,
+            uid: cmd.uid,
+            gid: cmd.gid,
+            groups: cmd.groups.to_vec(),
+            agent: cmd.agent.map(c).transpose()?,
+        })
+    }
+
+    /// In the forked child: sets it up and execs, or says why not on its
+    /// stderr and exits 125 (set-up), 126 (not executable) or 127 (not
+    /// found), as a shell would.
+    ///
+    /// # Safety
+    /// Only in a child just forked, with `stdio` open in it.
+    pub unsafe fn exec(&self, stdio: &Stdio) -> ! {
+        // SAFETY: system calls on descriptors and strings this child owns.
+        unsafe {
+            if let Some(agent) = &self.agent
+                && let Err(e) = bind_agent(agent)
+            {
+                let _ = redirect(stdio);
+                fail(&[b"llima-box: cannot pass on the SSH agent: "], e, 125);
+            }
+            if let Err(e) = redirect(stdio) {
+                fail(
+                    &[b"llima-box: cannot set up the command's terminal: "],
+                    e,
+                    125,
+                );
+            }
+            for s in [
+                libc::SIGPIPE,
+                libc::SIGXFSZ,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGTERM,
+                libc::SIGHUP,
+                libc::SIGCHLD,
+            ] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
+                || libc::setresgid(self.gid, self.gid, self.gid) != 0
+                || libc::setresuid(self.uid, self.uid, self.uid) != 0
+            {
+                fail(
+                    &[b"llima-box: cannot become the environment's user: "],
+                    errno(),
+                    125,
+                );
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            // After dropping privileges, so the user's own permissions apply.
+            if libc::chdir(self.cwd.as_ptr()) != 0 {
+                let e = errno();
+                fail(
+                    &[b"llima-box: cannot enter ", self.cwd.as_bytes(), b": "],
+                    e,
+                    125,
+                );
+            }
+            let mut denied = false;
+            for path in &self.candidates {
+                libc::execve(
+                    path.as_ptr(),
+                    self.argv_ptrs.as_ptr(),
+                    self.envp_ptrs.as_ptr(),
+                );
+                match errno() {
+                    libc::ENOENT | libc::ENOTDIR => {}
+                    libc::EACCES => denied = true,
+                    e => fail(&[b"llima-box: ", self.argv[0].as_bytes(), b": "], e, 126),
+                }
+            }
+            let program = self.argv[0].as_bytes();
+            if denied {
+                fail(&[b"llima-box: ", program, b": "], libc::EACCES, 126);
+            }
+            write_all(&[b"llima-box: ", program, b": command not found\n"]);
+            libc::_exit(127)
+        }
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The command's own mount namespace, with the agent's socket bound in.
+unsafe fn bind_agent(socket: &CString) -> Result<(), i32> {
+    // SAFETY: NUL-terminated constants and strings.
+    unsafe {
+        let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                c"llima-box-agent".as_ptr(),
+                AGENT_DIR.as_ptr().cast(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=0755,size=64k".as_ptr().cast(),
+            ) == 0;
+        if !ok {
+            return Err(errno());
+        }
+        let fd = libc::open(
+            AGENT_SOCKET.as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+            0o644,
+        );
+        if fd < 0 {
+            return Err(errno());
+        }
+        libc::close(fd);
+        if libc::mount(
+            socket.as_ptr(),
+            AGENT_SOCKET.as_ptr().cast(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// A new session whose 0, 1 and 2 are `stdio` (a terminal becomes the
+/// controlling one, as login_tty does).
+unsafe fn redirect(stdio: &Stdio) -> Result<(), i32> {
+    // SAFETY: descriptors open in this child.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(errno());
+        }
+        let fds = match *stdio {
+            Stdio::Pty(slave) => {
+                if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(errno());
+                }
+                [slave; 3]
+            }
+            Stdio::Pipes(fds) => fds,
+        };
+        for (target, fd) in fds.into_iter().enumerate() {
+            if libc::dup2(fd, target as RawFd) < 0 {
+                return Err(errno());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `parts`, the text of `err` and a newline to stderr, then exits.
+unsafe fn fail(parts: &[&[u8]], err: i32, status: i32) -> ! {
+    // SAFETY: strerror returns a static string for known errors.
+    unsafe {
+        let text = std::ffi::CStr::from_ptr(libc::strerror(err)).to_bytes();
+        write_all(parts);
+        write_all(&[text, b"\n"]);
+        libc::_exit(status)
+    }
+}
+
+fn write_all(parts: &[&[u8]]) {
+    for part in parts {
+        let mut rest = *part;
+        while !rest.is_empty() {
+            // SAFETY: writes from a live slice.
+            let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                return;
+            }
+            rest = &rest[n as usize..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command<'a>(argv: &'a [String], env: &'a [(String, String)]) -> Command<'a> {
+        Command {
+            argv,
+            env,
+            cwd: "/",
+            uid: 0,
+            gid: 0,
+            groups: &[],
+            agent: None,
+        }
+    }
+
+    #[test]
+    fn searches_path_like_execvp() {
+        let env = [("PATH".to_string(), "/usr/local/bin::/bin".to_string())];
+        let argv = ["ls".to_string(), "-l".to_string()];
+        let p = Prepared::new(&command(&argv, &env)).unwrap();
+        let c: Vec<_> = p.candidates.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(c, ["/usr/local/bin/ls", "./ls", "/bin/ls"]);
+        assert_eq!(p.argv_ptrs.len(), 3, "NULL-terminated");
+        assert!(p.argv_ptrs[2].is_null() && p.envp_ptrs[1].is_null());
+        assert_eq!(p._envp[0].to_str().unwrap(), "PATH=/usr/local/bin::/bin");
+
+        let argv = ["./run me".to_string()];
+        let p = Prepared::new(&command(&argv, &env)).unwrap();
+        assert_eq!(p.candidates, [CString::new("./run me").unwrap()]);
+    }
+
+    #[test]
+    fn refuses_nul_bytes_and_empty_commands() {
+        let argv = ["a\0b".to_string()];
+        assert!(Prepared::new(&command(&argv, &[])).is_err());
+        assert!(Prepared::new(&command(&[], &[])).is_err());
+    }
+}

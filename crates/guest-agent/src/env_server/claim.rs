@@ -1,0 +1,291 @@
+//! Claiming a spare: the pool keeps one environment ready (user, home,
+//! namespace with every writable share remapped, this server listening on
+//! the spare socket), and the first shell of a new project turns it into
+//! that project's environment instead of waiting seconds for one to be
+//! built. Only what the command needs happens before it starts (its view of
+//! the project and home, its name in passwd and group); the rest
+//! ([`Completion`]) overlaps with its start. A refusal is always safe: the
+//! host then creates the environment the slow way.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use llima_box_proto::names::valid_env_name;
+use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, SPARE_SOCKET, STAGE_DIR};
+use llima_box_proto::spawn::Claim;
+
+use super::{Identity, Server};
+use crate::{accounts, lock};
+
+/// What lookups read: renamed before the command starts.
+const LOOKUP_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
+const OTHER_ACCOUNT_FILES: [&str; 4] =
+    ["/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"];
+
+/// The rest of a claim, with the locks that keep others away until done.
+pub struct Completion {
+    old: String,
+    root: String,
+    _locks: Vec<lock::Guard>,
+    _source: OwnedFd,
+}
+
+/// An absolute path without empty, `.` or `..` components or a newline.
+fn normalised(path: &str) -> bool {
+    path.starts_with('/')
+        && path != "/"
+        && !path.ends_with('/')
+        && !path.contains('\n')
+        && path[1..].split('/').all(|p| !matches!(p, "" | "." | ".."))
+}
+
+fn within(path: &str, top: &str) -> bool {
+    path == top
+        || path
+            .strip_prefix(top)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn c(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::other("a path with a NUL byte"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn bind(source: &str, target: &str) -> io::Result<()> {
+    let (s, t) = (c(source)?, c(target)?);
+    // SAFETY: NUL-terminated paths; a bind mount takes no type or data.
+    check(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+}
+
+fn detach(target: &str) -> io::Result<()> {
+    let t = c(target)?;
+    // SAFETY: a NUL-terminated path.
+    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// Whether `path` (relative to `dir`) exists, without following it.
+fn exists_at(dir: &OwnedFd, path: &str) -> io::Result<bool> {
+    let p = c(path)?;
+    // SAFETY: plain data filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, path and stat buffer.
+    match check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            p.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    }) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: a valid directory descriptor and NUL-terminated names.
+    check(unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) })
+}
+
+fn write_at(dir: &OwnedFd, name: &str, text: &str) -> io::Result<()> {
+    let n = c(name)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a descriptor nothing else owns.
+    let mut f = unsafe { fs::File::from_raw_fd(fd) };
+    io::Write::write_all(&mut f, text.as_bytes())
+}
+
+/// Takes the spare's socket off the pool, so nobody claims it again and the
+/// pool's keeper makes another.
+pub fn unpublish() {
+    let _ = fs::remove_file(SPARE_SOCKET);
+}
+
+/// Turns this server's spare into `c`'s environment, or says why not.
+/// `Ok(None)`: this server is that environment already.
+pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
+    let mut id = server.identity.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(project) = &id.project {
+        if (c.name.as_str(), c.project.as_str()) != (id.name.as_str(), project.as_str()) {
+            return Err("taken by another project".into());
+        }
+        return Ok(None);
+    }
+    let cfg = &server.config;
+    if c.runtime != cfg.version {
+        // Of no use any more: out of the way, so that the pool makes a new one.
+        server.retire();
+        return Err("made by another version of the runtime".into());
+    }
+    if (c.host_uid, c.host_gid) != (cfg.host_uid, cfg.host_gid) {
+        return Err("made for another host user".into());
+    }
+    if !valid_env_name(&c.name) || !normalised(&c.project) {
+        return Err("bad name or project path".into());
+    }
+    let Some((index, root)) = cfg
+        .roots
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| within(&c.project, r))
+        .max_by_key(|(_, r)| r.len())
+    else {
+        return Err("the project is on no share this spare remapped".into());
+    };
+    let source = format!("{STAGE_DIR}/remap/{index}{}", &c.project[root.len()..]);
+    // One walk by the kernel; what it reached is what gets mounted.
+    let src = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(&source)
+        .map_err(|_| "the project is not a directory".to_string())?;
+    let src = OwnedFd::from(src);
+    let fd_path = format!("/proc/self/fd/{}", src.as_raw_fd());
+    if fs::read_link(&fd_path).ok().as_deref() != Some(std::path::Path::new(&source)) {
+        return Err("the project's path has a symbolic link in it".into());
+    }
+    // The environment's lock, as `ensure` takes it, and the pool's, so that
+    // the pool's keeper never sees this spare half claimed.
+    let mut locks = Vec::new();
+    for name in [format!("{}.lock", c.name), ".pool.lock".into()] {
+        match lock::try_flock_at(&server.dirs.state, &name) {
+            Ok(Some(g)) => locks.push(g),
+            Ok(None) => return Err("the environment is being created".into()),
+            Err(e) => return Err(format!("cannot take the lock {name}: {e}")),
+        }
+    }
+    let taken = |e: io::Error| format!("cannot check for an existing environment: {e}");
+    if exists_at(&server.dirs.state, &format!("envs/{}", c.name)).map_err(taken)?
+        || exists_at(&server.dirs.homes, &c.name).map_err(taken)?
+    {
+        return Err("the environment exists".into());
+    }
+    let passwd = fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
+    if accounts::uid_of(&passwd, &c.name).is_some() {
+        return Err("the user exists".into());
+    }
+    locks.push(lock::account_files().map_err(|e| format!("the account files are locked: {e}"))?);
+    let old = id.name.clone();
+    if let Err(e) = claim_as(&mut id, c, &fd_path) {
+        unpublish();
+        return Err(format!("cannot take the spare on: {e}"));
+    }
+    Ok(Some(Completion {
+        old,
+        root: root.clone(),
+        _locks: locks,
+        _source: src,
+    }))
+}
+
+/// What the command needs: its view of the project and home, and its name.
+fn claim_as(id: &mut Identity, c: &Claim, source: &str) -> io::Result<()> {
+    let home = format!("{HOMES_DIR}/{}", c.name);
+    fs::create_dir_all(&home)?;
+    bind(&format!("{STAGE_DIR}/home"), &home)?;
+    let old_home = id.home();
+    detach(&old_home)?;
+    fs::remove_dir(&old_home)?;
+    fs::create_dir_all(&c.project)?;
+    bind(source, &c.project)?;
+    accounts::rename_account(&id.name, &c.name, &LOOKUP_FILES)?;
+    id.name = c.name.clone();
+    id.project = Some(c.project.clone());
+    // A spare's user is in its own group only.
+    id.groups.truncate(1);
+    Ok(())
+}
+
+impl Completion {
+    /// The rest: account files, the home's directory, the records, and
+    /// last the socket, since once it has the environment's name the
+    /// environment is complete. A failure leaves the spare unpublished, so
+    /// that nobody claims it again and the pool replaces it.
+    pub fn complete(self, server: &Server) {
+        let (name, project) = {
+            let id = server.identity.lock().unwrap_or_else(|e| e.into_inner());
+            (id.name.clone(), id.project.clone().unwrap_or_default())
+        };
+        if let Err(e) = self.finish(server, &name, &project) {
+            eprintln!("llima-box env-server: claiming this spare as {name} failed: {e}");
+            unpublish();
+        }
+    }
+
+    fn finish(&self, server: &Server, name: &str, project: &str) -> io::Result<()> {
+        accounts::rename_account(&self.old, name, &OTHER_ACCOUNT_FILES)?;
+        rename_at(&server.dirs.homes, &self.old, name)?;
+        for (i, r) in server.config.roots.iter().enumerate() {
+            // The project's share stays; the others' remaps go (each FUSE
+            // process exits with its last mount).
+            if *r != self.root {
+                detach(&format!("{STAGE_DIR}/remap/{i}"))?;
+            }
+        }
+        let now = llima_box_proto::time::rfc3339_secs(std::time::SystemTime::now());
+        for (file, text) in [("project", project), ("created", &now), ("last_used", "")] {
+            write_at(&server.dirs.env, file, text)?;
+        }
+        let envs = c("envs")?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        match check(unsafe { libc::mkdirat(server.dirs.state.as_raw_fd(), envs.as_ptr(), 0o700) }) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        rename_at(
+            &server.dirs.state,
+            &format!("spares/{}", self.old),
+            &format!("envs/{name}"),
+        )?;
+        let socket = format!("{SOCKETS_DIR}/{name}.sock");
+        fs::rename(SPARE_SOCKET, &socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_normalised_and_inside() {
+        for good in ["/p", "/home/u/a b", "/x/.hidden"] {
+            assert!(normalised(good), "{good}");
+        }
+        for bad in ["", "/", "p", "/p/", "/a//b", "/a/./b", "/a/../b", "/a\nb"] {
+            assert!(!normalised(bad), "{bad:?}");
+        }
+        assert!(within("/a/b", "/a") && within("/a", "/a"));
+        assert!(!within("/ab", "/a") && !within("/", "/a"));
+    }
+}

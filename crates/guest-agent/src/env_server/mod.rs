@@ -1,0 +1,221 @@
+//! An environment's spawn server: the first process of the environment's PID
+//! namespace (root, in its mount and IPC namespaces), started by the
+//! runtime's holder. It runs each command the host sends over its socket
+//! (see `llima_box_proto::spawn`) with one fork and one exec, which is what
+//! makes a warm `shell` cheaper than an SSH session under emulation, and
+//! reaps orphans as a PID namespace's first process must.
+//!
+//! Started as `env-server VERSION SOCKET NAME UID GID PROJECT ADMIN HOST_UID
+//! HOST_GID [ROOT...]` (PROJECT empty for a spare, whose ROOTs are the
+//! remapped shares) with descriptors 7 (the ready file), 8 (the
+//! environment's record directory), 6 (the state directory) and 5 (the
+//! guest's `/home`), which the namespace hides by path.
+
+mod child;
+mod claim;
+mod pty;
+mod reaper;
+mod session;
+
+use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use llima_box_proto::paths::HOMES_DIR;
+
+use crate::accounts;
+
+pub const USAGE: &str =
+    "env-server VERSION SOCKET NAME UID GID PROJECT ADMIN HOST_UID HOST_GID [ROOT...]";
+
+/// What the server was started for; fixed for its life.
+pub struct Config {
+    /// The runtime's version: a claim made for another is refused.
+    version: String,
+    admin: u32,
+    uid: u32,
+    gid: u32,
+    host_uid: u32,
+    host_gid: u32,
+    /// The shares remapped in the namespace (at the stage's `remap/I`).
+    roots: Vec<String>,
+}
+
+/// Who the environment is: a spare's changes once, when it is claimed.
+pub struct Identity {
+    name: String,
+    project: Option<String>,
+    /// The user's own group first, then its supplementary groups.
+    groups: Vec<u32>,
+}
+
+impl Identity {
+    fn home(&self) -> String {
+        format!("{HOMES_DIR}/{}", self.name)
+    }
+}
+
+/// Directories the namespace hides by path, held open from before.
+struct Dirs {
+    env: OwnedFd,
+    state: OwnedFd,
+    homes: OwnedFd,
+}
+
+pub struct Server {
+    config: Config,
+    identity: Mutex<Identity>,
+    dirs: Dirs,
+    reaper: reaper::Reaper,
+    retired: AtomicBool,
+}
+
+impl Server {
+    /// Marks a spare of no more use: it exits once its refusal is sent.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        claim::unpublish();
+    }
+}
+
+/// The socket path, the configuration and the starting identity.
+fn parse(args: &[String]) -> Option<(String, Config, Identity)> {
+    let [
+        version,
+        socket,
+        name,
+        uid,
+        gid,
+        project,
+        admin,
+        host_uid,
+        host_gid,
+        roots @ ..,
+    ] = args
+    else {
+        return None;
+    };
+    let id = |s: &String| s.parse::<u32>().ok();
+    let (uid, gid) = (id(uid)?, id(gid)?);
+    let config = Config {
+        version: version.clone(),
+        admin: id(admin)?,
+        uid,
+        gid,
+        host_uid: id(host_uid)?,
+        host_gid: id(host_gid)?,
+        roots: roots.to_vec(),
+    };
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let identity = Identity {
+        name: name.clone(),
+        project: (!project.is_empty()).then(|| project.clone()),
+        groups: accounts::groups_of(&group, name, gid),
+    };
+    Some((socket.clone(), config, identity))
+}
+
+/// Runs the server; returns only when it cannot start.
+pub fn run(args: &[String]) -> io::Result<()> {
+    let Some((socket, config, identity)) = parse(args) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("usage: {USAGE}"),
+        ));
+    };
+    // SAFETY: the holder opened these for this process and nothing else in
+    // it owns them.
+    let (ready, dirs) = unsafe {
+        (
+            std::fs::File::from_raw_fd(7),
+            Dirs {
+                env: OwnedFd::from_raw_fd(8),
+                state: OwnedFd::from_raw_fd(6),
+                homes: OwnedFd::from_raw_fd(5),
+            },
+        )
+    };
+    for fd in [5, 6, 8] {
+        // SAFETY: descriptors this process owns; commands must not inherit them.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    reaper::block_signals();
+    drop_bounding_set()?;
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    std::os::unix::fs::chown(&socket, Some(config.admin), None)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let server: &'static Server = Box::leak(Box::new(Server {
+        config,
+        identity: Mutex::new(identity),
+        dirs,
+        reaper: reaper::Reaper::default(),
+        retired: AtomicBool::new(false),
+    }));
+    std::thread::spawn(|| server.reaper.run());
+    (&ready).write_all(b"ready\n")?;
+    drop(ready);
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        match crate::server::peer_uid(&conn) {
+            Some(uid) if uid == 0 || uid == server.config.admin => {}
+            _ => continue,
+        }
+        std::thread::spawn(move || session::serve(server, conn));
+    }
+    Ok(())
+}
+
+/// Once here rather than per command: the commands inherit both, and this
+/// process keeps its own capabilities (it never execs).
+fn drop_bounding_set() -> io::Result<()> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .map_err(io::Error::other)?;
+    for cap in 0..=last {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_its_arguments() {
+        let args: Vec<String> = [
+            "v1", "/s.sock", "spare-1", "70001", "70001", "", "1000", "501", "20", "/a", "/b",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (socket, config, identity) = parse(&args).unwrap();
+        assert_eq!(
+            (config.version.as_str(), socket.as_str()),
+            ("v1", "/s.sock")
+        );
+        assert_eq!(
+            (config.uid, config.admin, config.host_gid),
+            (70001, 1000, 20)
+        );
+        assert_eq!(config.roots, ["/a", "/b"]);
+        assert_eq!(identity.project, None);
+        assert_eq!(identity.groups[0], 70001);
+        assert_eq!(identity.home(), "/home/spare-1");
+        assert!(parse(&args[..8]).is_none());
+        let mut bad = args.clone();
+        bad[3] = "x".into();
+        assert!(parse(&bad).is_none());
+    }
+}

@@ -1,0 +1,251 @@
+//! The spawn server for real, outside a VM: started as the runtime's holder
+//! starts it (descriptors 5-8, a socket), asked over its socket to run
+//! commands as `nobody` with pipes and with a terminal. It changes user, so
+//! it needs root: as another user the test runs itself again through
+//! `sudo -n`, and fails when that is not possible.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use llima_box_proto::frame::{self, Decoder};
+use llima_box_proto::spawn::{self, EnvRequest, ExitStatus, Header, Pty};
+
+const NOBODY: u32 = 65534;
+
+/// Runs `test` as root: here when root, else this test again under sudo.
+fn as_root(name: &str, test: fn()) {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        return test();
+    }
+    let out = Command::new("sudo")
+        .args(["-n", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--include-ignored", "--nocapture"])
+        .output()
+        .expect("sudo");
+    assert!(
+        out.status.success(),
+        "{name} needs root or passwordless sudo: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Server {
+    child: Child,
+    socket: PathBuf,
+    project: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for sub in ["env", "state", "homes", "project"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::fs::set_permissions(d.join("project"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = d.join("s.sock");
+    let ready = std::fs::File::create(d.join("ready")).unwrap();
+    let open = |p: &str| std::fs::File::open(d.join(p)).unwrap();
+    let fds = [
+        (ready, 7),
+        (open("env"), 8),
+        (open("state"), 6),
+        (open("homes"), 5),
+    ];
+    let raw: Vec<(i32, i32)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let project = d.join("project");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llima-box-guest-agent"));
+    cmd.arg("env-server")
+        .arg("v1")
+        .arg(&socket)
+        .arg("nobody")
+        .args([NOBODY.to_string(), NOBODY.to_string()])
+        .arg(&project)
+        .args(["0", "1000", "1000"]);
+    // SAFETY: dup2 only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(from, to) in &raw {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(fds);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(d.join("ready")).unwrap() != "ready\n" {
+        assert!(Instant::now() < deadline, "the server never reported ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server {
+        child,
+        socket,
+        project,
+        _dir: dir,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    exit: Option<ExitStatus>,
+}
+
+/// Sends the header and `input` (then EOF), and collects every frame until
+/// the exit frame.
+fn run(server: &Server, argv: &[&str], cwd: &Path, pty: Option<Pty>, input: &[u8]) -> Outcome {
+    let mut conn = UnixStream::connect(&server.socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let header = Header {
+        request: EnvRequest {
+            cwd: cwd.to_str().unwrap().into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            claim: None,
+        },
+        env: vec![
+            ("LANG".into(), "C".into()),
+            ("PATH".into(), "/nowhere".into()),
+        ],
+        pty,
+        agent: None,
+    };
+    let mut wire = frame::encode(spawn::HEADER, &serde_json::to_vec(&header).unwrap());
+    if !input.is_empty() {
+        wire.extend(frame::encode(spawn::STDIN, input));
+    }
+    wire.extend(frame::encode(spawn::EOF, &[]));
+    conn.write_all(&wire).unwrap();
+    let mut out = Outcome::default();
+    let mut decoder = Decoder::new();
+    let mut buf = [0u8; 4096];
+    while out.exit.is_none() {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before the exit frame: {out:?}");
+        decoder.push(&buf[..n]);
+        while let Some(f) = decoder.next_frame().unwrap() {
+            let text = String::from_utf8_lossy(&f.payload).into_owned();
+            match f.kind {
+                spawn::STDOUT => out.stdout += &text,
+                spawn::STDERR => out.stderr += &text,
+                spawn::EXIT => out.exit = Some(serde_json::from_slice(&f.payload).unwrap()),
+                k => panic!("unexpected frame {k}: {text}"),
+            }
+        }
+    }
+    out
+}
+
+fn code(c: u32) -> Option<ExitStatus> {
+    Some(ExitStatus::Code { code: c })
+}
+
+/// Pipes: stdin arrives, stdout and stderr stay apart, the status is the
+/// command's; the command runs as the user, unprivileged, in the project,
+/// with the environment's PATH rather than the client's.
+#[test]
+#[ignore = "needs root: run through tests/run or with --include-ignored"]
+fn runs_commands_with_pipes_as_the_user() {
+    as_root("runs_commands_with_pipes_as_the_user", || {
+        let s = start();
+        let script = "read -r x; echo \"got $x\"; echo oops >&2; id -u; id -G; pwd; echo \"$PATH $LANG\"; \
+                      grep -E '^(NoNewPrivs|CapBnd|CapEff)' /proc/self/status; exit 3";
+        let o = run(&s, &["sh", "-c", script], &s.project, None, b"hello\n");
+        assert_eq!(o.exit, code(3), "{o:?}");
+        assert_eq!(o.stderr, "oops\n");
+        let lines: Vec<&str> = o.stdout.lines().collect();
+        assert_eq!(lines[0], "got hello");
+        assert_eq!(lines[1..3], [NOBODY.to_string(), NOBODY.to_string()]);
+        assert_eq!(lines[3], s.project.to_str().unwrap());
+        assert!(
+            lines[4].starts_with("/usr/local/bin:/usr/bin:/bin") && lines[4].ends_with(" C"),
+            "{o:?}"
+        );
+        assert!(o.stdout.contains("CapEff:\t0000000000000000"), "{o:?}");
+        assert!(o.stdout.contains("CapBnd:\t0000000000000000"), "{o:?}");
+        assert!(o.stdout.contains("NoNewPrivs:\t1"), "{o:?}");
+    });
+}
+
+/// A terminal of the client's size; a command killed by a signal reports
+/// it; what cannot run gets the shell's statuses; a working directory
+/// outside the project is refused before anything runs.
+#[test]
+#[ignore = "needs root: run through tests/run or with --include-ignored"]
+fn terminals_signals_and_refusals() {
+    as_root("terminals_signals_and_refusals", || {
+        let s = start();
+        let pty = Pty {
+            term: "xterm-test".into(),
+            cols: 101,
+            rows: 33,
+            modes: vec![],
+        };
+        let o = run(
+            &s,
+            &["sh", "-c", "tty; stty size; echo $TERM; kill -TERM $$"],
+            &s.project,
+            Some(pty),
+            b"",
+        );
+        assert_eq!(
+            o.exit,
+            Some(ExitStatus::Signal {
+                signal: "TERM".into(),
+                core: false
+            }),
+            "{o:?}"
+        );
+        assert!(o.stdout.starts_with("/dev/pts/"), "{o:?}");
+        assert!(
+            o.stdout.contains("33 101\r\n") && o.stdout.contains("xterm-test\r\n"),
+            "{o:?}"
+        );
+
+        let o = run(&s, &["no-such-command"], &s.project, None, b"");
+        assert_eq!(o.exit, code(127), "{o:?}");
+        assert!(
+            o.stderr.contains("no-such-command: command not found"),
+            "{o:?}"
+        );
+
+        let o = run(&s, &["true"], &s.project.join("missing"), None, b"");
+        assert_eq!(o.exit, code(125), "{o:?}");
+        assert!(o.stderr.contains("cannot enter"), "{o:?}");
+
+        let o = run(&s, &["true"], Path::new("/etc"), None, b"");
+        assert_eq!(o.exit, code(2), "{o:?}");
+        assert!(o.stderr.contains("outside the project"), "{o:?}");
+
+        // Large output arrives whole, whatever the pace of the client.
+        let o = run(
+            &s,
+            &["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"],
+            &s.project,
+            None,
+            b"",
+        );
+        assert_eq!((o.exit, o.stdout.len()), (code(0), 3_000_000));
+    });
+}
