@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 use super::Output;
-use super::output::printable;
 use super::args::{DeleteArgs, JsonArg, YesArg};
+use super::output::printable;
 use super::vm_shell::block_on;
 use crate::env::{self, EnvInfo};
 use crate::ssh::Session;
