@@ -640,7 +640,7 @@ impl Search<'_> {
             return;
         }
         self.subdirs(dir, |search, sub, name| {
-            if name != ".git" && !SKIP_DIRS.iter().any(|s| name == *s) {
+            if name != ".git" && !SKIP_DIRS.contains(&name) {
                 search.tree(sub, depth + 1);
             }
         });
@@ -742,7 +742,7 @@ mod tests {
 
     /// `git ARGS` in `cwd`, reading no config but what it is given.
     fn git(cwd: &Path, args: &[&str]) -> std::process::Output {
-        let out = Command::new("git")
+        Command::new("git")
             .args(args)
             .current_dir(cwd)
             .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -753,8 +753,7 @@ mod tests {
             .env("GIT_COMMITTER_NAME", "t")
             .env("GIT_COMMITTER_EMAIL", "t@example.com")
             .output()
-            .expect("git must be installed (scripts/install-deps installs it)");
-        out
+            .expect("git must be installed (scripts/install-deps installs it)")
     }
 
     fn git_ok(cwd: &Path, args: &[&str]) {
