@@ -871,6 +871,7 @@ mod tests {
             b"[a]\n k = \"\"  x\n j = x  \"\"\n",
             b"[a]\r\n k = v\r\n l = v\rw\n",
             b"[a]\n k = v\x0bw\x0c\n",
+            b"[a]\n k =\x0bv\x0c\n",
             b"[a]\n k = v\x00w\n",
             b"[a]\n k = \"a\\tb\\nc\\bd\"\n",
             b"[a]k=v\n[b]# c\nk=w",
