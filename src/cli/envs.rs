@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use super::Output;
 use super::args::{DeleteArgs, JsonArg, YesArg};
+use super::output::printable;
 use super::vm_shell::block_on;
 use crate::env::{self, EnvInfo};
 use crate::ssh::Session;
@@ -107,21 +108,6 @@ fn human_bytes(n: u64) -> String {
         0 => format!("{n}B"),
         _ => format!("{v:.1}{}", UNITS[unit]),
     }
-}
-
-/// `s` with control characters escaped (`\n`, `\u{1b}`): a project path
-/// may contain any byte but `/` and NUL, and an escape sequence in it must
-/// not reach the terminal.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn table(envs: &[EnvInfo]) -> String {

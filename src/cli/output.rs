@@ -56,3 +56,18 @@ impl Output {
         }
     }
 }
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`): project paths and
+/// values read from a project's files may contain anything an agent put
+/// there, and an escape sequence in them must not reach the terminal.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

@@ -4,12 +4,14 @@
 //! that still creates and runs them ([`runtime`]: callers run the argv it
 //! builds over SSH).
 
+mod git_watch;
 pub(crate) mod guest_agent;
 pub(crate) mod naming;
 mod receive;
 pub(crate) mod runtime;
 pub(crate) mod selection;
 
+pub(crate) use git_watch::{Change as GitChange, Snapshot as GitSnapshot};
 pub(crate) use llima_box_proto::message::EnvInfo;
 pub(crate) use naming::{canonical_project, env_name, validate_name};
 pub(crate) use runtime::ExecRequest;
