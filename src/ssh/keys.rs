@@ -86,7 +86,7 @@ pub fn ensure_user_key(lima_home: &Path) -> Result<KeyPair, Error> {
     if path.exists() {
         return KeyPair::load(&path);
     }
-    std::fs::create_dir_all(lima_home).map_err(file_err("create", lima_home))?;
+    crate::vm::dirs::create_private(lima_home).map_err(file_err("create", lima_home))?;
     match DirBuilder::new().mode(0o700).create(&config) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -121,11 +121,13 @@ fn write_new_key(config: &Path, path: &Path) -> Result<(), Error> {
 fn write_atomically(dir: &Path, dest: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // Left by a crashed process with our pid: created afresh, so that the
+    // mode below applies rather than the old file's.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;

@@ -26,6 +26,10 @@ use crate::vm::sys::RealSys;
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
 pub(crate) fn main(dir: &Path) -> std::process::ExitCode {
+    // Everything the agent and QEMU create (sockets that control the VM,
+    // the serial logs, pid files) is for this user alone, whatever umask
+    // started it.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let rt = match crate::async_runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
