@@ -22,6 +22,7 @@ use crate::vm::layout;
 use crate::vm::qemu;
 use crate::vm::store;
 use crate::vm::sys::RealSys;
+use crate::vm::trust;
 
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
@@ -106,6 +107,10 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         store::PidFileError::StillRunning { pid, .. } => HostAgentError::AlreadyRunning { pid },
         e => e.into(),
     })?;
+    // Before any key is read or socket bound (after the pid file, which
+    // `main` removes on failure, so never another agent's): the CLI checked
+    // too, but the agent outlives it and can be started by hand.
+    trust::check_home(&lima_home, Some(&name))?;
     log(&format!(
         "host agent for {name} started (pid {})",
         std::process::id()
