@@ -17,6 +17,7 @@ mod vm_status;
 mod vm_stop;
 mod vm_validate;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -25,7 +26,7 @@ use clap::Parser;
 use args::{Cli, Command, VmCommand};
 pub(crate) use output::Output;
 
-use crate::vm::dirs;
+use crate::vm::{dirs, trust};
 
 /// Entry point of the `llima-box` binary.
 pub fn main() -> ExitCode {
@@ -47,42 +48,56 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         dirs::lima_home().context("cannot find the Lima directory ($LIMA_HOME, default ~/.lima)")
     };
     let instance = cli.instance.as_str();
+    // Commands that log into the guest or drive the VM first make sure that
+    // nobody else could have replaced the keys and sockets they trust. The
+    // reports (`vm list`, `status`, `logs`, `validate`) read no key, send
+    // the VM nothing and run as root too, as limactl's do.
+    let trusted_home = |instance: Option<&str>| -> Result<PathBuf> {
+        let home = lima_home()?;
+        trust::check_home(&home, instance).with_context(|| {
+            format!(
+                "refusing to trust the keys and sockets in {}: it must be private to you",
+                home.display()
+            )
+        })?;
+        Ok(home)
+    };
     match cli.command {
         Command::Vm(VmCommand::List(args)) => vm_list::run(&lima_home()?, &args, out),
         Command::Vm(VmCommand::Validate(args)) => vm_validate::run(&lima_home()?, &args, out),
         Command::Vm(VmCommand::Shell(args)) => {
             refuse_root()?;
-            vm_shell::run(&lima_home()?, instance, &args, out)
+            vm_shell::run(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Shell(args) => {
             refuse_root()?;
-            shell::run(&lima_home()?, instance, &args, out)
+            shell::run(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::List(args) => {
             refuse_root()?;
-            envs::list(&lima_home()?, instance, &args, out)
+            envs::list(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Delete(args) => {
             refuse_root()?;
-            envs::delete(&lima_home()?, instance, &args, out)
+            envs::delete(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::DeleteAll(args) => {
             refuse_root()?;
-            envs::delete_all(&lima_home()?, instance, &args, out)
+            envs::delete_all(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Vm(VmCommand::Status(args)) => vm_status::run(&lima_home()?, instance, &args),
         Command::Vm(VmCommand::Logs(args)) => vm_logs::run(&lima_home()?, instance, &args),
         Command::Vm(VmCommand::Stop(args)) => {
             refuse_root()?;
-            vm_stop::stop(&lima_home()?, instance, &args, out)
+            vm_stop::stop(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Vm(VmCommand::Delete(args)) => {
             refuse_root()?;
-            vm_stop::delete(&lima_home()?, instance, &args, out)
+            vm_stop::delete(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Vm(VmCommand::Start(args)) => {
             refuse_root()?;
-            vm_start::run(&lima_home()?, instance, &args, out)
+            vm_start::run(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Completions(args) => docs::completions(&args),
         Command::Man(args) => docs::man(&args),
@@ -92,7 +107,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         }
         Command::TestVm(args) => {
             refuse_root()?;
-            test_vm::run(&lima_home()?, &args, out)
+            test_vm::run(&trusted_home(None)?, &args, out)
         }
     }
 }

@@ -39,6 +39,11 @@ pub enum Error {
         source: russh::keys::Error,
     },
 
+    /// A key or the directory holding it could have been replaced by
+    /// someone else; the trust module's message says what and how to fix.
+    #[error(transparent)]
+    Untrusted(#[from] crate::vm::trust::TrustError),
+
     #[error("cannot generate an ed25519 key")]
     KeyGenerate(#[source] russh::keys::ssh_key::Error),
 

@@ -13,6 +13,7 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey};
 pub(crate) use russh::keys::PublicKey;
 
 use super::Error;
+use crate::vm::trust;
 
 /// Lima's comment on the key it generates (`ssh-keygen -C lima`).
 const KEY_COMMENT: &str = "lima";
@@ -49,8 +50,10 @@ impl KeyPair {
         fingerprint(self.public_key())
     }
 
-    /// Loads a private key file (OpenSSH or PEM; ed25519, ECDSA or RSA).
+    /// Loads a private key file (OpenSSH or PEM; ed25519, ECDSA or RSA),
+    /// once it is yours alone (see `vm::trust`).
     pub fn load(path: &Path) -> Result<KeyPair, Error> {
+        trust::check(path, trust::Kind::PrivateKey)?;
         let private = russh::keys::load_secret_key(path, None).map_err(|source| match source {
             russh::keys::Error::IO(source) => Error::File {
                 what: "read the SSH key",
@@ -79,14 +82,18 @@ pub(crate) fn fingerprint(key: &PublicKey) -> String {
 /// Creation happens under an exclusive lock on the `_config` directory and
 /// through a rename, so concurrent first uses (several shells started at
 /// once) end up with one valid key and never read a half-written file. An
-/// existing key of any type is used as it is.
+/// existing key of any type is used as it is. `$LIMA_HOME` and `_config`
+/// must be yours and writable by nobody else, or another user could have
+/// put their key there or read yours.
 pub fn ensure_user_key(lima_home: &Path) -> Result<KeyPair, Error> {
     let config = crate::vm::dirs::config_dir(lima_home);
+    trust::check(lima_home, trust::Kind::Dir)?;
+    trust::check(&config, trust::Kind::Dir)?;
     let path = config.join("user");
     if path.exists() {
         return KeyPair::load(&path);
     }
-    std::fs::create_dir_all(lima_home).map_err(file_err("create", lima_home))?;
+    crate::vm::dirs::create_private(lima_home).map_err(file_err("create", lima_home))?;
     match DirBuilder::new().mode(0o700).create(&config) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -121,11 +128,13 @@ fn write_new_key(config: &Path, path: &Path) -> Result<(), Error> {
 fn write_atomically(dir: &Path, dest: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // Left by a crashed process with our pid: created afresh, so that the
+    // mode below applies rather than the old file's.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
@@ -139,8 +148,14 @@ fn write_atomically(dir: &Path, dest: &Path, data: &[u8], mode: u32) -> Result<(
     })
 }
 
-/// Loads the guest's host public key, one OpenSSH line (`$D/ssh_host_key.pub`).
+/// Loads the guest's host public key, one OpenSSH line (`$D/ssh_host_key.pub`),
+/// once it and its directory are yours and writable by nobody else: whoever
+/// could replace it could get between you and the guest.
 pub fn load_host_public_key(path: &Path) -> Result<PublicKey, Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        trust::check(dir, trust::Kind::Dir)?;
+    }
+    trust::check(path, trust::Kind::PublicFile)?;
     russh::keys::load_public_key(path).map_err(|source| match source {
         russh::keys::Error::IO(source) => Error::File {
             what: "read the guest's host key",
@@ -163,6 +178,7 @@ fn file_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> E
 mod tests {
     use super::*;
     use crate::vm::layout;
+    use crate::vm::trust::TrustError;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -185,6 +201,49 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_missing_home_is_created_private_and_an_exposed_key_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path().join("a/lima");
+        ensure_user_key(&home).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path().join("a")), 0o700);
+        assert_eq!(mode(&home), 0o700);
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let user = home.join("_config/user");
+        chmod(&user, 0o644);
+        let err = ensure_user_key(&home).unwrap_err();
+        assert!(
+            matches!(err, Error::Untrusted(TrustError::KeyExposed { .. })),
+            "{err:?}"
+        );
+        chmod(&user, 0o600);
+        chmod(&home.join("_config"), 0o775);
+        let err = ensure_user_key(&home).unwrap_err();
+        assert!(
+            matches!(err, Error::Untrusted(TrustError::Writable { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_host_key_others_may_replace_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(layout::HOST_KEY_PUB);
+        let key = crate::vm::cidata::generate_host_key().unwrap();
+        std::fs::write(&p, &key.public_openssh).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        load_host_public_key(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let err = load_host_public_key(&p).unwrap_err();
+        assert!(
+            matches!(err, Error::Untrusted(TrustError::Writable { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]

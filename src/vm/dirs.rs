@@ -1,5 +1,6 @@
 //! Where things live: `$LIMA_HOME` and the names reserved inside it.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// `$LIMA_HOME` if set and non-empty, else `~/.lima`; symlinks resolved when
@@ -36,4 +37,15 @@ pub(crate) fn config_dir(lima_home: &Path) -> PathBuf {
 /// `$LIMA_TEMPLATES_PATH`.
 pub(crate) fn templates_dir(lima_home: &Path) -> PathBuf {
     lima_home.join("_templates")
+}
+
+/// Creates `dir` and any missing parents as 0700, as `$LIMA_HOME` and what
+/// is in it hold keys and sockets meant for you alone. The umask can only
+/// take bits away from that; existing directories are left as they are
+/// (a Lima-made 0755 `$LIMA_HOME` keeps working).
+pub(crate) fn create_private(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -66,6 +66,9 @@ pub const SSH_SOCK: &str = "ssh.sock";
 /// boot, the public half is what the SSH client pins.
 pub const HOST_KEY: &str = "ssh_host_key";
 pub const HOST_KEY_PUB: &str = "ssh_host_key.pub";
+/// The pinned host key as a `known_hosts` line, for plain OpenSSH through
+/// [`SSH_CONFIG`] (ours).
+pub const KNOWN_HOSTS: &str = "known_hosts";
 /// The host agent's held SSH connection for the CLI (ours; kept short, as
 /// unix socket paths are limited to about 100 bytes).
 pub const MUX_SOCK: &str = "mux.sock";

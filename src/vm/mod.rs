@@ -14,4 +14,5 @@ pub(crate) mod qemu;
 pub(crate) mod qmp;
 pub(crate) mod store;
 pub(crate) mod sys;
+pub(crate) mod trust;
 pub(crate) mod units;

@@ -191,3 +191,60 @@ fn man_page_lists_the_commands_and_dir_gets_one_page_each() {
         assert!(dir.path().join("man1").join(&file).is_file(), "no {file}");
     }
 }
+
+/// Commands that use the keys refuse a `$LIMA_HOME` others could write to,
+/// or a private key others could read, say how to fix it and change
+/// nothing; once fixed (and on a fresh home) they go on. `list` reads the
+/// keys only with a VM, but checks first, so no VM is needed here.
+#[test]
+fn keys_in_a_home_others_can_write_are_refused_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestDir::new();
+    let h = std::fs::canonicalize(home.path()).unwrap();
+    let list = || {
+        let out = llima_box(&h).arg("list").output().unwrap();
+        let (_, stderr) = text(&out);
+        (out.status.success(), stderr)
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let (ok, stderr) = list();
+    assert!(ok && stderr.contains("the VM is stopped"), "{stderr}");
+
+    let config = home.mkdir("_config");
+    let key = home.write("_config/user", "not really a key\n");
+    chmod(&key, 0o600);
+    chmod(&config, 0o770);
+    let (ok, stderr) = list();
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("refusing to trust"), "{stderr}");
+    assert!(stderr.contains("writable by its group"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`chmod go-w {}`", config.display())),
+        "{stderr}"
+    );
+    assert_eq!(mode(&config), 0o770);
+
+    chmod(&config, 0o700);
+    chmod(&key, 0o644);
+    let (ok, stderr) = list();
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("private key"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`chmod 600 {}`", key.display())),
+        "{stderr}"
+    );
+    assert_eq!(mode(&key), 0o644);
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), "not really a key\n");
+    let names: Vec<_> = std::fs::read_dir(&config)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["user"]);
+
+    chmod(&key, 0o600);
+    let (ok, stderr) = list();
+    assert!(ok && stderr.contains("the VM is stopped"), "{stderr}");
+}

@@ -18,6 +18,8 @@ pub(crate) enum HostAgentError {
     #[error("another host agent (pid {pid}) is already running for this instance")]
     AlreadyRunning { pid: u32 },
     #[error(transparent)]
+    Untrusted(#[from] crate::vm::trust::TrustError),
+    #[error(transparent)]
     PidFile(#[from] crate::vm::store::PidFileError),
     #[error(transparent)]
     Timeout(#[from] crate::timeouts::TimeoutError),

@@ -169,7 +169,7 @@ impl Plan {
         let cc = d.join(layout::CLOUD_CONFIG);
         let _ = std::fs::remove_file(&cc);
         write(&cc, &cidata::cloud_config_yaml(&self.cidata)?, 0o444)?;
-        let known_hosts = d.join("known_hosts");
+        let known_hosts = d.join(layout::KNOWN_HOSTS);
         write(
             &known_hosts,
             &known_hosts_line(&self.hostname, &self.host_key_public),

@@ -22,10 +22,15 @@ use crate::vm::layout;
 use crate::vm::qemu;
 use crate::vm::store;
 use crate::vm::sys::RealSys;
+use crate::vm::trust;
 
 /// Entry point of `llima-box hostagent DIR`. stdout is `ha.stdout.log`
 /// (events), stderr is `ha.stderr.log` (a human log).
 pub(crate) fn main(dir: &Path) -> std::process::ExitCode {
+    // Everything the agent and QEMU create (sockets that control the VM,
+    // the serial logs, pid files) is for this user alone, whatever umask
+    // started it.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let rt = match crate::async_runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -102,6 +107,10 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         store::PidFileError::StillRunning { pid, .. } => HostAgentError::AlreadyRunning { pid },
         e => e.into(),
     })?;
+    // Before any key is read or socket bound (after the pid file, which
+    // `main` removes on failure, so never another agent's): the CLI checked
+    // too, but the agent outlives it and can be started by hand.
+    trust::check_home(&lima_home, Some(&name))?;
     log(&format!(
         "host agent for {name} started (pid {})",
         std::process::id()

@@ -3,7 +3,8 @@
 //! place only when complete, so an interrupted first start (Ctrl-C, a
 //! failed download, a full disk) never leaves a half-made instance.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::LifecycleError;
@@ -123,9 +124,19 @@ fn default_instance_yaml() -> String {
         .replace("memory: null", &format!("memory: {}", format_bytes(memory)))
 }
 
+/// Creates `path` (in the fresh staging directory) with `mode` from the
+/// start, so that the host key is never readable by others, not even
+/// between its creation and a chmod; the final chmod makes the mode exact
+/// whatever the umask took away.
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), LifecycleError> {
-    std::fs::write(path, text).map_err(io("write", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io("create", path))?;
+    f.write_all(text.as_bytes()).map_err(io("write", path))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io("set permissions of", path))
 }
 

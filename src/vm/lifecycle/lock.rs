@@ -19,7 +19,7 @@ impl InstanceLock {
             let path = path.to_path_buf();
             move |source| LifecycleError::Io { what, path, source }
         };
-        std::fs::create_dir_all(lima_home).map_err(io("create", lima_home))?;
+        crate::vm::dirs::create_private(lima_home).map_err(io("create", lima_home))?;
         let path = lima_home.join(format!(".{name}.lock"));
         let file = OpenOptions::new()
             .create(true)
