@@ -104,6 +104,9 @@ fn environments_end_to_end() {
     checks.run_after("exec_bits_and_git", FIRST, || {
         check_exec_bits_and_git(&vm, &projects, &a)
     });
+    checks.run_after("git_config_warning", FIRST, || {
+        check_git_config_warning(&vm, &a)
+    });
     checks.run_after("shared_processes", FIRST, || {
         check_shared_processes(&vm, &a)
     });
@@ -179,6 +182,35 @@ fn environments_end_to_end() {
     checks.run("stop", || vm.ok(&["vm", "stop", "--force"]));
 
     checks.finish();
+}
+
+/// What an agent plants in a repository for the host's git to run is
+/// reported on the host after the shell; a shell that plants nothing gets
+/// no warning.
+fn check_git_config_warning(vm: &VmHome, a: &Path) {
+    const PLANT: &str = "mkdir -p planted && cd planted && git init -q && \
+        git config core.fsmonitor 'touch /tmp/pwned' && \
+        printf '#!/bin/sh\\nexit 0\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit";
+    let out = vm.shell(a, &["sh", "-c", PLANT]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let config = std::fs::canonicalize(a)
+        .unwrap()
+        .join("planted/.git/config");
+    assert!(
+        stderr.contains(&format!(
+            "{} now has core.fsmonitor = touch /tmp/pwned",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--unset-all core.fsmonitor"), "{stderr}");
+    assert!(
+        stderr.contains("planted/.git/hooks/pre-commit is a new or changed git hook"),
+        "{stderr}"
+    );
+    let (_, quiet) = text(&vm.shell(a, &["true"]));
+    assert!(!quiet.contains("planted"), "{quiet}");
 }
 
 /// The environment's first process, which runs its commands, is the guest
