@@ -297,6 +297,8 @@ SELF=$T/libexec/env-runtime STATE=$T/state LOCKS=$T/state/locks
 GUARD_MARK=$T/run/guard SSHD_DROPIN=$T/ssh/sshd_config.d/00-llima-box.conf
 FW_CHAIN=LLIMA-BOX-ENV ENV_UID_RANGES='70000-99999 60001-64999' SLIRP_GATEWAY=192.168.5.2
 SLIRP_DNS=192.168.5.3 RESOLV_CONF=$T/resolv.conf IF_INET6=$T/if_inet6
+RESOLVED_UPSTREAM=$T/upstream.conf IP_FORWARD=$T/ip_forward ENV_NET=100.64.0.0/10
+VETH_PREFIX=lbx FW_FORWARD=LLIMA-BOX-FWD FW_INPUT=LLIMA-BOX-IN FW_NAT=LLIMA-BOX-NAT
 die() {{ echo "die $*" >>"$T/log"; exit "$1"; }}
 id() {{ echo alice; }}
 # What sshd makes of the configuration: the drop-in is read.
@@ -304,14 +306,26 @@ sshd() {{ sed -n 's/^AllowUsers /allowusers /p' "$SSHD_DROPIN"; }}
 systemctl() {{ echo "systemctl $*" >>"$T/log"; }}
 iptables-restore() {{ echo "iptables-restore $*" >>"$T/log"; cat >>"$T/log"; }}
 ip6tables-restore() {{ echo "ip6tables-restore $*" >>"$T/log"; cat >>"$T/log"; }}
-# -C finds a range's jump only once it was inserted.
-iptables() {{ echo "iptables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump4-$7" ] ;; -I) touch "$T/jump4-$8" ;; esac; }}
-ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7" ] ;; -I) touch "$T/jump6-$8" ;; esac; }}
+# -C finds a jump only once -I inserted it (at position 1).
+fw() {{
+    local tool=$1 key
+    shift
+    echo "$tool $*" >>"$T/log"
+    key=$(printf '%s_' "$@" | sed 's/-[CI]_//; s/_1_/_/')
+    case " $* " in
+    *" -C "*) [ -e "$T/$tool$key" ] ;;
+    *" -I "*) touch "$T/$tool$key" ;;
+    esac
+}}
+iptables() {{ fw iptables "$@"; }}
+ip6tables() {{ fw ip6tables "$@"; }}
+{}
 {}
 {}
 {calls}
 "#,
             section("\nmake_dirs() {", "\nread_file() {"),
+            section("\nenv_nameservers() {", "\n# The next uid to give out"),
             section("\nensure_guard() {", "\ncmd_guard() {"),
         );
         std::process::Command::new("bash")
@@ -360,25 +374,43 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7"
              -A LLIMA-BOX-ENV -d 10.0.0.2/32 -p udp --dport 53 -j RETURN\n\
              -A LLIMA-BOX-ENV -d 10.0.0.2/32 -p tcp --dport 53 -j RETURN\n\
              -A LLIMA-BOX-ENV -p tcp --dport 22 -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
-             -A LLIMA-BOX-ENV -d 192.168.5.2/32 -j REJECT\n\
-             -A LLIMA-BOX-ENV -d 169.254.0.0/16 -j REJECT\n\
-             -A LLIMA-BOX-ENV -d 10.0.0.0/8 -j REJECT\n\
-             -A LLIMA-BOX-ENV -d 172.16.0.0/12 -j REJECT\n\
-             -A LLIMA-BOX-ENV -d 192.168.0.0/16 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d 192.168.5.2/32 -j REJECT --reject-with icmp-admin-prohibited\n\
+             -A LLIMA-BOX-ENV -d 169.254.0.0/16 -j REJECT --reject-with icmp-admin-prohibited\n\
+             -A LLIMA-BOX-ENV -d 10.0.0.0/8 -j REJECT --reject-with icmp-admin-prohibited\n\
+             -A LLIMA-BOX-ENV -d 172.16.0.0/12 -j REJECT --reject-with icmp-admin-prohibited\n\
+             -A LLIMA-BOX-ENV -d 192.168.0.0/16 -j REJECT --reject-with icmp-admin-prohibited\n\
+             -A LLIMA-BOX-ENV -d 100.64.0.0/10 -j REJECT --reject-with icmp-admin-prohibited\n\
+             :LLIMA-BOX-FWD - [0:0]\n\
+             -A LLIMA-BOX-FWD -i lbx+ -j LLIMA-BOX-ENV\n\
+             -A LLIMA-BOX-FWD -i lbx+ -j ACCEPT\n\
+             -A LLIMA-BOX-FWD -o lbx+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+             :LLIMA-BOX-IN - [0:0]\n\
+             -A LLIMA-BOX-IN -i lbx+ -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+             -A LLIMA-BOX-IN -i lbx+ -j REJECT --reject-with icmp-admin-prohibited\n\
+             COMMIT\n\
+             *nat\n\
+             :LLIMA-BOX-NAT - [0:0]\n\
+             -A LLIMA-BOX-NAT -s 100.64.0.0/10 ! -d 100.64.0.0/10 -j MASQUERADE\n\
              COMMIT\n\
              iptables -w -C OUTPUT -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
              iptables -w -I OUTPUT 1 -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
              iptables -w -C OUTPUT -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
              iptables -w -I OUTPUT 1 -m owner --uid-owner 60001-64999 -j LLIMA-BOX-ENV\n\
+             iptables -w -t filter -C FORWARD -j LLIMA-BOX-FWD\n\
+             iptables -w -t filter -I FORWARD 1 -j LLIMA-BOX-FWD\n\
+             iptables -w -t filter -C INPUT -j LLIMA-BOX-IN\n\
+             iptables -w -t filter -I INPUT 1 -j LLIMA-BOX-IN\n\
+             iptables -w -t nat -C POSTROUTING -j LLIMA-BOX-NAT\n\
+             iptables -w -t nat -I POSTROUTING 1 -j LLIMA-BOX-NAT\n\
              ip6tables-restore -w --noflush\n\
              *filter\n\
              :LLIMA-BOX-ENV - [0:0]\n\
              -A LLIMA-BOX-ENV -d fd00::53/128 -p udp --dport 53 -j RETURN\n\
              -A LLIMA-BOX-ENV -d fd00::53/128 -p tcp --dport 53 -j RETURN\n\
              -A LLIMA-BOX-ENV -p tcp --dport 22 -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
-             -A LLIMA-BOX-ENV -d fe80::/10 -j REJECT\n\
-             -A LLIMA-BOX-ENV -d fc00::/7 -j REJECT\n\
-             -A LLIMA-BOX-ENV -d fec0::/10 -j REJECT\n\
+             -A LLIMA-BOX-ENV -d fe80::/10 -j REJECT --reject-with icmp6-adm-prohibited\n\
+             -A LLIMA-BOX-ENV -d fc00::/7 -j REJECT --reject-with icmp6-adm-prohibited\n\
+             -A LLIMA-BOX-ENV -d fec0::/10 -j REJECT --reject-with icmp6-adm-prohibited\n\
              COMMIT\n\
              ip6tables -w -C OUTPUT -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
              ip6tables -w -I OUTPUT 1 -m owner --uid-owner 70000-99999 -j LLIMA-BOX-ENV\n\
@@ -388,6 +420,11 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7"
         assert_eq!(
             std::fs::read_to_string(t.join("run/guard")).unwrap(),
             "v1 1000\n"
+        );
+        // The environments' namespaces reach out through the guest.
+        assert_eq!(
+            std::fs::read_to_string(t.join("ip_forward")).unwrap(),
+            "1\n"
         );
 
         // Done for this boot and version: nothing runs.
@@ -401,7 +438,7 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7"
         assert!(out.status.success(), "{out:?}\n{}", log());
         let log_text = log();
         assert!(!log_text.contains("systemctl"), "{log_text}");
-        assert!(!log_text.contains(" -I OUTPUT"), "{log_text}");
+        assert!(!log_text.contains(" -I "), "{log_text}");
         assert_eq!(log_text.matches("-restore -w --noflush").count(), 2);
 
         // Without IPv6 there are no IPv6 rules; root is no admin.
@@ -411,6 +448,77 @@ ip6tables() {{ echo "ip6tables $*" >>"$T/log"; case $2 in -C) [ -e "$T/jump6-$7"
         assert!(!log().contains("ip6tables"), "{}", log());
         assert!(!run_guard(t, "guard_sshd 0").status.success());
         assert!(log().contains("die 125 cannot tell the VM's admin user"));
+    }
+
+    /// Runs the runtime's `from`..`to` section with `calls` after it.
+    fn run_section(from: &str, to: &str, vars: &str, calls: &str) -> String {
+        let start = RUNTIME.find(from).expect(from);
+        let len = RUNTIME[start..].find(to).expect(to);
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "set -eEuo pipefail\n{vars}\n{}\n{calls}",
+                    &RUNTIME[start..start + len]
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Each environment user (of either range) gets a /31 of its own in
+    /// the shared address space, and a veth name within IFNAMSIZ.
+    #[test]
+    fn each_uid_has_its_own_network() {
+        let got = run_section(
+            "\nenv_net() {",
+            "\n# Joins the network namespace",
+            "UID_MIN=70000 UID_MAX=99999 VETH_PREFIX=lbx",
+            "for u in 70000 70001 99999 60001 64999; do env_net $u; echo $VETH $HOST_ADDR $ENV_ADDR; done",
+        );
+        assert_eq!(
+            got,
+            "lbx0 100.64.0.0 100.64.0.1\n\
+             lbx1 100.64.0.2 100.64.0.3\n\
+             lbx29999 100.64.234.94 100.64.234.95\n\
+             lbx30000 100.64.234.96 100.64.234.97\n\
+             lbx34998 100.65.17.108 100.65.17.109\n"
+        );
+    }
+
+    /// Environments cannot reach a resolver on the guest's loopback: they
+    /// get what it forwards to, else QEMU's, and their own resolv.conf then.
+    #[test]
+    fn environments_get_resolvers_they_can_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, upstream) = (dir.path().join("resolv.conf"), dir.path().join("upstream"));
+        let vars = format!(
+            "SLIRP_DNS=192.168.5.3 RESOLV_CONF='{}' RESOLVED_UPSTREAM='{}'",
+            conf.display(),
+            upstream.display()
+        );
+        let run = || {
+            run_section(
+                "\nenv_nameservers() {",
+                "\n# The next uid to give out",
+                &vars,
+                r#"env_nameservers; echo "${NAMESERVERS[*]} own=$OWN_RESOLV_CONF""#,
+            )
+        };
+        std::fs::write(
+            &conf,
+            "search lan\nnameserver 10.0.0.2\nnameserver fd00::1\n",
+        )
+        .unwrap();
+        assert_eq!(run(), "10.0.0.2 fd00::1 own=\n");
+        std::fs::write(&conf, "nameserver 127.0.0.53\noptions edns0\n").unwrap();
+        assert_eq!(run(), "192.168.5.3 own=1\n", "no upstream list");
+        std::fs::write(&upstream, "nameserver 10.1.1.1\n").unwrap();
+        assert_eq!(run(), "10.1.1.1 own=1\n");
+        std::fs::write(&conf, "").unwrap();
+        assert_eq!(run(), "192.168.5.3 own=1\n", "none at all");
     }
 
     /// `next_uid` never gives a uid twice: past the last one recorded, past

@@ -101,6 +101,9 @@ fn environments_end_to_end() {
         check_isolation(&vm, &projects, &b, &a)
     });
     checks.run_after("ipc_private", FIRST, || check_ipc_private(&vm, &a, &b));
+    checks.run_after("loopback_private", FIRST, || {
+        check_loopback_private(&vm, &a, &b)
+    });
     checks.run_after("exec_bits_and_git", FIRST, || {
         check_exec_bits_and_git(&vm, &projects, &a)
     });
@@ -803,30 +806,51 @@ fn check_sshd_escape(vm: &VmHome, a: &Path, name: &str) {
 }
 
 /// Connects to the canary through QEMU's gateway (`$1` its port) and
-/// sends a UDP datagram to each address of the list: prints `tcp=` what
-/// arrived and `udp ADDRESS:PORT=sent|refused` for each.
+/// sends a UDP datagram to each address of the list on a connected socket:
+/// prints `tcp=` what arrived and `udp ADDRESS:PORT=` what became of the
+/// datagram: `EPERM` (refused by a local rule), `prohibited` (an ICMP
+/// "administratively prohibited" came back: the guest's forwarding rules),
+/// another errno name (refused further on), `answered` or `sent` (silence).
 const NETWORK_ESCAPE: &str = r#"
 got=$(timeout 30 bash -c 'exec 3<>"/dev/tcp/192.168.5.2/$0" && cat <&3' "$1" 2>&1)
 echo "tcp=$(printf '%s' "$got" | tr '\n' ' ')"
 python3 - <<'PY'
-import socket
+import errno, socket, time
+IP_RECVERR = 11
 for host, port in [("192.168.5.2", 9), ("169.254.169.254", 80), ("10.0.0.1", 53),
-                   ("172.16.0.1", 53), ("192.168.1.1", 53), ("192.168.5.3", 53),
-                   ("192.0.2.1", 53)]:
+                   ("172.16.0.1", 53), ("192.168.1.1", 53), ("100.127.255.254", 53),
+                   ("192.168.5.3", 53), ("192.0.2.1", 53)]:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+    s.settimeout(2)
     try:
-        s.sendto(b"x", (host, port))
+        s.connect((host, port))
+        s.send(b"x")
+        s.recv(512)
+        r = "answered"
+    except socket.timeout:
         r = "sent"
-    except OSError:
-        r = "refused"
+    except OSError as e:
+        r = errno.errorcode.get(e.errno, str(e.errno))
+        try:
+            for _, _, data in s.recvmsg(512, 512, socket.MSG_ERRQUEUE)[1]:
+                # struct sock_extended_err: errno, origin, type, code, ...
+                if len(data) >= 7 and data[5] == 3 and data[6] == 13:
+                    r = "prohibited"
+        except OSError:
+            pass
     print("udp %s:%d=%s" % (host, port, r))
+    # The kernel sends a burst of 6 ICMP errors to one address, then one a
+    # second: without a pause a refusal could go missing.
+    if r != "sent":
+        time.sleep(1)
 PY
 exit 0
 "#;
 
-/// The host's loopback (through the gateway), link-local and private
-/// addresses are out of an environment's reach, DNS and the rest are not;
-/// the admin, as a control, reaches them all.
+/// The host's loopback (through the gateway), link-local, private and
+/// other environments' addresses are out of an environment's reach, DNS
+/// and the rest are not; the admin, as a control, reaches them all.
 fn check_network_escape(vm: &VmHome, a: &Path, canary: &Canary) {
     let port = canary.port.to_string();
     let admin = vm.admin_bash(NETWORK_ESCAPE, &port);
@@ -839,22 +863,97 @@ fn check_network_escape(vm: &VmHome, a: &Path, canary: &Canary) {
         !inside.contains(&canary.secret),
         "an environment read the host's loopback:\n{inside}"
     );
-    for (addr, from_env) in [
-        ("192.168.5.2:9", "refused"),
-        ("169.254.169.254:80", "refused"),
-        ("10.0.0.1:53", "refused"),
-        ("172.16.0.1:53", "refused"),
-        ("192.168.1.1:53", "refused"),
-        ("192.168.5.3:53", "sent"),
-        ("192.0.2.1:53", "sent"),
+    let blocked = |r: &str| r == "EPERM" || r == "prohibited";
+    for (addr, reachable) in [
+        ("192.168.5.2:9", false),
+        ("169.254.169.254:80", false),
+        ("10.0.0.1:53", false),
+        ("172.16.0.1:53", false),
+        ("192.168.1.1:53", false),
+        // In the environments' 100.64.0.0/10, given to nobody.
+        ("100.127.255.254:53", false),
+        ("192.168.5.3:53", true),
+        ("192.0.2.1:53", true),
     ] {
         let key = format!("udp {addr}");
-        assert_eq!(field(&admin, &key), "sent", "admin, {addr}:\n{admin}");
+        let (from_admin, from_env) = (field(&admin, &key), field(&inside, &key));
+        assert!(
+            !from_admin.is_empty() && !blocked(&from_admin),
+            "admin, {addr}:\n{admin}"
+        );
         assert_eq!(
-            field(&inside, &key),
-            from_env,
+            !blocked(&from_env),
+            reachable,
             "environment, {addr}:\n{inside}"
         );
+    }
+}
+
+/// B serves on all its addresses (TCP) and on an abstract unix socket,
+/// detached, and prints its own address.
+const LISTEN: &str = r#"
+cat >/tmp/llb-listen.py <<'PY'
+import select, socket, sys
+secret = sys.argv[1].encode()
+tcp = socket.socket()
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("0.0.0.0", 47011))
+abstract = socket.socket(socket.AF_UNIX)
+abstract.bind("\0llima-box-test")
+for s in (tcp, abstract):
+    s.listen(8)
+while True:
+    for s in select.select([tcp, abstract], [], [])[0]:
+        c, _ = s.accept()
+        c.sendall(secret)
+        c.close()
+PY
+setsid python3 /tmp/llb-listen.py "$1" </dev/null >/dev/null 2>&1 &
+python3 -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("192.0.2.1", 9))
+print("addr=" + s.getsockname()[0])'
+"#;
+
+/// Tries B's servers: its loopback, the abstract socket, its address ($1).
+const PROBE_PEER: &str = r#"
+import socket, sys, time
+def get(family, addr):
+    for _ in range(20):
+        try:
+            s = socket.socket(family)
+            s.settimeout(3)
+            s.connect(addr)
+            return s.recv(64).decode() or "empty"
+        except ConnectionRefusedError as e:
+            err = type(e).__name__
+            time.sleep(0.2)
+        except OSError as e:
+            return type(e).__name__
+    return err
+print("loopback=" + get(socket.AF_INET, ("127.0.0.1", 47011)))
+print("abstract=" + get(socket.AF_UNIX, "\0llima-box-test"))
+print("peer=" + get(socket.AF_INET, (sys.argv[1], 47011)))
+"#;
+
+/// What B serves on its loopback, its address and an abstract unix socket
+/// is B's alone (each environment has its own network namespace); B
+/// itself, as the control, reaches all three.
+fn check_loopback_private(vm: &VmHome, a: &Path, b: &Path) {
+    const SECRET: &str = "b-loopback-secret";
+    let listening = vm.shell_ok(b, &["bash", "-c", LISTEN, "sh", SECRET]);
+    let addr = field(&listening, "addr");
+    let own = vm.shell_ok(b, &["python3", "-c", PROBE_PEER, &addr]);
+    let other = vm.shell_ok(a, &["python3", "-c", PROBE_PEER, &addr]);
+    vm.shell_ok(b, &["pkill", "-f", "llb-listen.py"]);
+    for key in ["loopback", "abstract", "peer"] {
+        assert_eq!(
+            field(&own, key),
+            SECRET,
+            "B, {key} (the probe is void):\n{own}"
+        );
+        assert_ne!(field(&other, key), SECRET, "A reached B's {key}:\n{other}");
+        assert!(!field(&other, key).is_empty(), "{other}");
     }
 }
 
@@ -865,6 +964,9 @@ for t in iptables ip6tables; do
     sudo -n "$t" -S LLIMA-BOX-ENV
     sudo -n "$t" -S OUTPUT | grep -c LLIMA-BOX-ENV
 done
+sudo -n iptables -S LLIMA-BOX-FWD
+echo "jumps=$(sudo -n iptables -S FORWARD | grep -c LLIMA-BOX-FWD) $(sudo -n iptables -S INPUT | grep -c LLIMA-BOX-IN) $(sudo -n iptables -t nat -S POSTROUTING | grep -c LLIMA-BOX-NAT)"
+echo "forwarding=$(cat /proc/sys/net/ipv4/ip_forward)"
 "#;
 
 /// Installing the guard again (as an upgrade does) changes nothing.
@@ -874,6 +976,13 @@ fn check_guard_idempotent(vm: &VmHome) {
     assert!(before.contains("\nAllowUsers "), "{before}");
     assert!(before.contains("-d 192.168.5.2/32 -j REJECT"), "{before}");
     assert!(before.contains("-d fec0::/10 -j REJECT"), "{before}");
+    // The environments' namespaces: forwarded through the chain, with NAT.
+    assert!(
+        before.contains("-A LLIMA-BOX-FWD -i lbx+ -j LLIMA-BOX-ENV"),
+        "{before}"
+    );
+    assert_eq!(field(&before, "jumps"), "1 1 1", "{before}");
+    assert_eq!(field(&before, "forwarding"), "1", "{before}");
     // In OUTPUT, for each of IPv4 and IPv6, one jump to the chain per uid
     // range (the environments' and the legacy one).
     assert_eq!(before.lines().filter(|l| *l == "2").count(), 2, "{before}");
