@@ -1065,6 +1065,14 @@ mod tests {
         git_ok(repo, &["config", key, value]);
     }
 
+    /// The config files under `project` with keys new or changed since `before`.
+    fn changed_files(project: &Path, before: &Snapshot) -> BTreeSet<PathBuf> {
+        keys(&Snapshot::take(project).changes_since(before))
+            .into_iter()
+            .map(|(file, ..)| file)
+            .collect()
+    }
+
     fn keys(changes: &[Change]) -> Vec<(PathBuf, String, Option<String>)> {
         changes
             .iter()
@@ -1136,10 +1144,7 @@ mod tests {
         for repo in &repos {
             set(repo, "core.pager", "evil");
         }
-        let found: BTreeSet<PathBuf> = keys(&Snapshot::take(&p).changes_since(&before))
-            .into_iter()
-            .map(|(file, ..)| file)
-            .collect();
+        let found = changed_files(&p, &before);
         assert_eq!(
             found,
             BTreeSet::from([
@@ -1211,10 +1216,7 @@ mod tests {
             &p.join("wt"),
             &["config", "--worktree", "core.pager", "evil"],
         );
-        let found: BTreeSet<PathBuf> = keys(&Snapshot::take(&p).changes_since(&before))
-            .into_iter()
-            .map(|(file, ..)| file)
-            .collect();
+        let found = changed_files(&p, &before);
         assert_eq!(
             found,
             BTreeSet::from([
