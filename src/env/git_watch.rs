@@ -19,6 +19,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use llima_box_proto::git::NOT_REPOSITORIES;
 use sha2::{Digest, Sha256};
 
 /// How far below the project nested repositories are looked for.
@@ -28,17 +29,6 @@ const MAX_DEPTH: usize = 3;
 const MAX_ENTRIES: usize = 100_000;
 /// The largest config file or hook read (git's own configs are a few KiB).
 const MAX_FILE: u64 = 8 << 20;
-/// Dependencies, build output and caches: not repositories anyone runs
-/// `git` in, and often the bulk of a tree.
-const SKIP_DIRS: &[&str] = &[
-    "node_modules",
-    "target",
-    ".venv",
-    "venv",
-    "__pycache__",
-    ".tox",
-    ".cache",
-];
 
 /// What git does with the value of a key, for the warning.
 const RUNS: &str = "git runs it as a program";
@@ -640,7 +630,7 @@ impl Search<'_> {
             return;
         }
         self.subdirs(dir, |search, sub, name| {
-            if name != ".git" && !SKIP_DIRS.contains(&name) {
+            if name != ".git" && !NOT_REPOSITORIES.contains(&name) {
                 search.tree(sub, depth + 1);
             }
         });

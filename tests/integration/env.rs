@@ -110,6 +110,9 @@ fn environments_end_to_end() {
     checks.run_after("git_config_warning", FIRST, || {
         check_git_config_warning(&vm, &a)
     });
+    checks.run_after("git_metadata_read_only", FIRST, || {
+        check_git_metadata_read_only(&vm, &projects)
+    });
     checks.run_after("shared_processes", FIRST, || {
         check_shared_processes(&vm, &a)
     });
@@ -153,9 +156,14 @@ fn environments_end_to_end() {
         "restart",
         &["first_shell", "install_tool", "nasty_names"],
         || {
+            // A repository that A's next holder (built the long way after
+            // the restart, not claimed) finds: its config is read-only.
+            projects.write("alpha/later/.git/config", "[core]\n");
             vm.ok(&["vm", "stop"]);
             vm.ok(&["vm", "start"]);
             check_tool(&vm, &a, name_a(), "after-restart");
+            let write = "echo x >>later/.git/config && echo written || echo refused";
+            assert_eq!(vm.shell_ok(&a, &["sh", "-c", write]).trim(), "refused");
             // The firewall rules are gone with the old boot; they are back
             // before the environment runs again.
             check_network_escape(&vm, &a, &canary);
@@ -185,6 +193,40 @@ fn environments_end_to_end() {
     checks.run("stop", || vm.ok(&["vm", "stop", "--force"]));
 
     checks.finish();
+}
+
+/// Writes to the git config and hooks of the repositories a project had
+/// when its environment started (its own and a nested one) are refused
+/// inside; commits and branches still work. On the old runtime every
+/// write went through.
+const GIT_WRITES: &str = r#"
+git config core.fsmonitor 'touch /tmp/pwned' 2>/dev/null && echo config=written || echo config=refused
+(echo '#!/bin/sh' >.git/hooks/pre-commit) 2>/dev/null && echo hook=written || echo hook=refused
+git -C sub/inner config core.pager evil 2>/dev/null && echo nested=written || echo nested=refused
+git -c user.name=t -c user.email=t@t commit -q --allow-empty -m inside && echo commit=ok
+git branch side && echo branch=ok
+"#;
+
+fn check_git_metadata_read_only(vm: &VmHome, projects: &TestDir) {
+    projects.mkdir("git-read-only/sub/inner");
+    let p = projects.mkdir("git-read-only");
+    for repo in [p.clone(), p.join("sub/inner")] {
+        let out = as_user("git")
+            .args(["init", "-q"])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = vm.shell_ok(&p, &["sh", "-c", GIT_WRITES]);
+    // Out again, so that the other checks count the environments they made.
+    vm.ok(&["delete", p.to_str().unwrap(), "-y"]);
+    assert_eq!(
+        out,
+        "config=refused\nhook=refused\nnested=refused\ncommit=ok\nbranch=ok\n"
+    );
+    let config = std::fs::read_to_string(p.join(".git/config")).unwrap();
+    assert!(!config.contains("fsmonitor"), "{config}");
 }
 
 /// What an agent plants in a repository for the host's git to run is

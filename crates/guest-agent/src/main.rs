@@ -12,6 +12,7 @@ mod delete;
 mod env_server;
 mod list;
 mod lock;
+mod protect_git;
 mod server;
 
 use std::process::ExitCode;
@@ -23,6 +24,17 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("llima-box-guest-agent env-server: {e}");
+                ExitCode::from(125)
+            }
+        };
+    }
+    if let [cmd, project] = args.as_slice()
+        && cmd == "protect-git"
+    {
+        return match protect_git::protect(std::path::Path::new(project)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("llima-box-guest-agent protect-git: {e}");
                 ExitCode::from(125)
             }
         };
@@ -46,5 +58,6 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!("usage: llima-box-guest-agent serve --admin-uid UID");
     eprintln!("       llima-box-guest-agent {}", env_server::USAGE);
+    eprintln!("       llima-box-guest-agent protect-git PROJECT");
     ExitCode::from(2)
 }

@@ -249,3 +249,46 @@ fn terminals_signals_and_refusals() {
         assert_eq!((o.exit, o.stdout.len()), (code(0), 3_000_000));
     });
 }
+
+/// `protect-git` in a mount namespace of its own: the repositories'
+/// config and hooks (the project's and a nested one) refuse writes, even
+/// from root; the rest of `.git` takes them; outside the namespace nothing
+/// changed.
+#[test]
+#[ignore = "needs root: run through tests/run or with --include-ignored"]
+fn git_metadata_is_read_only_in_the_namespace() {
+    as_root("git_metadata_is_read_only_in_the_namespace", || {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        for d in [".git/hooks", ".git/refs", "sub/inner/.git/hooks"] {
+            std::fs::create_dir_all(p.join(d)).unwrap();
+        }
+        for f in [".git/config", "sub/inner/.git/config"] {
+            std::fs::write(p.join(f), "[core]\n").unwrap();
+        }
+        const TRY: &str = r#"
+"$0" protect-git "$1" || exit 9
+for f in .git/config .git/hooks/pre-commit sub/inner/.git/config sub/inner/.git/hooks/x .git/refs/ok; do
+    if echo x >>"$1/$f" 2>/dev/null; then echo "$f=written"; else echo "$f=refused"; fi
+done
+"#;
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", TRY])
+            .arg(env!("CARGO_BIN_EXE_llima-box-guest-agent"))
+            .arg(p)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            text,
+            ".git/config=refused\n.git/hooks/pre-commit=refused\nsub/inner/.git/config=refused\n\
+             sub/inner/.git/hooks/x=refused\n.git/refs/ok=written\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join(".git/config")).unwrap(),
+            "[core]\n"
+        );
+        assert!(!p.join(".git/hooks/pre-commit").exists());
+    });
+}

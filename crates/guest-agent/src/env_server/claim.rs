@@ -219,6 +219,7 @@ fn claim_as(id: &mut Identity, c: &Claim, source: &str) -> io::Result<()> {
     fs::remove_dir(&old_home)?;
     fs::create_dir_all(&c.project)?;
     bind(source, &c.project)?;
+    crate::protect_git::protect(std::path::Path::new(&c.project))?;
     accounts::rename_account(&id.name, &c.name, &LOOKUP_FILES)?;
     id.name = c.name.clone();
     id.project = Some(c.project.clone());
