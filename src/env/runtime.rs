@@ -488,6 +488,25 @@ ip6tables() {{ fw ip6tables "$@"; }}
         );
     }
 
+    /// Memory and tmpfs limits are shares of the guest's memory.
+    #[test]
+    fn limits_follow_the_guests_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let meminfo = dir.path().join("meminfo");
+        std::fs::write(&meminfo, "MemTotal:        2000000 kB\nMemFree: 5 kB\n").unwrap();
+        let vars = format!(
+            "MEMORY_PERCENT=50 TMPFS_PERCENT=25 MEMINFO='{}'",
+            meminfo.display()
+        );
+        let got = run_section(
+            "\nenv_limits() {",
+            "\n# Sets NAMESERVERS",
+            &vars,
+            "env_limits; echo $MEMORY_MAX $TMPFS_SIZE",
+        );
+        assert_eq!(got, "1000000 500000\n");
+    }
+
     /// Environments cannot reach a resolver on the guest's loopback: they
     /// get what it forwards to, else QEMU's, and their own resolv.conf then.
     #[test]

@@ -104,6 +104,7 @@ fn environments_end_to_end() {
     checks.run_after("loopback_private", FIRST, || {
         check_loopback_private(&vm, &a, &b)
     });
+    checks.run_after("limits", FIRST, || check_limits(&vm, &a, &b));
     checks.run_after("exec_bits_and_git", FIRST, || {
         check_exec_bits_and_git(&vm, &projects, &a)
     });
@@ -929,6 +930,61 @@ fn check_network_escape(vm: &VmHome, a: &Path, canary: &Canary) {
             "environment, {addr}:\n{inside}"
         );
     }
+}
+
+/// Starts threads until the kernel refuses one (at most 6000), holding
+/// them: prints `threads=N`.
+const THREADS: &str = r#"
+import threading, time
+n = 0
+try:
+    while n < 6000:
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        n += 1
+except RuntimeError:
+    pass
+print("threads=%d" % n)
+"#;
+
+/// Fills memory 64 MiB at a time, up to three quarters of the guest's.
+const HOG: &str = r#"
+import os
+total = int(open("/proc/meminfo").read().split()[1]) * 1024
+held = []
+while len(held) * (64 << 20) < total * 3 // 4:
+    held.append(b"x" * (64 << 20))
+print("survived")
+"#;
+
+/// An environment that forks without end, fills /dev/shm or its memory
+/// hits its own limits (thread count, a tmpfs that is full, the OOM
+/// killer for the hog alone) while the others work on; it keeps working
+/// itself. On the old runtime none of the three had a limit.
+fn check_limits(vm: &VmHome, a: &Path, b: &Path) {
+    let threads = vm.shell_ok(a, &["python3", "-c", THREADS]);
+    let n: u32 = field(&threads, "threads").parse().unwrap();
+    assert!((100..4096).contains(&n), "{threads}");
+
+    let fill = vm.shell(
+        a,
+        &[
+            "sh",
+            "-c",
+            "head -c 3G /dev/zero >/dev/shm/fill; echo rc=$?; ls -s /dev/shm/fill",
+        ],
+    );
+    let (stdout, stderr) = text(&fill);
+    assert_ne!(field(&stdout, "rc"), "0", "{stdout}\n{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    vm.shell_ok(a, &["rm", "/dev/shm/fill"]);
+
+    let hog = vm.shell(a, &["python3", "-c", HOG]);
+    let (stdout, stderr) = text(&hog);
+    assert!(!stdout.contains("survived"), "{stdout}\n{stderr}");
+    assert_eq!(hog.status.code(), Some(137), "{stdout}\n{stderr}");
+    // The others, and A itself, work on.
+    assert_eq!(vm.shell_ok(b, &["echo", "b-ok"]), "b-ok\n");
+    assert_eq!(vm.shell_ok(a, &["echo", "a-ok"]), "a-ok\n");
 }
 
 /// B serves on all its addresses (TCP) and on an abstract unix socket,

@@ -79,7 +79,7 @@ fn start() -> Server {
         .args([NOBODY.to_string(), NOBODY.to_string()])
         .arg(&project)
         .args(["0", "1000", "1000"]);
-    // SAFETY: dup2 only, in the child before exec.
+    // SAFETY: dup2 and a write, in the child before exec.
     unsafe {
         cmd.pre_exec(move || {
             for &(from, to) in &raw {
@@ -87,7 +87,10 @@ fn start() -> Server {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            Ok(())
+            // The holder gives it -1000; any score other than the
+            // commands' 0 shows the reset (lowering needs a capability
+            // that a container's root may lack).
+            std::fs::write("/proc/self/oom_score_adj", "500")
         });
     }
     let child = cmd.spawn().unwrap();
@@ -170,7 +173,8 @@ fn runs_commands_with_pipes_as_the_user() {
     as_root("runs_commands_with_pipes_as_the_user", || {
         let s = start();
         let script = "read -r x; echo \"got $x\"; echo oops >&2; id -u; id -G; pwd; echo \"$PATH $LANG\"; \
-                      grep -E '^(NoNewPrivs|CapBnd|CapEff)' /proc/self/status; exit 3";
+                      grep -E '^(NoNewPrivs|CapBnd|CapEff)' /proc/self/status; \
+                      echo oom=$(cat /proc/self/oom_score_adj); exit 3";
         let o = run(&s, &["sh", "-c", script], &s.project, None, b"hello\n");
         assert_eq!(o.exit, code(3), "{o:?}");
         assert_eq!(o.stderr, "oops\n");
@@ -185,6 +189,8 @@ fn runs_commands_with_pipes_as_the_user() {
         assert!(o.stdout.contains("CapEff:\t0000000000000000"), "{o:?}");
         assert!(o.stdout.contains("CapBnd:\t0000000000000000"), "{o:?}");
         assert!(o.stdout.contains("NoNewPrivs:\t1"), "{o:?}");
+        // The server's OOM score is not its commands'.
+        assert!(o.stdout.contains("oom=0\n"), "{o:?}");
     });
 }
 

@@ -128,6 +128,17 @@ impl Prepared {
                     125,
                 );
             }
+            // The holder's processes are shielded from the OOM killer
+            // (-1000, inherited); the commands must not be, or nothing in
+            // a full environment could be killed.
+            let adj = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if adj < 0 || libc::write(adj, b"0".as_ptr().cast(), 1) != 1 {
+                fail(&[b"llima-box: cannot reset the OOM score: "], errno(), 125);
+            }
+            libc::close(adj);
             for s in [
                 libc::SIGPIPE,
                 libc::SIGXFSZ,
