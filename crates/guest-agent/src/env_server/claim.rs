@@ -17,7 +17,7 @@ use llima_box_proto::names::valid_env_name;
 use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, SPARE_SOCKET, STAGE_DIR};
 use llima_box_proto::spawn::Claim;
 
-use super::{Identity, Server};
+use super::{Identity, Server, within};
 use crate::{accounts, lock};
 
 /// What lookups read: renamed before the command starts.
@@ -40,13 +40,6 @@ fn normalised(path: &str) -> bool {
         && !path.ends_with('/')
         && !path.contains('\n')
         && path[1..].split('/').all(|p| !matches!(p, "" | "." | ".."))
-}
-
-fn within(path: &str, top: &str) -> bool {
-    path == top
-        || path
-            .strip_prefix(top)
-            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn c(s: &str) -> io::Result<CString> {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 /// Commands' pids and where their wait statuses go.
@@ -43,13 +43,7 @@ impl Reaper {
     /// that delivers its wait status (4 bytes, native order) once it ends.
     /// The pid is registered before the reaper can see the child end.
     pub fn fork(&self, child: impl FnOnce()) -> io::Result<(libc::pid_t, OwnedFd)> {
-        let mut fds = [0; 2];
-        // SAFETY: an out-array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two descriptors nothing else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = super::pipe()?;
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child only runs `child`, which makes system calls and
         // never returns.

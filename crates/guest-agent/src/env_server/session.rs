@@ -6,7 +6,7 @@
 //! command rather than filling memory.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -16,10 +16,10 @@ use llima_box_proto::frame::{self, Decoder};
 use llima_box_proto::paths::SOCKETS_DIR;
 use llima_box_proto::spawn::{self, EnvRequest, ExitStatus, Header};
 
-use super::Server;
 use super::child::{self, Command, Prepared, Stdio};
 use super::claim::{self, Completion};
 use super::pty;
+use super::{Server, pipe, within};
 
 /// Stop reading a side while this much waits for the other.
 const HIGH: usize = 1 << 20;
@@ -97,13 +97,6 @@ fn nonblocking(fd: RawFd) {
     }
 }
 
-fn within(path: &str, top: &str) -> bool {
-    path == top
-        || path
-            .strip_prefix(top)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// Reads what `fd` has: `Ok(None)` when it would block, an empty vector at
 /// the end (EIO on a terminal whose last holder is gone counts as the end).
 fn read_some(fd: &OwnedFd) -> Option<Vec<u8>> {
@@ -128,16 +121,6 @@ fn write_some(fd: &OwnedFd, data: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: an out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The name of a signal without `SIG`, as the host reports it.
