@@ -71,6 +71,7 @@ fn environments_end_to_end() {
     checks.run_after("sshd_escape", FIRST, || {
         check_sshd_escape(&vm, &a, name_a())
     });
+    checks.run_after("linked_project", FIRST, || check_linked_project(&vm, &a));
     checks.run_after("network_escape", FIRST, || {
         check_network_escape(&vm, &a, &canary)
     });
@@ -195,6 +196,8 @@ fn environments_end_to_end() {
 
     checks.finish();
 }
+
+const RUNTIME: &str = "/usr/local/libexec/llima-box/env-runtime";
 
 /// Writes to the git config and hooks of the repositories a project had
 /// when its environment started (its own and a nested one) are refused
@@ -1068,6 +1071,43 @@ echo "forwarding=$(cat /proc/sys/net/ipv4/ip_forward)"
 "#;
 
 /// Installing the guard again (as an upgrade does) changes nothing.
+/// A link planted in A where the host will find a nested project (or
+/// swapped in between the host's check and the guest's mount): the guest
+/// refuses to build an environment through it. The old runtime bound what
+/// the link led to, A's parent with every other project in it.
+fn check_linked_project(vm: &VmHome, a: &Path) {
+    vm.shell_ok(a, &["ln", "-s", "..", "linked"]);
+    let linked = a.join("linked");
+    let u = user();
+    let (uid, gid) = (u.uid.to_string(), u.gid.to_string());
+    let out = vm.run(&[
+        "vm",
+        "shell",
+        "--",
+        "sudo",
+        "-n",
+        RUNTIME,
+        "exec",
+        "linked-probe",
+        linked.to_str().unwrap(),
+        "--ensure",
+        linked.to_str().unwrap(),
+        &uid,
+        &gid,
+        "--",
+        "ls",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    vm.ok(&["delete", "-y", "linked-probe"]);
+    std::fs::remove_file(&linked).unwrap();
+    assert!(!out.status.success(), "built through a link: {stdout}");
+    assert!(!stdout.contains("beta"), "{stdout}");
+    assert!(stderr.contains("a symbolic link is on the way"), "{stderr}");
+}
+
 fn check_guard_idempotent(vm: &VmHome) {
     let state = || vm.ok(&["vm", "shell", "--", "sh", "-c", GUARD_STATE]);
     let before = state();
@@ -1085,15 +1125,7 @@ fn check_guard_idempotent(vm: &VmHome) {
     // range (the environments' and the legacy one).
     assert_eq!(before.lines().filter(|l| *l == "2").count(), 2, "{before}");
     for _ in 0..2 {
-        vm.ok(&[
-            "vm",
-            "shell",
-            "--",
-            "sudo",
-            "-n",
-            "/usr/local/libexec/llima-box/env-runtime",
-            "guard",
-        ]);
+        vm.ok(&["vm", "shell", "--", "sudo", "-n", RUNTIME, "guard"]);
     }
     assert_eq!(state(), before, "the guard is not idempotent");
 }

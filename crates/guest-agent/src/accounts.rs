@@ -9,15 +9,34 @@ use std::path::Path;
 
 use crate::lock;
 
+/// The fields of a passwd entry the agent uses.
+#[derive(Debug, PartialEq)]
+pub struct User<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: &'a str,
+}
+
+/// The well-formed entries of a passwd file's text.
+pub fn users(passwd: &str) -> impl Iterator<Item = User<'_>> {
+    passwd.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        let [name, _, uid, gid, _, home, _] = f[..] else {
+            return None;
+        };
+        Some(User {
+            name,
+            uid: uid.parse().ok()?,
+            gid: gid.parse().ok()?,
+            home,
+        })
+    })
+}
+
 /// The uid of `name` in the text of a passwd file.
 pub fn uid_of(passwd: &str, name: &str) -> Option<u32> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        if fields.next()? != name {
-            return None;
-        }
-        fields.nth(1)?.parse().ok()
-    })
+    users(passwd).find(|u| u.name == name).map(|u| u.uid)
 }
 
 /// The uid of the local user `name`.
@@ -194,6 +213,16 @@ mod tests {
         assert_eq!(uid_of(PASSWD, "broken"), None);
         assert_eq!(uid_of(PASSWD, "short"), None);
         assert_eq!(uid_of(PASSWD, ""), None);
+        let app = users(PASSWD).find(|u| u.uid == 60002);
+        assert_eq!(
+            app,
+            Some(User {
+                name: "app",
+                uid: 60002,
+                gid: 60002,
+                home: "/home/app"
+            })
+        );
     }
 
     #[test]

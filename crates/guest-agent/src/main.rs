@@ -1,8 +1,9 @@
 //! llima-box's guest agent: a root service in the VM that the host reaches
 //! through the admin user's SSH connection, on one unix socket. It takes
 //! over the environment runtime's work one responsibility at a time; today
-//! it answers `version`, `list` and `delete`, and each environment's first
-//! process is this binary's `env-server` (the commands' spawn server).
+//! it answers `version`, `list` and `delete`, and each environment's holder
+//! is this binary's `env-holder`: it builds the environment's namespaces
+//! and becomes, in them, the commands' spawn server.
 //!
 //! It is built as a static executable (no glibc NSS: account files are read
 //! directly), so one binary runs on any guest of its architecture.
@@ -10,10 +11,12 @@
 mod accounts;
 mod delete;
 mod env_server;
+mod holder;
 mod list;
 mod lock;
 mod protect_git;
 mod server;
+mod sys;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("llima-box-guest-agent env-server: {e}");
+                ExitCode::from(125)
+            }
+        };
+    }
+    if args.first().is_some_and(|a| a == "env-holder") {
+        return match holder::run(&args[1..]) {
+            Ok(status) => ExitCode::from(status),
+            Err(e) => {
+                eprintln!("llima-box-guest-agent env-holder: {e}");
                 ExitCode::from(125)
             }
         };
@@ -57,6 +69,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!("usage: llima-box-guest-agent serve --admin-uid UID");
+    eprintln!("       llima-box-guest-agent {}", holder::USAGE);
     eprintln!("       llima-box-guest-agent {}", env_server::USAGE);
     eprintln!("       llima-box-guest-agent protect-git PROJECT");
     ExitCode::from(2)

@@ -8,14 +8,14 @@
 //! writable, so commits, branches, fetch and push keep working (what
 //! would write the config, such as `push -u`, fails).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use llima_box_proto::git::NOT_REPOSITORIES;
+
+use crate::sys;
 
 /// What git runs or reads settings from, in a repository's git directory.
 const PROTECTED: [&str; 3] = ["config", "config.worktree", "hooks"];
@@ -82,34 +82,19 @@ fn read_only_bind(path: &Path) -> io::Result<bool> {
         return Ok(false);
     }
     // What was opened is what gets bound, whatever the path leads to now.
-    let source = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let target = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let target = path
+        .to_str()
+        .ok_or_else(|| io::Error::other("a path that is not UTF-8"))?;
     let flags =
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    // SAFETY: NUL-terminated paths; bind mounts take no type or data.
-    unsafe {
-        if libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-            || libc::mount(
-                std::ptr::null(),
-                target.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            ) != 0
-        {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
+    sys::bind(&sys::fd_path(&file), target, false)
+        .and_then(|()| sys::mount(None, target, None, flags, None))
+        .map_err(|e| {
+            io::Error::new(
                 e.kind(),
                 format!("cannot make {} read-only: {e}", path.display()),
-            ));
-        }
-    }
+            )
+        })?;
     Ok(true)
 }
 

@@ -7,18 +7,17 @@
 //! ([`Completion`]) overlaps with its start. A refusal is always safe: the
 //! host then creates the environment the slow way.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 
 use llima_box_proto::names::valid_env_name;
 use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, SPARE_SOCKET, STAGE_DIR};
 use llima_box_proto::spawn::Claim;
 
 use super::{Identity, Server, within};
-use crate::{accounts, lock};
+use crate::sys::{c, check};
+use crate::{accounts, lock, sys};
 
 /// What lookups read: renamed before the command starts.
 const LOOKUP_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
@@ -40,38 +39,6 @@ fn normalised(path: &str) -> bool {
         && !path.ends_with('/')
         && !path.contains('\n')
         && path[1..].split('/').all(|p| !matches!(p, "" | "." | ".."))
-}
-
-fn c(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::other("a path with a NUL byte"))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn bind(source: &str, target: &str) -> io::Result<()> {
-    let (s, t) = (c(source)?, c(target)?);
-    // SAFETY: NUL-terminated paths; a bind mount takes no type or data.
-    check(unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    })
-}
-
-fn detach(target: &str) -> io::Result<()> {
-    let t = c(target)?;
-    // SAFETY: a NUL-terminated path.
-    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) })
 }
 
 /// Whether `path` (relative to `dir`) exists, without following it.
@@ -157,17 +124,12 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
         return Err("the project is on no share this spare remapped".into());
     };
     let source = format!("{STAGE_DIR}/remap/{index}{}", &c.project[root.len()..]);
-    // One walk by the kernel; what it reached is what gets mounted.
-    let src = fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(&source)
-        .map_err(|_| "the project is not a directory".to_string())?;
-    let src = OwnedFd::from(src);
-    let fd_path = format!("/proc/self/fd/{}", src.as_raw_fd());
-    if fs::read_link(&fd_path).ok().as_deref() != Some(std::path::Path::new(&source)) {
-        return Err("the project's path has a symbolic link in it".into());
-    }
+    let src = match sys::open_dir_exact(&source) {
+        Ok(Some(src)) => src,
+        Ok(None) => return Err("the project's path has a symbolic link in it".into()),
+        Err(_) => return Err("the project is not a directory".into()),
+    };
+    let fd_path = sys::fd_path(&src);
     // The environment's lock, as `ensure` takes it, and the pool's, so that
     // the pool's keeper never sees this spare half claimed.
     let mut locks = Vec::new();
@@ -206,12 +168,12 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
 fn claim_as(id: &mut Identity, c: &Claim, source: &str) -> io::Result<()> {
     let home = format!("{HOMES_DIR}/{}", c.name);
     fs::create_dir_all(&home)?;
-    bind(&format!("{STAGE_DIR}/home"), &home)?;
+    sys::bind(&format!("{STAGE_DIR}/home"), &home, false)?;
     let old_home = id.home();
-    detach(&old_home)?;
+    sys::detach(&old_home)?;
     fs::remove_dir(&old_home)?;
     fs::create_dir_all(&c.project)?;
-    bind(source, &c.project)?;
+    sys::bind(source, &c.project, false)?;
     crate::protect_git::protect(std::path::Path::new(&c.project))?;
     accounts::rename_account(&id.name, &c.name, &LOOKUP_FILES)?;
     id.name = c.name.clone();
@@ -244,7 +206,7 @@ impl Completion {
             // The project's share stays; the others' remaps go (each FUSE
             // process exits with its last mount).
             if *r != self.root {
-                detach(&format!("{STAGE_DIR}/remap/{i}"))?;
+                sys::detach(&format!("{STAGE_DIR}/remap/{i}"))?;
             }
         }
         let now = llima_box_proto::time::rfc3339_secs(std::time::SystemTime::now());

@@ -1,15 +1,16 @@
 //! An environment's spawn server: the first process of the environment's PID
-//! namespace (root, in its mount and IPC namespaces), started by the
-//! runtime's holder. It runs each command the host sends over its socket
+//! namespace (root, in its mount, IPC and network namespaces), started by
+//! the environment's holder (see `holder`). It runs each command the host sends over its socket
 //! (see `llima_box_proto::spawn`) with one fork and one exec, which is what
 //! makes a warm `shell` cheaper than an SSH session under emulation, and
 //! reaps orphans as a PID namespace's first process must.
 //!
-//! Started as `env-server VERSION SOCKET NAME UID GID PROJECT ADMIN HOST_UID
+//! Its arguments are `VERSION SOCKET NAME UID GID PROJECT ADMIN HOST_UID
 //! HOST_GID [ROOT...]` (PROJECT empty for a spare, whose ROOTs are the
-//! remapped shares) with descriptors 7 (the ready file), 8 (the
-//! environment's record directory), 6 (the state directory) and 5 (the
-//! guest's `/home`), which the namespace hides by path.
+//! remapped shares) and the directories the namespace hides by path, held
+//! open ([`Dirs`]). As the `env-server` command (how its tests start it)
+//! they are descriptors 7 (the ready file), 8 (the environment's record
+//! directory), 6 (the state directory) and 5 (the guest's `/home`).
 
 mod child;
 mod claim;
@@ -59,10 +60,13 @@ impl Identity {
 }
 
 /// Directories the namespace hides by path, held open from before.
-struct Dirs {
-    env: OwnedFd,
-    state: OwnedFd,
-    homes: OwnedFd,
+pub struct Dirs {
+    /// The environment's record directory.
+    pub env: OwnedFd,
+    /// The agent's state directory.
+    pub state: OwnedFd,
+    /// The guest's `/home`.
+    pub homes: OwnedFd,
 }
 
 pub struct Server {
@@ -118,16 +122,15 @@ fn parse(args: &[String]) -> Option<(String, Config, Identity)> {
     Some((socket.clone(), config, identity))
 }
 
-/// Runs the server; returns only when it cannot start.
+/// Runs the server with the descriptors of `USAGE`; returns only when it
+/// cannot start.
 pub fn run(args: &[String]) -> io::Result<()> {
-    let Some((socket, config, identity)) = parse(args) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("usage: {USAGE}"),
-        ));
-    };
-    // SAFETY: the holder opened these for this process and nothing else in
-    // it owns them.
+    for fd in [5, 6, 8] {
+        // SAFETY: descriptors this process owns; commands must not inherit them.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: the starter opened these for this process and nothing else
+    // in it owns them.
     let (ready, dirs) = unsafe {
         (
             std::fs::File::from_raw_fd(7),
@@ -138,10 +141,18 @@ pub fn run(args: &[String]) -> io::Result<()> {
             },
         )
     };
-    for fd in [5, 6, 8] {
-        // SAFETY: descriptors this process owns; commands must not inherit them.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
+    serve(args, ready, dirs)
+}
+
+/// Runs the server for `args` (`USAGE` without the descriptors), reporting
+/// to `ready` once it listens; returns only when it cannot start.
+pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()> {
+    let Some((socket, config, identity)) = parse(args) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("usage: {USAGE}"),
+        ));
+    };
     reaper::block_signals();
     drop_bounding_set()?;
     let _ = std::fs::remove_file(&socket);
