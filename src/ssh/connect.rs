@@ -3,10 +3,10 @@
 //! jitter until a deadline; fail at once on what retrying cannot fix (a
 //! wrong host key, a rejected user key).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
@@ -42,18 +42,20 @@ pub struct ConnectOptions {
 /// An authenticated connection to the guest's sshd.
 pub struct Session {
     pub(super) handle: Handle<Client>,
-    /// Where agent channels opened by the guest go; the mux server points
-    /// it at the socket of the client it serves.
-    pub(super) agent_socket: ForwardedAgentSocket,
-    /// The guest socket that sshd forwards to `agent_socket`, once asked
-    /// for (see [`Session::agent_forward`]).
-    agent_forward: tokio::sync::Mutex<Option<String>>,
+    /// Where the agent channels of sshd's sessions go: set once for the
+    /// connection (such a channel says nothing of the session it is for),
+    /// so that they only ever reach the agent of one client.
+    agent_socket: AgentSocket,
+    /// Where each remote forward of [`Session::agent_forward`] goes.
+    forwards: Forwards,
     /// Guest sockets that a streamlocal channel reached on this connection.
     reached: Mutex<HashSet<String>>,
 }
 
-/// The local agent socket, shared between a session and its handler.
-pub(super) type ForwardedAgentSocket = Arc<Mutex<Option<PathBuf>>>;
+/// The local agent of a connection's sessions, shared with its handler.
+type AgentSocket = Arc<OnceLock<PathBuf>>;
+/// Remote forwards' guest paths and the local agents they lead to.
+type Forwards = Arc<Mutex<HashMap<String, PathBuf>>>;
 
 /// One attempt may not hang on a port that accepts but never answers.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,29 +134,41 @@ impl Session {
     }
 
     /// The agent socket that the guest's agent channels are proxied to.
-    pub(super) fn agent_socket(&self) -> Option<PathBuf> {
-        self.agent_socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub(super) fn agent_socket(&self) -> Option<&PathBuf> {
+        self.agent_socket.get()
     }
 
-    pub(super) fn set_agent_socket(&self, socket: Option<PathBuf>) {
-        *self.agent_socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
+    /// Gives a connection made without an agent the agent of its sessions;
+    /// false when it has one already.
+    pub(super) fn assign_agent(&self, socket: PathBuf) -> bool {
+        self.agent_socket.set(socket).is_ok()
     }
 
     /// A unix socket in the guest directory `dir` that sshd forwards to the
-    /// local agent (`ssh -R`), for commands that do not run in an SSH
-    /// session and so get no session agent. One per connection.
-    pub(super) async fn agent_forward(&self, dir: &str) -> Result<String, Error> {
-        let mut slot = self.agent_forward.lock().await;
-        if let Some(path) = slot.as_ref() {
-            return Ok(path.clone());
-        }
+    /// local agent `local` (`ssh -R`), for one command that does not run in
+    /// an SSH session and so gets no session agent. End it with
+    /// [`Session::end_agent_forward`] when the command has ended: sshd then
+    /// stops listening, and whatever the command left behind can no longer
+    /// reach the agent.
+    pub(super) async fn agent_forward(&self, dir: &str, local: &Path) -> Result<String, Error> {
         let path = format!("{dir}/agent-{:016x}.sock", rand::rng().random::<u64>());
-        self.handle.streamlocal_forward(path.as_str()).await?;
-        *slot = Some(path.clone());
+        self.routes().insert(path.clone(), local.to_path_buf());
+        if let Err(e) = self.handle.streamlocal_forward(path.as_str()).await {
+            self.routes().remove(&path);
+            return Err(e.into());
+        }
         Ok(path)
+    }
+
+    /// Ends a forward of [`Session::agent_forward`]; a connection that is
+    /// gone has ended it already.
+    pub(super) async fn end_agent_forward(&self, path: &str) {
+        self.routes().remove(path);
+        let _ = self.handle.cancel_streamlocal_forward(path).await;
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+        self.forwards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the connection is gone (sshd restarted, guest rebooted).
@@ -206,10 +220,15 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
         .map_err(|e| Failure::Transient(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let HostKeyPolicy::Pinned(expected) = &opts.host_key;
-    let agent_socket: ForwardedAgentSocket = Arc::new(Mutex::new(opts.agent_forwarding.clone()));
+    let agent_socket = AgentSocket::default();
+    if let Some(socket) = &opts.agent_forwarding {
+        let _ = agent_socket.set(socket.clone());
+    }
+    let forwards = Forwards::default();
     let handler = Client {
         expected: expected.clone(),
         agent_socket: agent_socket.clone(),
+        forwards: forwards.clone(),
     };
     let mut handle = client::connect_stream(config, stream, handler)
         .await
@@ -245,7 +264,7 @@ async fn attempt(opts: &ConnectOptions, config: Arc<client::Config>) -> Result<S
     Ok(Session {
         handle,
         agent_socket,
-        agent_forward: tokio::sync::Mutex::new(None),
+        forwards,
         reached: Mutex::new(HashSet::new()),
     })
 }
@@ -269,7 +288,8 @@ fn classify(addr: SocketAddr, e: russh::Error) -> Failure {
 /// The russh handler: host-key pinning and agent channels.
 pub(super) struct Client {
     expected: PublicKey,
-    agent_socket: ForwardedAgentSocket,
+    agent_socket: AgentSocket,
+    forwards: Forwards,
 }
 
 #[derive(Debug)]
@@ -314,37 +334,42 @@ impl client::Handler for Client {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        self.to_agent(channel, reply).await;
+        to_agent(self.agent_socket.get().cloned(), channel, reply).await;
         Ok(())
     }
 
-    /// The only remote forward we ask for is [`Session::agent_forward`].
+    /// The only remote forwards we ask for are [`Session::agent_forward`]'s;
+    /// one that has ended leads nowhere.
     async fn server_channel_open_forwarded_streamlocal(
         &mut self,
         channel: Channel<Msg>,
-        _socket_path: &str,
+        socket_path: &str,
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        self.to_agent(channel, reply).await;
+        let local = self
+            .forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(socket_path)
+            .cloned();
+        to_agent(local, channel, reply).await;
         Ok(())
     }
 }
 
-impl Client {
-    async fn to_agent(&self, channel: Channel<Msg>, reply: client::ChannelOpenHandle) {
-        let socket = self
-            .agent_socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match socket {
-            Some(socket) => agent_forward::proxy(channel, reply, socket),
-            None => {
-                reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                    .await
-            }
+/// Proxies the guest's agent channel to `socket`, or refuses it.
+async fn to_agent(
+    socket: Option<PathBuf>,
+    channel: Channel<Msg>,
+    reply: client::ChannelOpenHandle,
+) {
+    match socket {
+        Some(socket) => agent_forward::proxy(channel, reply, socket),
+        None => {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await
         }
     }
 }

@@ -2,6 +2,7 @@
 //! forwarded byte for byte with its EOF, the remote exit status returned.
 
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
 use russh::client::Msg;
@@ -185,7 +186,13 @@ pub(super) struct Reader {
 }
 
 /// A started command's channel.
-pub(super) type Started = (Reader, Writer);
+pub(super) struct Started {
+    pub reader: Reader,
+    pub writer: Writer,
+    /// The guest socket forwarded to the local agent for this command
+    /// only: see [`Session::end_agent_forward`].
+    pub agent_forward: Option<String>,
+}
 
 impl Session {
     /// Runs `argv` (quoted so that the remote sees exactly these words)
@@ -208,10 +215,18 @@ impl Session {
             agent: false,
             spawn: None,
         };
-        let (rx, tx) = self.start(&setup, false).await?;
+        let Started { reader, writer, .. } = self.start(&setup, false, None).await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let input = std::io::Cursor::new(stdin.to_vec());
-        let exit = attach(rx, tx, input, &mut stdout, &mut stderr, None::<&mut Tty>).await?;
+        let exit = attach(
+            reader,
+            writer,
+            input,
+            &mut stdout,
+            &mut stderr,
+            None::<&mut Tty>,
+        )
+        .await?;
         Ok(Captured {
             exit,
             stdout,
@@ -232,14 +247,14 @@ impl Session {
         pty: bool,
     ) -> Result<RemoteExit, Error> {
         let setup = Setup::local(command, None, pty, self.agent_socket().is_some());
-        let (rx, tx) = self.start(&setup, false).await?;
+        let Started { reader, writer, .. } = self.start(&setup, false, None).await?;
         let mut tty = match pty && terminal::stdin_is_tty() {
             true => Some(Tty::enter()?),
             false => None,
         };
         let result = attach(
-            rx,
-            tx,
+            reader,
+            writer,
             std::io::stdin(),
             &mut tokio::io::stdout(),
             &mut tokio::io::stderr(),
@@ -252,8 +267,14 @@ impl Session {
 
     /// Opens a channel and starts `setup.command` in it, or the spawn
     /// server's command when `spawn` (and the server, or the alternate
-    /// that accepts the request, is there).
-    pub(super) async fn start(&self, setup: &Setup, spawn: bool) -> Result<Started, Error> {
+    /// that accepts the request, is there), which reaches the local agent
+    /// `agent` when `setup` asks for one.
+    pub(super) async fn start(
+        &self,
+        setup: &Setup,
+        spawn: bool,
+        agent: Option<&Path>,
+    ) -> Result<Started, Error> {
         if let Some(target) = setup.spawn.as_deref().filter(|_| spawn) {
             let alternate = target.alternate.as_deref();
             let (own, early) = match alternate {
@@ -273,7 +294,7 @@ impl Session {
                     if let Some(Ok(unused)) = early {
                         let _ = unused.close().await;
                     }
-                    return self.start_spawned(setup, target, channel).await;
+                    return self.start_spawned(setup, target, channel, agent).await;
                 }
                 Err(e) => e,
             };
@@ -285,11 +306,14 @@ impl Session {
                 None => self.open_streamlocal(&alt.socket).await,
             }
             .map_err(|_| e)?;
-            let (mut rx, tx) = self.start_spawned(setup, alt, channel).await?;
-            return match accepted(&mut rx).await {
-                Ok(()) => Ok((rx, tx)),
+            let mut started = self.start_spawned(setup, alt, channel, agent).await?;
+            return match accepted(&mut started.reader).await {
+                Ok(()) => Ok(started),
                 Err(refused) => {
-                    let _ = tx.close().await;
+                    let _ = started.writer.close().await;
+                    if let Some(path) = &started.agent_forward {
+                        self.end_agent_forward(path).await;
+                    }
                     Err(refused)
                 }
             };
@@ -320,7 +344,11 @@ impl Session {
             half: Arc::new(tx),
             framed: false,
         };
-        Ok((reader, writer))
+        Ok(Started {
+            reader,
+            writer,
+            agent_forward: None,
+        })
     }
 
     /// Sends the spawn server on `channel` the request of `target`.
@@ -329,24 +357,25 @@ impl Session {
         setup: &Setup,
         target: &Spawn,
         channel: Channel<Msg>,
+        local_agent: Option<&Path>,
     ) -> Result<Started, Error> {
-        let agent = match setup.agent {
+        let agent = match local_agent.filter(|_| setup.agent) {
             // Next to the server's socket: a directory only the admin
             // (and root) can reach.
-            true => {
+            Some(local) => {
                 let dir = target.socket.rsplit_once('/').map_or("/tmp", |(d, _)| d);
-                Some(self.agent_forward(dir).await?)
+                Some(self.agent_forward(dir, local).await?)
             }
-            false => None,
+            None => None,
         };
         let (rx, tx) = channel.split();
-        tx.data_bytes(spawn::header(
-            target,
-            &setup.env,
-            setup.pty.as_ref(),
-            agent.as_deref(),
-        ))
-        .await?;
+        let header = spawn::header(target, &setup.env, setup.pty.as_ref(), agent.as_deref());
+        if let Err(e) = tx.data_bytes(header).await {
+            if let Some(path) = &agent {
+                self.end_agent_forward(path).await;
+            }
+            return Err(e.into());
+        }
         let reader = Reader {
             half: rx,
             frames: Some(spawn::Decoder::default()),
@@ -355,7 +384,11 @@ impl Session {
             half: Arc::new(tx),
             framed: true,
         };
-        Ok((reader, writer))
+        Ok(Started {
+            reader,
+            writer,
+            agent_forward: agent,
+        })
     }
 }
 

@@ -92,6 +92,40 @@ fn agent_is_forwarded_through_the_mux() {
     assert_eq!(logins(&inst.sshd), 2, "sshd: {}", inst.sshd.log());
 }
 
+/// A command reaches the agent of the client that started it, also while
+/// another client's command with another agent starts: an agent channel
+/// says nothing of its command, so each local agent gets a held
+/// connection of its own. Before, the latest client's agent served all.
+#[test]
+fn each_command_reaches_its_own_clients_agent() {
+    let inst = Instance::new();
+    serve_mux(&inst);
+    let first = SshAgent::start(&inst.home);
+    let second = SshAgent::start(&inst.home);
+    let slow = inst
+        .shell(&["--", "sh", "-c", "sleep 3; ssh-add -l"])
+        .env("SSH_AUTH_SOCK", &first.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (c, stdout, e) = code(
+        inst.shell(&["--", "ssh-add", "-l"])
+            .env("SSH_AUTH_SOCK", &second.socket),
+    );
+    assert_eq!(c, 0, "{e}");
+    assert!(stdout.contains(&second.key_comment), "{stdout}");
+    assert!(!stdout.contains(&first.key_comment), "{stdout}");
+    let out = slow.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&first.key_comment), "{stdout}");
+    assert!(!stdout.contains(&second.key_comment), "{stdout}");
+    // One held connection without an agent, one per agent.
+    assert_eq!(logins(&inst.sshd), 3, "sshd: {}", inst.sshd.log());
+}
+
 #[test]
 fn pty_session_through_the_mux_gets_size_resizes_and_restores_the_terminal() {
     let inst = Instance::new();

@@ -257,8 +257,12 @@ pub struct SshAgent {
 }
 
 impl SshAgent {
+    /// An agent in `dir` holding a key of its own (two agents in one test
+    /// hold different keys).
     pub fn start(dir: &TestDir) -> SshAgent {
-        let d = dir.mkdir("agent");
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let d = dir.mkdir(&format!("agent-{n}"));
         let socket = d.join("agent.sock");
         let child = as_user("ssh-agent")
             .arg("-D")
@@ -272,7 +276,7 @@ impl SshAgent {
             assert!(Instant::now() < until, "ssh-agent did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let key_comment = format!("agent-key-{}", std::process::id());
+        let key_comment = format!("agent-key-{}-{n}", std::process::id());
         keygen("ed25519", &d.join("id"), &key_comment);
         run_ok(
             as_user("ssh-add")

@@ -1,5 +1,6 @@
 //! The host agent's side: one held session, a command per connection.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -48,14 +49,14 @@ pub async fn serve(listener: Listener, opts: ConnectOptions) {
     let held = Arc::new(Held {
         opts,
         plain: Mutex::new(None),
-        with_agent: Mutex::new(None),
+        with_agent: Mutex::new(AgentSessions::default()),
     });
     let early = held.clone();
     // A command that comes meanwhile waits for these rather than log in
     // twice; one that fails is retried by the first command that needs it.
     tokio::spawn(async move {
-        let _ = early.session(false, false).await;
-        let _ = early.session(true, false).await;
+        let _ = early.session(None, false).await;
+        let _ = early.spare().await;
     });
     loop {
         let Ok((stream, _)) = listener.inner.accept().await else {
@@ -69,26 +70,66 @@ pub async fn serve(listener: Listener, opts: ConnectOptions) {
 
 /// The connections to the guest that commands share. sshd offers a
 /// forwarded agent to every later session of a connection once one asked
-/// for it, so commands without agent forwarding get a connection that
-/// never asked.
+/// for it, and its agent channel says nothing of the session it is for: so
+/// sessions without agent forwarding get a connection that never asked,
+/// and those with one a connection per local agent, which only ever
+/// reaches that agent. Spawned commands reach their agent through a
+/// forward of their own, on the plain connection.
 struct Held {
     opts: ConnectOptions,
     plain: Mutex<Option<Arc<Session>>>,
-    with_agent: Mutex<Option<Arc<Session>>>,
+    with_agent: Mutex<AgentSessions>,
+}
+
+#[derive(Default)]
+struct AgentSessions {
+    by_agent: HashMap<PathBuf, Arc<Session>>,
+    /// Made at start, before any agent is known: the first that needs a
+    /// connection takes it rather than wait for a login.
+    spare: Option<Arc<Session>>,
 }
 
 impl Held {
-    async fn session(&self, agent: bool, fresh: bool) -> Result<Arc<Session>, Error> {
-        let mut slot = match agent {
-            true => self.with_agent.lock().await,
-            false => self.plain.lock().await,
+    /// The connection for sessions with the local agent `agent`, or
+    /// without one; a new one when `fresh`.
+    async fn session(&self, agent: Option<&PathBuf>, fresh: bool) -> Result<Arc<Session>, Error> {
+        let usable = |s: &Arc<Session>| !fresh && !s.is_closed();
+        let Some(agent) = agent else {
+            let mut slot = self.plain.lock().await;
+            if let Some(s) = slot.as_ref().filter(|s| usable(s)) {
+                return Ok(s.clone());
+            }
+            let s = Arc::new(Session::connect(self.opts.clone()).await?);
+            *slot = Some(s.clone());
+            return Ok(s);
         };
-        if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
+        let mut held = self.with_agent.lock().await;
+        // Connections of agents that are gone (their client logged out).
+        held.by_agent
+            .retain(|socket, s| !s.is_closed() && socket.exists());
+        if let Some(s) = held.by_agent.get(agent).filter(|s| usable(s)) {
             return Ok(s.clone());
         }
-        let s = Arc::new(Session::connect(self.opts.clone()).await?);
-        *slot = Some(s.clone());
+        let s = match held.spare.take().filter(|s| usable(s)) {
+            Some(s) if s.assign_agent(agent.clone()) => s,
+            _ => Arc::new(
+                Session::connect(ConnectOptions {
+                    agent_forwarding: Some(agent.clone()),
+                    ..self.opts.clone()
+                })
+                .await?,
+            ),
+        };
+        held.by_agent.insert(agent.clone(), s.clone());
         Ok(s)
+    }
+
+    async fn spare(&self) -> Result<(), Error> {
+        let mut held = self.with_agent.lock().await;
+        if held.spare.is_none() {
+            held.spare = Some(Arc::new(Session::connect(self.opts.clone()).await?));
+        }
+        Ok(())
     }
 
     /// Starts the command, once more on a new connection if the held one
@@ -98,16 +139,12 @@ impl Held {
         setup: &Setup,
         agent_socket: Option<PathBuf>,
     ) -> Result<(Arc<Session>, exec::Started), Error> {
+        let agent = agent_socket.filter(|_| setup.agent);
         let mut fresh = false;
         loop {
-            let session = self.session(setup.agent, fresh).await?;
-            if setup.agent {
-                // Agent channels carry no reference to the command that
-                // caused them; the latest requester's agent serves them all.
-                session.set_agent_socket(agent_socket.clone());
-            }
             if setup.spawn.is_some() {
-                match session.start(setup, true).await {
+                let session = self.session(None, fresh).await?;
+                match session.start(setup, true, agent.as_deref()).await {
                     Ok(started) => return Ok((session, started)),
                     // No server (first use, or the VM rebooted): the
                     // command line starts the environment, and with it
@@ -120,7 +157,8 @@ impl Held {
                     }
                 }
             }
-            match session.start(setup, false).await {
+            let session = self.session(agent.as_ref(), fresh).await?;
+            match session.start(setup, false, None).await {
                 Ok(started) => return Ok((session, started)),
                 Err(e) if fresh => return Err(e),
                 Err(_) => fresh = true,
@@ -166,7 +204,12 @@ async fn run(conn: &mut Conn, held: &Held) -> Result<RemoteExit, Error> {
             "expected stdin, stdout and stderr with the request",
         )));
     };
-    let (_session, (rx, tx)) = held.start(&setup, agent_socket).await?;
+    let (session, started) = held.start(&setup, agent_socket).await?;
+    let exec::Started {
+        reader: rx,
+        writer: tx,
+        agent_forward,
+    } = started;
     conn.send(&ToClient::Started).await.map_err(lost)?;
     let (stdin, cancel) = CancellableFd::new(stdin).map_err(lost)?;
     // Each write to a file goes through a blocking thread: batch the
@@ -186,6 +229,11 @@ async fn run(conn: &mut Conn, held: &Held) -> Result<RemoteExit, Error> {
     if result.is_err() {
         // The command may still be running; it must not outlive its client.
         let _ = tx.close().await;
+    }
+    // The command has ended: what it left running loses the agent. The
+    // client need not wait for that.
+    if let Some(path) = agent_forward {
+        tokio::spawn(async move { session.end_agent_forward(&path).await });
     }
     result
 }
