@@ -4,6 +4,7 @@
 //! `#[ignore]`d for a plain `cargo test`, tests/run runs it.
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,7 +17,6 @@ use crate::ssh_support::{Pty, SshAgent, wait_timeout};
 /// sha256 over every path, type, mode, owner and content below `dir`.
 fn tree_hash(dir: &Path) -> String {
     fn walk(p: &Path, root: &Path, h: &mut Sha256) {
-        use std::os::unix::fs::MetadataExt;
         let meta = std::fs::symlink_metadata(p).unwrap();
         let rel = p.strip_prefix(root).unwrap();
         h.update(format!(
@@ -72,6 +72,9 @@ fn environments_end_to_end() {
         check_sshd_escape(&vm, &a, name_a())
     });
     checks.run_after("linked_project", FIRST, || check_linked_project(&vm, &a));
+    checks.run_after("command_credentials", FIRST, || {
+        check_command_credentials(&vm, &a)
+    });
     checks.run_after("network_escape", FIRST, || {
         check_network_escape(&vm, &a, &canary)
     });
@@ -163,6 +166,9 @@ fn environments_end_to_end() {
             projects.write("alpha/later/.git/config", "[core]\n");
             vm.ok(&["vm", "stop"]);
             vm.ok(&["vm", "start"]);
+            // The first command after a boot comes through sshd and the
+            // runtime (no server yet): its keyring is its own too.
+            check_command_credentials(&vm, &a);
             check_tool(&vm, &a, name_a(), "after-restart");
             let write = "echo x >>later/.git/config && echo written || echo refused";
             assert_eq!(vm.shell_ok(&a, &["sh", "-c", write]).trim(), "refused");
@@ -360,7 +366,6 @@ fn check_piped_stdin(vm: &VmHome, a: &Path) {
 
 /// Files made in the environment are the host user's on the host.
 fn check_files_owned_by_host_user(vm: &VmHome, a: &Path) {
-    use std::os::unix::fs::MetadataExt;
     vm.shell_ok(a, &["sh", "-c", "printf 'made inside\\n' > new.txt"]);
     let made = a.join("new.txt");
     assert_eq!(std::fs::read_to_string(&made).unwrap(), "made inside\n");
@@ -396,6 +401,23 @@ fn check_ssh_agent_forwarding(vm: &VmHome, a: &Path) {
         .output()
         .unwrap();
     assert!(text(&out).0.contains("rc=2"), "{:?}", text(&out));
+    // What a command leaves running loses the agent once the command has
+    // ended. Before, the forward lived as long as the held connection.
+    let leftover = "(sleep 4; ssh-add -l >/tmp/leftover-agent 2>&1; echo rc=$? >>/tmp/leftover-agent) \
+        </dev/null >/dev/null 2>&1 & ssh-add -l >/dev/null && echo during=ok";
+    let out = vm
+        .cmd(&["shell", a.to_str().unwrap(), "--", "sh", "-c", leftover])
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(text(&out).0.contains("during=ok"), "{:?}", text(&out));
+    std::thread::sleep(Duration::from_secs(6));
+    let late = vm.shell_ok(a, &["cat", "/tmp/leftover-agent"]);
+    assert!(
+        late.contains("rc=2"),
+        "the leftover reached the agent: {late}"
+    );
 }
 
 /// On a terminal: a remote terminal of the same size.
@@ -622,14 +644,19 @@ allow write_home touch "$HOME/llb-probe"
 allow write_tmp touch /tmp/llb-probe
 rm -f ./llb-probe "$HOME/llb-probe" /tmp/llb-probe
 
-# A user namespace gives root over copies of the mounts, but the mounts
-# that hide things are locked together and cannot be peeled off.
-if unshare -rm true 2>/dev/null; then
-    got=$(unshare -rm sh -c 'for m in /home /tmp "$1" /mnt/lima-cidata /var/lib/llima-box; do umount -l "$m"; done
-        cat "$2/around.txt" "$3/secret"; ls -A /var/lib/llima-box; ls -A /mnt/lima-cidata' x "$PWD" "$parent" "$PB" 2>/dev/null)
-    [ -z "$got" ] && ok umount_escape || fail umount_escape "after unshare and umount: $got"
+# Agents run their tools in sandboxes of their own (bubblewrap): user
+# namespaces work here. They give root over copies of the mounts, but the
+# mounts that hide things are locked together and cannot be peeled off.
+allow userns unshare -rm true
+got=$(unshare -rm sh -c 'for m in /home /tmp "$1" /mnt/lima-cidata /var/lib/llima-box; do umount -l "$m"; done
+    cat "$2/around.txt" "$3/secret"; ls -A /var/lib/llima-box; ls -A /mnt/lima-cidata' x "$PWD" "$parent" "$PB" 2>/dev/null)
+[ -z "$got" ] && ok umount_escape || fail umount_escape "after unshare and umount: $got"
+# What Claude Code and Codex run their tools under; the hidden stays hidden.
+if got=$(bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --unshare-all --die-with-parent \
+    sh -c 'id -u; ls -A /var/lib/llima-box; ls -A /mnt/lima-cidata; cat "$1/around.txt"; true' x "$parent" 2>/dev/null); then
+    [ "$got" = "$(id -u)" ] && ok bubblewrap || fail bubblewrap "it showed: $got"
 else
-    ok umount_escape
+    fail bubblewrap "bwrap failed: $(bwrap --ro-bind / / --dev /dev --proc /proc --unshare-all true 2>&1)"
 fi
 exit 0
 "#;
@@ -670,7 +697,9 @@ const ISOLATION_CHECKS: &[&str] = &[
     "write_project",
     "write_home",
     "write_tmp",
+    "userns",
     "umount_escape",
+    "bubblewrap",
 ];
 
 /// What the admin sees of the things A must not: its home and keys, the
@@ -1106,6 +1135,45 @@ fn check_linked_project(vm: &VmHome, a: &Path) {
     assert!(!out.status.success(), "built through a link: {stdout}");
     assert!(!stdout.contains("beta"), "{stdout}");
     assert!(stderr.contains("a symbolic link is on the way"), "{stderr}");
+}
+
+/// What every command gets, whichever way it started: a session keyring
+/// of its own and its user's (`/proc/keys` lists no key of another uid;
+/// before, commands possessed the holder unit's keyring, root's, or
+/// through sshd the admin's login keyring and with it the admin's user
+/// keyring), no way back to a capability, and no setuid or setgid bit on
+/// a project file (before, `chmod 4755` in the project made one on the
+/// host).
+fn check_command_credentials(vm: &VmHome, a: &Path) {
+    const SCRIPT: &str = r#"
+id -u
+grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status
+awk '{print "key-owner=" $6}' /proc/keys
+rm -f .setid-probe .setid-probe2
+touch .setid-probe && chmod 4755 .setid-probe 2>/dev/null; echo chmod=$?
+install -m 2755 /dev/null .setid-probe2 2>/dev/null; echo install=$?
+"#;
+    let out = vm.shell_ok(a, &["sh", "-c", SCRIPT]);
+    assert!(out.contains("NoNewPrivs:\t1\n"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000000\n"), "{out}");
+    let uid = out.lines().next().expect("id -u printed").trim();
+    let owners: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("key-owner="))
+        .collect();
+    assert!(!owners.is_empty(), "no session keyring: {out}");
+    assert!(
+        owners.iter().all(|o| *o == uid),
+        "a key of another user: {out}"
+    );
+    assert!(out.contains("chmod=1\ninstall=1\n"), "{out}");
+    for probe in [".setid-probe", ".setid-probe2"] {
+        let path = a.join(probe);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!(meta.mode() & 0o6000, 0, "{probe} on the host: {out}");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
 }
 
 fn check_guard_idempotent(vm: &VmHome) {

@@ -31,6 +31,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.first().is_some_and(|a| a == "env-exec") {
+        let why = env_server::env_exec::run(&args[1..]);
+        eprintln!("llima-box-guest-agent env-exec: {why}");
+        return ExitCode::from(125);
+    }
     if args.first().is_some_and(|a| a == "env-holder") {
         return match holder::run(&args[1..]) {
             Ok(status) => ExitCode::from(status),
@@ -71,6 +76,10 @@ fn usage() -> ExitCode {
     eprintln!("usage: llima-box-guest-agent serve --admin-uid UID");
     eprintln!("       llima-box-guest-agent {}", holder::USAGE);
     eprintln!("       llima-box-guest-agent {}", env_server::USAGE);
+    eprintln!(
+        "       llima-box-guest-agent {}",
+        env_server::env_exec::USAGE
+    );
     eprintln!("       llima-box-guest-agent protect-git PROJECT");
     ExitCode::from(2)
 }

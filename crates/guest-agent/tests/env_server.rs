@@ -174,7 +174,11 @@ fn runs_commands_with_pipes_as_the_user() {
         let s = start();
         let script = "read -r x; echo \"got $x\"; echo oops >&2; id -u; id -G; pwd; echo \"$PATH $LANG\"; \
                       grep -E '^(NoNewPrivs|CapBnd|CapEff)' /proc/self/status; \
-                      echo oom=$(cat /proc/self/oom_score_adj); exit 3";
+                      echo oom=$(cat /proc/self/oom_score_adj); \
+                      awk '{print \"key-owner=\" $6}' /proc/keys; \
+                      touch f && chmod 4755 f 2>/dev/null; echo chmod=$?; \
+                      install -m 2755 f g 2>/dev/null; echo install=$?; \
+                      stat -c 'modes=%a %a' f g; exit 3";
         let o = run(&s, &["sh", "-c", script], &s.project, None, b"hello\n");
         assert_eq!(o.exit, code(3), "{o:?}");
         assert_eq!(o.stderr, "oops\n");
@@ -191,6 +195,16 @@ fn runs_commands_with_pipes_as_the_user() {
         assert!(o.stdout.contains("NoNewPrivs:\t1"), "{o:?}");
         // The server's OOM score is not its commands'.
         assert!(o.stdout.contains("oom=0\n"), "{o:?}");
+        // No setuid or setgid bit from an environment.
+        assert!(o.stdout.contains("chmod=1\ninstall=1\n"), "{o:?}");
+        assert!(o.stdout.contains("modes=644 "), "{o:?}");
+        // A session keyring of its own, the user's: not the server's.
+        let owners: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("key-owner="))
+            .collect();
+        assert!(!owners.is_empty(), "{o:?}");
+        assert!(owners.iter().all(|u| *u == NOBODY.to_string()), "{o:?}");
     });
 }
 

@@ -7,11 +7,57 @@
 use std::ffi::{CString, c_char};
 use std::os::fd::RawFd;
 
+use llima_box_proto::paths::HOMES_DIR;
+
+use super::seccomp;
+
 /// Where a command finds its forwarded agent: a tmpfs of its own mount
 /// namespace, so no other command of the environment sees the socket.
 const AGENT_DIR: &[u8] = b"/run/user/agent\0";
 const AGENT_SOCKET: &[u8] = b"/run/user/agent/ssh-agent.sock\0";
 pub const AGENT_SOCKET_PATH: &str = "/run/user/agent/ssh-agent.sock";
+
+/// Where an environment's commands look for programs.
+pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games";
+
+/// What runs when no command is given.
+pub fn login_shell() -> [String; 2] {
+    ["/bin/bash".into(), "--login".into()]
+}
+
+/// A command's environment: the user's, what a client may pass on from
+/// `passed` (terminal and locale), and `term` as TERM when it has a
+/// terminal.
+pub fn user_env(
+    name: &str,
+    uid: u32,
+    passed: &[(String, String)],
+    term: Option<String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("HOME", format!("{HOMES_DIR}/{name}")),
+        ("USER", name.to_string()),
+        ("LOGNAME", name.to_string()),
+        ("SHELL", "/bin/bash".into()),
+        ("PATH", PATH.into()),
+        ("XDG_RUNTIME_DIR", format!("/run/user/{uid}")),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
+    let mut set = |k: &str, v: String| match env.iter_mut().find(|(key, _)| key == k) {
+        Some(e) => e.1 = v,
+        None => env.push((k.to_string(), v)),
+    };
+    for (k, v) in passed {
+        if matches!(k.as_str(), "TERM" | "COLORTERM" | "LANG") || k.starts_with("LC_") {
+            set(k, v.clone());
+        }
+    }
+    if let Some(term) = term {
+        set("TERM", term);
+    }
+    env
+}
 
 /// The descriptors that become the command's 0, 1 and 2.
 pub enum Stdio {
@@ -19,6 +65,8 @@ pub enum Stdio {
     Pty(RawFd),
     /// Pipes: stdin's read end, stdout's and stderr's write ends.
     Pipes([RawFd; 3]),
+    /// This process's own, and its session and controlling terminal.
+    Inherited,
 }
 
 pub struct Prepared {
@@ -35,6 +83,8 @@ pub struct Prepared {
     groups: Vec<libc::gid_t>,
     /// The forwarded agent's socket to bind in.
     agent: Option<CString>,
+    /// The system call filter (see `seccomp`).
+    filter: Vec<libc::sock_filter>,
 }
 
 // The raw pointers point into the CStrings owned alongside them.
@@ -103,6 +153,7 @@ impl Prepared {
             gid: cmd.gid,
             groups: cmd.groups.to_vec(),
             agent: cmd.agent.map(c).transpose()?,
+            filter: seccomp::program(),
         })
     }
 
@@ -160,6 +211,29 @@ impl Prepared {
                 fail(
                     &[b"llima-box: cannot become the environment's user: "],
                     errno(),
+                    125,
+                );
+            }
+            // A session keyring of the command's own, the user's: the one
+            // inherited (the holder unit's, or the admin's login session's)
+            // is not the environment's to read or add to.
+            let no_name: *const libc::c_char = std::ptr::null();
+            if libc::syscall(
+                libc::SYS_keyctl,
+                libc::KEYCTL_JOIN_SESSION_KEYRING as libc::c_long,
+                no_name,
+            ) < 0
+            {
+                fail(
+                    &[b"llima-box: cannot give the command a session keyring: "],
+                    errno(),
+                    125,
+                );
+            }
+            if let Err(e) = seccomp::install(&self.filter) {
+                fail(
+                    &[b"llima-box: cannot install the system call filter: "],
+                    e,
                     125,
                 );
             }
@@ -239,22 +313,23 @@ unsafe fn bind_agent(socket: &CString) -> Result<(), i32> {
 }
 
 /// A new session whose 0, 1 and 2 are `stdio` (a terminal becomes the
-/// controlling one, as login_tty does).
+/// controlling one, as login_tty does); nothing for inherited ones.
 unsafe fn redirect(stdio: &Stdio) -> Result<(), i32> {
+    let (fds, tty) = match *stdio {
+        Stdio::Inherited => return Ok(()),
+        Stdio::Pty(slave) => ([slave; 3], Some(slave)),
+        Stdio::Pipes(fds) => (fds, None),
+    };
     // SAFETY: descriptors open in this child.
     unsafe {
         if libc::setsid() < 0 {
             return Err(errno());
         }
-        let fds = match *stdio {
-            Stdio::Pty(slave) => {
-                if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
-                    return Err(errno());
-                }
-                [slave; 3]
-            }
-            Stdio::Pipes(fds) => fds,
-        };
+        if let Some(tty) = tty
+            && libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0
+        {
+            return Err(errno());
+        }
         for (target, fd) in fds.into_iter().enumerate() {
             if libc::dup2(fd, target as RawFd) < 0 {
                 return Err(errno());

@@ -14,8 +14,10 @@
 
 mod child;
 mod claim;
+pub mod env_exec;
 mod pty;
 mod reaper;
+mod seccomp;
 mod session;
 
 use std::io::{self, Write};
@@ -201,7 +203,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Once here rather than per command: the commands inherit both, and this
 /// process keeps its own capabilities (it never execs).
-fn drop_bounding_set() -> io::Result<()> {
+pub(crate) fn drop_bounding_set() -> io::Result<()> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
         .trim()
         .parse()

@@ -27,7 +27,6 @@ const HIGH: usize = 1 << 20;
 /// short command has ended, a long one waits), or after [`CLAIM_LATEST`].
 const CLAIM_IDLE: Duration = Duration::from_millis(100);
 const CLAIM_LATEST: Duration = Duration::from_secs(1);
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games";
 
 pub fn serve(server: &Server, conn: UnixStream) {
     let mut s = Session {
@@ -43,11 +42,17 @@ pub fn serve(server: &Server, conn: UnixStream) {
         stdin: None,
         readers: Vec::new(),
         done: false,
+        agent: None,
     };
     // A claim this session began is completed however the session ends.
     let mut completion = None;
     if let Err(e) = s.run(server, &mut completion) {
         eprintln!("llima-box env-server: session: {e}");
+    }
+    // The host ends the forward when the session ends; the socket file
+    // sshd leaves goes too.
+    if let Some(agent) = s.agent.take() {
+        let _ = std::fs::remove_file(agent);
     }
     drop(s);
     if let Some(c) = completion {
@@ -77,6 +82,8 @@ struct Session {
     /// Pipes: the command's stdout and stderr, with their frame kinds.
     readers: Vec<(OwnedFd, u8)>,
     done: bool,
+    /// The forwarded agent's socket, for this command only.
+    agent: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -166,41 +173,19 @@ fn exit_status(status: libc::c_int) -> ExitStatus {
     }
 }
 
-/// The command's environment: the user's, and what the client may pass on
-/// (terminal and locale).
-fn command_env(header: &Header<EnvRequest>, name: &str, uid: u32) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("HOME", format!("/home/{name}")),
-        ("USER", name.to_string()),
-        ("LOGNAME", name.to_string()),
-        ("SHELL", "/bin/bash".into()),
-        ("PATH", PATH.into()),
-        ("XDG_RUNTIME_DIR", format!("/run/user/{uid}")),
-    ]
-    .map(|(k, v)| (k.to_string(), v))
-    .to_vec();
-    let mut set = |k: &str, v: String| match env.iter_mut().find(|(key, _)| key == k) {
-        Some(e) => e.1 = v,
-        None => env.push((k.to_string(), v)),
-    };
-    for (k, v) in &header.env {
-        if matches!(k.as_str(), "TERM" | "COLORTERM" | "LANG") || k.starts_with("LC_") {
-            set(k, v.clone());
-        }
-    }
-    if let Some(pty) = &header.pty {
-        let term = if pty.term.is_empty() {
-            header
-                .env
-                .iter()
-                .find(|(k, _)| k == "TERM")
-                .map_or("dumb".to_string(), |(_, v)| v.clone())
-        } else {
-            pty.term.clone()
-        };
-        set("TERM", term);
-    }
-    env
+/// With a terminal, its type: the one the client's terminal request
+/// names, else the client's TERM.
+fn terminal_type(header: &Header<EnvRequest>) -> Option<String> {
+    let pty = header.pty.as_ref()?;
+    Some(if pty.term.is_empty() {
+        header
+            .env
+            .iter()
+            .find(|(k, _)| k == "TERM")
+            .map_or("dumb".to_string(), |(_, v)| v.clone())
+    } else {
+        pty.term.clone()
+    })
 }
 
 impl Session {
@@ -506,7 +491,12 @@ impl Session {
                 "working directory {cwd:?} is outside the project {project:?} and {home}"
             ));
         }
-        let mut env = command_env(&header, &name, server.config.uid);
+        let mut env = child::user_env(
+            &name,
+            server.config.uid,
+            &header.env,
+            terminal_type(&header),
+        );
         if let Some(agent) = &header.agent {
             // sshd's forward to the host's agent, in the admin's socket
             // directory; only this command's namespace will show it.
@@ -518,8 +508,9 @@ impl Session {
             std::fs::set_permissions(agent, std::fs::Permissions::from_mode(0o666))
                 .map_err(|e| format!("cannot open the agent socket to the command: {e}"))?;
             env.push(("SSH_AUTH_SOCK".into(), child::AGENT_SOCKET_PATH.into()));
+            self.agent = Some(agent.clone());
         }
-        let login = ["/bin/bash".to_string(), "--login".to_string()];
+        let login = child::login_shell();
         let argv = if header.request.argv.is_empty() {
             &login[..]
         } else {
@@ -611,13 +602,13 @@ mod tests {
             }),
             agent: None,
         };
-        let env = command_env(&header, "app", 70001);
+        let env = child::user_env("app", 70001, &header.env, terminal_type(&header));
         let get = |k: &str| {
             env.iter()
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(get("PATH"), Some(PATH));
+        assert_eq!(get("PATH"), Some(child::PATH));
         assert_eq!(get("HOME"), Some("/home/app"));
         assert_eq!(get("XDG_RUNTIME_DIR"), Some("/run/user/70001"));
         assert_eq!((get("LANG"), get("LC_ALL")), (Some("C.UTF-8"), Some("C")));
