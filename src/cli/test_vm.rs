@@ -1,12 +1,14 @@
 //! `llima-box test-vm`: a step-by-step self-test of the VM lifecycle
-//! (create and boot, SSH exec, stop, delete) on a throwaway instance, so a
-//! person can tell in one command whether their machine runs the VM.
+//! (create and boot, SSH exec, an environment, stop, delete) on a
+//! throwaway instance, so a person can tell in one command whether their
+//! machine runs the VM and its environments.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::Output;
 use super::args::TestVmArgs;
@@ -32,6 +34,9 @@ pub(super) fn run(lima_home: &Path, args: &TestVmArgs, out: &Output) -> Result<E
             Ok(format!("SSH on 127.0.0.1:{}", started.ssh_local_port))
         })?;
         steps.run("SSH exec `uname -a`", || ssh_uname(lima_home, &name))?;
+        steps.run("a command in an environment", || {
+            environment(lima_home, &name)
+        })?;
         steps.run("stop", || {
             let _lock = InstanceLock::acquire(lima_home, &name)?;
             lifecycle::stop(lima_home, &name, lifecycle::STOP_TIMEOUT)?;
@@ -89,6 +94,75 @@ fn ssh_uname(lima_home: &Path, name: &str) -> Result<String> {
         );
     }
     Ok(text)
+}
+
+/// What the environment step runs: who it is, and whether the sandboxes
+/// coding agents make for their tools (user namespaces, bubblewrap) work.
+const ENV_PROBE: &str = r#"
+id -un
+unshare -rm true 2>&1 && echo userns=ok
+if command -v bwrap >/dev/null; then
+    bwrap --ro-bind / / --dev /dev --proc /proc --unshare-all true 2>&1 && echo bubblewrap=ok
+else
+    echo bubblewrap=absent
+fi
+"#;
+
+/// `shell` in a throwaway project in the home directory (what the VM
+/// shares by default), through this binary as a user would run it; the
+/// environment is deleted again.
+fn environment(lima_home: &Path, name: &str) -> Result<String> {
+    let project =
+        crate::vm::dirs::home_dir()?.join(format!(".llima-box-selftest-{}", std::process::id()));
+    std::fs::create_dir(&project)
+        .with_context(|| format!("cannot create {}", project.display()))?;
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let run = |args: &[&OsStr]| {
+        Command::new(&exe)
+            .env("LIMA_HOME", lima_home)
+            .args(["--instance", name])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let p = project.as_os_str();
+    let out = run(&[
+        "shell".as_ref(),
+        p,
+        "--".as_ref(),
+        "sh".as_ref(),
+        "-c".as_ref(),
+        ENV_PROBE.as_ref(),
+    ]);
+    let deleted = run(&["delete".as_ref(), "-y".as_ref(), p]);
+    let _ = std::fs::remove_dir_all(&project);
+    let out = out.context("cannot run `shell`")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "`shell` failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !deleted.is_ok_and(|d| d.status.success()) {
+        bail!("`delete` of the throwaway environment failed");
+    }
+    let user = stdout.lines().next().unwrap_or_default();
+    if !stdout.contains("userns=ok") {
+        bail!(
+            "user namespaces do not work in the environment (the sandboxes coding agents run their tools in will fail): {stdout}"
+        );
+    }
+    let bwrap = if stdout.contains("bubblewrap=ok") {
+        "bubblewrap works"
+    } else if stdout.contains("bubblewrap=absent") {
+        "bubblewrap is not installed in the guest"
+    } else {
+        bail!("bubblewrap fails in the environment: {stdout}");
+    };
+    Ok(format!("as {user}; user namespaces work; {bwrap}"))
 }
 
 #[derive(Default)]

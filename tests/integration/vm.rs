@@ -232,6 +232,8 @@ fn test_vm_self_test_passes() {
     for step in [
         "create and boot: ok",
         "SSH exec `uname -a`: ok",
+        "a command in an environment: ok",
+        "user namespaces work; bubblewrap works",
         "stop: ok",
         "delete: ok",
     ] {
