@@ -644,6 +644,15 @@ allow write_home touch "$HOME/llb-probe"
 allow write_tmp touch /tmp/llb-probe
 rm -f ./llb-probe "$HOME/llb-probe" /tmp/llb-probe
 
+# Its own /sys: its network devices only; its own cgroup as the root.
+lists sys_net /sys/class/net "$(printf 'eth0\nlo')"
+if [ -e /sys/fs/cgroup/system.slice ]; then
+    fail cgroup_own "the guest's cgroups are visible: $(ls /sys/fs/cgroup | head -n 5)"
+else
+    ok cgroup_own
+fi
+grep -qx '[0-9]*' /sys/fs/cgroup/memory.max && ok cgroup_limit ||
+    fail cgroup_limit "memory.max: $(cat /sys/fs/cgroup/memory.max 2>&1)"
 # Agents run their tools in sandboxes of their own (bubblewrap): user
 # namespaces work here. They give root over copies of the mounts, but the
 # mounts that hide things are locked together and cannot be peeled off.
@@ -697,6 +706,9 @@ const ISOLATION_CHECKS: &[&str] = &[
     "write_project",
     "write_home",
     "write_tmp",
+    "sys_net",
+    "cgroup_own",
+    "cgroup_limit",
     "userns",
     "umount_escape",
     "bubblewrap",
@@ -1002,12 +1014,16 @@ fn check_limits(vm: &VmHome, a: &Path, b: &Path) {
         &[
             "sh",
             "-c",
-            "head -c 3G /dev/zero >/dev/shm/fill; echo rc=$?; ls -s /dev/shm/fill",
+            "head -c 3G /dev/zero >/dev/shm/fill; echo rc=$?; ls -s /dev/shm/fill; \
+             head -c 1M /dev/zero >/tmp/more; echo more=$?; rm -f /tmp/more",
         ],
     );
     let (stdout, stderr) = text(&fill);
     assert_ne!(field(&stdout, "rc"), "0", "{stdout}\n{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
+    // The scratch directories share that space: together they cannot hold
+    // more (before, each was a tmpfs of a quarter of the guest's memory).
+    assert_ne!(field(&stdout, "more"), "0", "{stdout}\n{stderr}");
     vm.shell_ok(a, &["rm", "/dev/shm/fill"]);
 
     let hog = vm.shell(a, &["python3", "-c", HOG]);

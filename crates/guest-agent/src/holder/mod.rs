@@ -18,7 +18,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, STAGE_DIR, STATE_DIR};
@@ -150,9 +150,16 @@ pub fn run(args: &[String]) -> Result<u8, Error> {
     server_args.extend([admin, host_uid, host_gid].map(|i| i.to_string()));
     server_args.extend(plan.roots);
     // SysV objects, message queues, loopback and abstract sockets are the
-    // environment's own; the PID namespace's first process is the child.
-    sys::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWPID | libc::CLONE_NEWNS)
-        .map_err(sys_err("make the environment's namespaces"))?;
+    // environment's own, and its cgroup (the unit's) is the root of the
+    // cgroups it sees; the PID namespace's first process is the child.
+    sys::unshare(
+        libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWCGROUP,
+    )
+    .map_err(sys_err("make the environment's namespaces"))?;
     // SAFETY: this process has no other thread (bindfs ran to its end).
     match unsafe { libc::fork() } {
         -1 => Err(sys_err("start the environment's first process")(
@@ -171,12 +178,20 @@ pub fn run(args: &[String]) -> Result<u8, Error> {
     }
 }
 
-/// PID 1 of the environment: its own /proc and message queues, then the
-/// spawn server. Returns only why the server could not start.
+/// PID 1 of the environment: its own /proc, /sys (its network devices
+/// only, not the guest's), cgroups (its own subtree) and message queues,
+/// then the spawn server. Returns only why the server could not start.
 fn first_process(args: &[String], ready: fs::File, dirs: Dirs) -> io::Error {
     let hidden = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    if let Err(e) = sys::mount(Some("proc"), "/proc", Some("proc"), hidden, None) {
-        return e;
+    let read_only = hidden | libc::MS_RDONLY;
+    for (fs, target, flags) in [
+        ("proc", "/proc", hidden),
+        ("sysfs", "/sys", read_only),
+        ("cgroup2", "/sys/fs/cgroup", read_only),
+    ] {
+        if let Err(e) = sys::mount(Some(fs), target, Some(fs), flags, None) {
+            return io::Error::new(e.kind(), format!("cannot mount {target}: {e}"));
+        }
     }
     // The guest's queues are writable by every environment.
     if Path::new("/dev/mqueue").is_dir()
@@ -269,10 +284,10 @@ struct Kernel;
 impl Executor for Kernel {
     fn run(&mut self, step: &Step) -> io::Result<()> {
         match step {
-            Step::Mkdir { path, mode } => fs::DirBuilder::new()
-                .recursive(true)
-                .mode(*mode)
-                .create(path),
+            Step::Mkdir { path, mode } => {
+                fs::DirBuilder::new().recursive(true).create(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+            }
             Step::Tmpfs {
                 target,
                 source,

@@ -27,7 +27,10 @@ const HIDDEN: [&str; 9] = [
     STATE_DIR,
 ];
 /// The hidden directories that everyone may write: the environment gets
-/// its own, sized, instead of an empty read-only view.
+/// its own instead of an empty read-only view, each a directory of one
+/// tmpfs (the stage's `scratch`), so that together they hold at most its
+/// size: apart, they could fill more memory than the environment may use,
+/// and tmpfs pages are not freed by killing processes.
 const SCRATCH: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 /// Where commands that asked for the forwarded SSH agent find its socket
 /// (a tmpfs of the command's own is mounted there).
@@ -50,7 +53,7 @@ pub struct Request<'a> {
     pub shares: &'a [Share],
     /// The guest account of the host user (the admin), hidden too.
     pub admin_home: Option<&'a str>,
-    /// The size of each scratch tmpfs.
+    /// The size of the tmpfs of the scratch directories together.
     pub scratch_kib: u64,
     /// The environment's own resolver list; empty: the guest's.
     pub nameservers: &'a [String],
@@ -58,7 +61,8 @@ pub struct Request<'a> {
 
 #[derive(Debug, PartialEq)]
 pub enum Step {
-    /// Makes the directory and its missing parents.
+    /// Makes the directory and its missing parents; the directory gets
+    /// exactly `mode` (the umask does not apply).
     Mkdir {
         path: String,
         mode: u32,
@@ -158,8 +162,18 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
             size_kib: 1024,
         },
     ];
-    for sub in ["raw", "remap", "home", "host-tmp"] {
+    for sub in ["raw", "remap", "home", "host-tmp", "scratch"] {
         steps.push(mkdir(stage(sub), 0o700));
+    }
+    steps.push(Step::Tmpfs {
+        target: stage("scratch"),
+        source: "llima-box-tmp",
+        mode: 0o755,
+        size_kib: req.scratch_kib,
+    });
+    let scratch_of = |dir: &str| stage(&format!("scratch/{}", dir[1..].replace('/', "-")));
+    for dir in SCRATCH {
+        steps.push(mkdir(scratch_of(dir), 0o1777));
     }
     for (i, root) in roots.iter().enumerate() {
         let (raw, remap) = (stage(&format!("raw/{i}")), stage(&format!("remap/{i}")));
@@ -192,16 +206,15 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
         if done.iter().any(|d| within(dir, d)) || !is_dir(dir) {
             continue;
         }
-        let scratch = SCRATCH.contains(&dir);
-        steps.push(Step::Tmpfs {
-            target: dir.into(),
-            source: if scratch {
-                "llima-box-tmp"
-            } else {
-                "llima-box-hidden"
-            },
-            mode: if scratch { 0o1777 } else { 0o755 },
-            size_kib: if scratch { req.scratch_kib } else { 1024 },
+        steps.push(if SCRATCH.contains(&dir) {
+            bind(scratch_of(dir), dir)
+        } else {
+            Step::Tmpfs {
+                target: dir.into(),
+                source: "llima-box-hidden",
+                mode: 0o755,
+                size_kib: 1024,
+            }
         });
         done.push(dir);
     }
@@ -331,7 +344,11 @@ mod tests {
         let p = plan(&request(None, &shares), |_| true);
         assert_eq!(p.roots, ["/tmp/lima", "/data"]);
         assert!(!p.steps.iter().any(|s| matches!(s, Step::ProtectGit { .. })));
-        let targets: Vec<_> = binds(&p.steps).into_iter().map(|(_, t)| t).collect();
+        let targets: Vec<_> = binds(&p.steps)
+            .into_iter()
+            .filter(|(s, _)| !s.contains("/scratch/"))
+            .map(|(_, t)| t)
+            .collect();
         assert_eq!(
             targets,
             [
@@ -358,41 +375,65 @@ mod tests {
             tmpfs_targets(&p.steps),
             [
                 STAGE_DIR,
+                "/run/llima-box/stage/scratch",
                 "/data/x",
-                "/dev/shm",
                 "/home",
                 "/root",
-                "/run/lock",
                 "/run/user",
-                "/tmp",
                 "/var/lib/llima-box",
-                "/var/tmp",
+            ]
+        );
+        let hidden_by_binds: Vec<_> = binds(&p.steps)
+            .into_iter()
+            .filter(|(s, _)| s.starts_with("/run/llima-box/stage/scratch/"))
+            .collect();
+        assert_eq!(
+            hidden_by_binds,
+            [
+                ("/run/llima-box/stage/scratch/dev-shm", "/dev/shm"),
+                ("/run/llima-box/stage/scratch/run-lock", "/run/lock"),
+                ("/run/llima-box/stage/scratch/tmp", "/tmp"),
+                ("/run/llima-box/stage/scratch/var-tmp", "/var/tmp"),
             ]
         );
     }
 
     #[test]
-    fn scratch_directories_are_sized_and_world_writable_the_rest_tiny_and_closed() {
+    fn the_scratch_directories_share_one_sized_tmpfs_the_rest_is_tiny_and_closed() {
         let p = plan(&request(Some("/home/u/p"), &[]), |_| true);
         for s in &p.steps {
-            if let Step::Tmpfs {
-                target,
-                mode,
-                size_kib,
-                ..
-            } = s
-            {
-                let scratch = SCRATCH.contains(&target.as_str());
-                let private = target == STAGE_DIR;
-                let want = match (scratch, private) {
-                    (true, _) => 0o1777,
-                    (_, true) => 0o700,
-                    _ => 0o755,
-                };
-                assert_eq!(*mode, want, "{target}");
-                assert_eq!(*size_kib, if scratch { 4096 } else { 1024 }, "{target}");
+            match s {
+                Step::Tmpfs {
+                    target,
+                    mode,
+                    size_kib,
+                    ..
+                } => {
+                    let (want_mode, want_size) = match target.as_str() {
+                        STAGE_DIR => (0o700, 1024),
+                        "/run/llima-box/stage/scratch" => (0o755, 4096),
+                        _ => (0o755, 1024),
+                    };
+                    assert_eq!((*mode, *size_kib), (want_mode, want_size), "{target}");
+                }
+                Step::Mkdir { path, mode } if path.contains("/scratch/") => {
+                    assert_eq!(*mode, 0o1777, "{path}");
+                }
+                _ => {}
             }
         }
+        // Mounted before its directories are made in it.
+        let mounted = position(
+            &p.steps,
+            &Step::Tmpfs {
+                target: "/run/llima-box/stage/scratch".into(),
+                source: "llima-box-tmp",
+                mode: 0o755,
+                size_kib: 4096,
+            },
+        );
+        let made = position(&p.steps, &mkdir("/run/llima-box/stage/scratch/tmp", 0o1777));
+        assert!(mounted < made);
     }
 
     #[test]
