@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use llima_box_proto::paths::ADMIN_SOCKET;
+use llima_box_proto::spawn::AdminRequest;
 
 use super::Output;
 use super::args::VmShellArgs;
@@ -30,13 +32,17 @@ pub(super) fn run(
     )?;
     let cwd = std::env::current_dir().ok();
     let script = remote_script(args.workdir.as_deref(), cwd.as_deref(), &args.command)?;
-    out.debug(&format!("ssh {}@{}: {script}", opts.user, opts.addr));
+    let spawn = admin_spawn(args.workdir.as_deref(), cwd.as_deref(), &args.command)?;
+    out.debug(&format!(
+        "ssh {}@{}: the agent's admin server, else: {script}",
+        opts.user, opts.addr
+    ));
     let pty = ssh::stdin_is_tty();
     let result = block_on(run_attached(
         &lima_home.join(instance),
         opts,
         &script,
-        None,
+        Some(spawn),
         pty,
         out,
     ))?;
@@ -105,6 +111,35 @@ pub(super) fn agent_socket(disabled: bool) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The same as [`remote_script`] for the guest agent's admin server, which
+/// saves sshd's session (a fork, PAM and a shell more) under emulation.
+/// Without that server (a guest that has not had `shell` yet, or an older
+/// agent) the script runs through sshd.
+fn admin_spawn(
+    workdir: Option<&str>,
+    cwd: Option<&Path>,
+    command: &[String],
+) -> Result<ssh::Spawn> {
+    let (cwd, cwd_required) = match (workdir, cwd.and_then(Path::to_str)) {
+        (Some(dir), _) => (Some(dir.to_string()), true),
+        (None, dir) => (dir.map(String::from), false),
+    };
+    let command = match command.is_empty() {
+        true => None,
+        false => Some(ssh::quote_argv(command)?),
+    };
+    let request = AdminRequest {
+        cwd,
+        cwd_required,
+        command,
+    };
+    Ok(ssh::Spawn {
+        socket: ADMIN_SOCKET.to_string(),
+        request: serde_json::to_value(request).expect("plain data serialises"),
+        alternate: None,
+    })
+}
+
 /// `cd` to the requested or current directory, then a login shell, or a
 /// login shell running the exact argv, as `limactl shell` does.
 fn remote_script(workdir: Option<&str>, cwd: Option<&Path>, command: &[String]) -> Result<String> {
@@ -136,6 +171,26 @@ mod tests {
         );
         let s = remote_script(Some("/tmp"), None, &["echo".into(), "a b".into()]).unwrap();
         assert_eq!(s, r#"cd /tmp || exit 1; exec "$SHELL" -l -c "echo 'a b'""#);
+    }
+
+    #[test]
+    fn asks_the_admin_server_for_the_same() {
+        let s = admin_spawn(
+            None,
+            Some(Path::new("/home/u/p")),
+            &["echo".into(), "a b".into()],
+        )
+        .unwrap();
+        assert_eq!(s.socket, ADMIN_SOCKET);
+        assert_eq!(
+            s.request,
+            serde_json::json!({"cwd": "/home/u/p", "cwd_required": false, "command": "echo 'a b'"})
+        );
+        let s = admin_spawn(Some("/tmp"), None, &[]).unwrap();
+        assert_eq!(
+            s.request,
+            serde_json::json!({"cwd": "/tmp", "cwd_required": true, "command": null})
+        );
     }
 
     /// The doubly quoted command reaches the program as the same argv.

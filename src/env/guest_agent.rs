@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use llima_box_proto::frame::Decoder;
 use llima_box_proto::message::{self, Reply, Request};
-use llima_box_proto::paths::{AGENT_PATH, AGENT_SOCKET, AGENT_UNIT, AGENT_VERSION_PATH};
+use llima_box_proto::paths::{
+    ADMIN_UNIT, AGENT_PATH, AGENT_SOCKET, AGENT_UNIT, AGENT_VERSION_PATH,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -108,7 +110,7 @@ const EXIT_WRONG_ARCH: u32 = 4;
 const INSTALL_SCRIPT: &str = concat!(
     "set -eu\n",
     super::receive::receive_fn!(),
-    r##"sha=$1 arch=$2 bin=$3 version=$4 unit=$5
+    r##"sha=$1 arch=$2 bin=$3 version=$4 unit=$5 admin_unit=$6
 if [ "$(uname -m)" != "$arch" ]; then
     cat >/dev/null
     uname -m >&2
@@ -129,9 +131,26 @@ RestartSec=1
 [Install]
 WantedBy=multi-user.target
 UNIT
+# The admin's vm shell commands run as this service's children: a restart
+# of the agent leaves them alone, and a restart of this one (an upgrade)
+# ends only the server.
+cat >"/etc/systemd/system/$admin_unit" <<UNIT
+[Unit]
+Description=llima-box admin commands (vm shell)
+After=local-fs.target
+
+[Service]
+ExecStart=$bin admin-server --admin-uid ${SUDO_UID:?run through sudo}
+Restart=always
+RestartSec=1
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+UNIT
 systemctl daemon-reload
-systemctl enable --quiet "$unit"
-systemctl restart "$unit"
+systemctl enable --quiet "$unit" "$admin_unit"
+systemctl restart "$unit" "$admin_unit"
 "##
 );
 
@@ -151,6 +170,7 @@ impl GuestAgentBinary {
             AGENT_PATH,
             AGENT_VERSION_PATH,
             AGENT_UNIT,
+            ADMIN_UNIT,
         ]
         .map(String::from)
         .to_vec()
@@ -319,7 +339,8 @@ mod tests {
                 a.arch,
                 AGENT_PATH,
                 AGENT_VERSION_PATH,
-                AGENT_UNIT
+                AGENT_UNIT,
+                ADMIN_UNIT
             ]
         );
     }

@@ -75,6 +75,9 @@ fn environments_end_to_end() {
     checks.run_after("command_credentials", FIRST, || {
         check_command_credentials(&vm, &a)
     });
+    checks.run_after("vm_shell_through_agent", FIRST, || {
+        check_vm_shell_through_agent(&vm)
+    });
     checks.run_after("network_escape", FIRST, || {
         check_network_escape(&vm, &a, &canary)
     });
@@ -1190,6 +1193,32 @@ install -m 2755 /dev/null .setid-probe2 2>/dev/null; echo install=$?
             std::fs::remove_file(&path).unwrap();
         }
     }
+}
+
+/// Once the guest has the agent, `vm shell` runs through its admin server
+/// rather than an sshd session, with the same result: the admin's login
+/// shell, sudo, and `--workdir` errors from the shell's own `cd`.
+fn check_vm_shell_through_agent(vm: &VmHome) {
+    let parent = vm.ok(&["vm", "shell", "--", "sh", "-c", "ps -o comm= -p $PPID"]);
+    assert_eq!(parent.trim(), "guest-agent", "{parent}");
+    vm.ok(&["vm", "shell", "--", "sudo", "-n", "true"]);
+    let here = vm.ok(&[
+        "vm",
+        "shell",
+        "--workdir",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "pwd; id -u",
+    ]);
+    let lines: Vec<&str> = here.lines().collect();
+    assert_eq!(lines[0], "/tmp", "{here}");
+    assert_ne!(lines[1], "0", "{here}");
+    let out = vm.run(&["vm", "shell", "--workdir", "/nonexistent", "--", "true"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
 }
 
 fn check_guard_idempotent(vm: &VmHome) {

@@ -16,13 +16,14 @@ pub struct User<'a> {
     pub uid: u32,
     pub gid: u32,
     pub home: &'a str,
+    pub shell: &'a str,
 }
 
 /// The well-formed entries of a passwd file's text.
 pub fn users(passwd: &str) -> impl Iterator<Item = User<'_>> {
     passwd.lines().filter_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        let [name, _, uid, gid, _, home, _] = f[..] else {
+        let [name, _, uid, gid, _, home, shell] = f[..] else {
             return None;
         };
         Some(User {
@@ -30,6 +31,7 @@ pub fn users(passwd: &str) -> impl Iterator<Item = User<'_>> {
             uid: uid.parse().ok()?,
             gid: gid.parse().ok()?,
             home,
+            shell,
         })
     })
 }
@@ -220,7 +222,8 @@ mod tests {
                 name: "app",
                 uid: 60002,
                 gid: 60002,
-                home: "/home/app"
+                home: "/home/app",
+                shell: "/bin/bash"
             })
         );
     }

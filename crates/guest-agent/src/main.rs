@@ -1,14 +1,16 @@
 //! llima-box's guest agent: a root service in the VM that the host reaches
 //! through the admin user's SSH connection, on one unix socket. It takes
 //! over the environment runtime's work one responsibility at a time; today
-//! it answers `version`, `list` and `delete`, and each environment's holder
-//! is this binary's `env-holder`: it builds the environment's namespaces
-//! and becomes, in them, the commands' spawn server.
+//! it answers `version`, `list` and `delete`, runs the admin's `vm shell`
+//! commands (`admin-server`), and each environment's holder is this
+//! binary's `env-holder`: it builds the environment's namespaces and
+//! becomes, in them, the commands' spawn server.
 //!
 //! It is built as a static executable (no glibc NSS: account files are read
 //! directly), so one binary runs on any guest of its architecture.
 
 mod accounts;
+mod admin_server;
 mod delete;
 mod env_server;
 mod holder;
@@ -56,14 +58,19 @@ fn main() -> ExitCode {
             }
         };
     }
-    let admin_uid = match args.as_slice() {
-        [serve, flag, uid] if serve == "serve" && flag == "--admin-uid" => match uid.parse() {
-            Ok(uid) => uid,
+    let (cmd, admin_uid) = match args.as_slice() {
+        [cmd, flag, uid] if flag == "--admin-uid" => match uid.parse::<u32>() {
+            Ok(uid) => (cmd.as_str(), uid),
             Err(_) => return usage(),
         },
         _ => return usage(),
     };
-    match server::serve(admin_uid) {
+    let served = match cmd {
+        "serve" => server::serve(admin_uid),
+        "admin-server" => admin_server::run(admin_uid),
+        _ => return usage(),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("llima-box-guest-agent: {e}");
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!("usage: llima-box-guest-agent serve --admin-uid UID");
+    eprintln!("       llima-box-guest-agent admin-server --admin-uid UID");
     eprintln!("       llima-box-guest-agent {}", holder::USAGE);
     eprintln!("       llima-box-guest-agent {}", env_server::USAGE);
     eprintln!(

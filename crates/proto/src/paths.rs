@@ -18,6 +18,10 @@ pub const ENVS_DIR: &str = "/var/lib/llima-box/envs";
 pub const LOCKS_DIR: &str = "/var/lib/llima-box/locks";
 /// The environments' spawn sockets, `NAME.sock`.
 pub const SOCKETS_DIR: &str = "/run/llima-box/sock";
+/// The agent's spawn socket for the admin's own commands (`vm shell`),
+/// served by the unit [`ADMIN_UNIT`].
+pub const ADMIN_SOCKET: &str = "/run/llima-box/sock/.admin.sock";
+pub const ADMIN_UNIT: &str = "llima-box-admin.service";
 /// Where the spare environment's server listens until a first shell
 /// claims it (then it moves to `NAME.sock`).
 pub const SPARE_SOCKET: &str = "/run/llima-box/sock/spare.sock";

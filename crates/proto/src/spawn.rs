@@ -54,6 +54,20 @@ pub struct Pty {
     pub modes: Vec<(u8, u32)>,
 }
 
+/// One command as the guest's admin user (`vm shell`), on the agent's
+/// admin socket: a login shell, or a login shell running `command`, in
+/// `cwd`. Without `cwd_required`, a `cwd` the guest does not have means
+/// the home directory (the host's directory is there only when shared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRequest {
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub cwd_required: bool,
+    /// A shell command line; none: an interactive login shell.
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
 /// One command in an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvRequest {

@@ -44,6 +44,13 @@ pub fn user_env(
     ]
     .map(|(k, v)| (k.to_string(), v))
     .to_vec();
+    pass_on(&mut env, passed, term);
+    env
+}
+
+/// Sets in `env` what a client may pass on from `passed` (terminal and
+/// locale), and `term` as TERM.
+pub fn pass_on(env: &mut Vec<(String, String)>, passed: &[(String, String)], term: Option<String>) {
     let mut set = |k: &str, v: String| match env.iter_mut().find(|(key, _)| key == k) {
         Some(e) => e.1 = v,
         None => env.push((k.to_string(), v)),
@@ -56,7 +63,6 @@ pub fn user_env(
     if let Some(term) = term {
         set("TERM", term);
     }
-    env
 }
 
 /// The descriptors that become the command's 0, 1 and 2.
@@ -83,8 +89,8 @@ pub struct Prepared {
     groups: Vec<libc::gid_t>,
     /// The forwarded agent's socket to bind in.
     agent: Option<CString>,
-    /// The system call filter (see `seccomp`).
-    filter: Vec<libc::sock_filter>,
+    /// The system call filter (see `seccomp`), if any.
+    filter: Option<Vec<libc::sock_filter>>,
 }
 
 // The raw pointers point into the CStrings owned alongside them.
@@ -110,6 +116,9 @@ pub struct Command<'a> {
     pub gid: u32,
     pub groups: &'a [u32],
     pub agent: Option<&'a str>,
+    /// Under the environments' system call filter (see `seccomp`); the
+    /// process must have `no_new_privs`.
+    pub sandboxed: bool,
 }
 
 impl Prepared {
@@ -153,7 +162,7 @@ impl Prepared {
             gid: cmd.gid,
             groups: cmd.groups.to_vec(),
             agent: cmd.agent.map(c).transpose()?,
-            filter: seccomp::program(),
+            filter: cmd.sandboxed.then(seccomp::program),
         })
     }
 
@@ -230,7 +239,9 @@ impl Prepared {
                     125,
                 );
             }
-            if let Err(e) = seccomp::install(&self.filter) {
+            if let Some(filter) = &self.filter
+                && let Err(e) = seccomp::install(filter)
+            {
                 fail(
                     &[b"llima-box: cannot install the system call filter: "],
                     e,
@@ -377,6 +388,7 @@ mod tests {
             gid: 0,
             groups: &[],
             agent: None,
+            sandboxed: true,
         }
     }
 

@@ -73,6 +73,7 @@ pub fn run(args: &[String]) -> String {
         gid: user.gid,
         groups: &accounts::groups_of(&group, name, user.gid),
         agent,
+        sandboxed: true,
     }) {
         Ok(p) => p,
         Err(e) => return e,

@@ -12,13 +12,14 @@
 //! they are descriptors 7 (the ready file), 8 (the environment's record
 //! directory), 6 (the state directory) and 5 (the guest's `/home`).
 
-mod child;
+pub(crate) mod child;
 mod claim;
 pub mod env_exec;
+mod launch;
 mod pty;
-mod reaper;
+pub(crate) mod reaper;
 mod seccomp;
-mod session;
+pub(crate) mod session;
 
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -7,19 +7,16 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use llima_box_proto::frame::{self, Decoder};
-use llima_box_proto::paths::SOCKETS_DIR;
-use llima_box_proto::spawn::{self, EnvRequest, ExitStatus, Header};
+use llima_box_proto::spawn::{self, ExitStatus, Pty};
 
-use super::child::{self, Command, Prepared, Stdio};
-use super::claim::{self, Completion};
+use super::child::{Prepared, Stdio};
+use super::pipe;
 use super::pty;
-use super::{Server, pipe, within};
+use super::reaper::Reaper;
 
 /// Stop reading a side while this much waits for the other.
 const HIGH: usize = 1 << 20;
@@ -28,7 +25,37 @@ const HIGH: usize = 1 << 20;
 const CLAIM_IDLE: Duration = Duration::from_millis(100);
 const CLAIM_LATEST: Duration = Duration::from_secs(1);
 
-pub fn serve(server: &Server, conn: UnixStream) {
+/// What a session's header starts: an environment's command, or the
+/// admin's.
+pub trait Launcher: Sync {
+    /// Reads the header and prepares its command. What it began that must
+    /// be seen through whatever happens next (a claim) goes in `claimed`.
+    fn launch(&'static self, payload: &[u8], claimed: &mut Claimed) -> Result<Launch, String>;
+    fn reaper(&self) -> &Reaper;
+    /// Whether the server ends once this session has (a spare it retired).
+    fn retired(&self) -> bool {
+        false
+    }
+}
+
+/// A header's command, ready to fork.
+pub struct Launch {
+    pub prepared: Prepared,
+    pub pty: Option<Pty>,
+    /// The forwarded agent's socket, for this command only: removed when
+    /// the session ends.
+    pub agent: Option<String>,
+}
+
+/// What a claim began: the host is told before anything else, and the
+/// rest of the claim runs once the session is idle, or when it ends.
+#[derive(Default)]
+pub struct Claimed {
+    pub accepted: bool,
+    pub rest: Option<Box<dyn FnOnce() + Send>>,
+}
+
+pub fn serve(launcher: &'static dyn Launcher, conn: UnixStream) {
     let mut s = Session {
         conn,
         decoder: Decoder::new(),
@@ -45,9 +72,9 @@ pub fn serve(server: &Server, conn: UnixStream) {
         agent: None,
     };
     // A claim this session began is completed however the session ends.
-    let mut completion = None;
-    if let Err(e) = s.run(server, &mut completion) {
-        eprintln!("llima-box env-server: session: {e}");
+    let mut claimed = Claimed::default();
+    if let Err(e) = s.run(launcher, &mut claimed) {
+        eprintln!("llima-box-guest-agent: session: {e}");
     }
     // The host ends the forward when the session ends; the socket file
     // sshd leaves goes too.
@@ -55,10 +82,10 @@ pub fn serve(server: &Server, conn: UnixStream) {
         let _ = std::fs::remove_file(agent);
     }
     drop(s);
-    if let Some(c) = completion {
-        c.complete(server);
+    if let Some(rest) = claimed.rest.take() {
+        rest();
     }
-    if server.retired.load(std::sync::atomic::Ordering::SeqCst) {
+    if launcher.retired() {
         std::process::exit(0);
     }
 }
@@ -175,12 +202,10 @@ fn exit_status(status: libc::c_int) -> ExitStatus {
 
 /// With a terminal, its type: the one the client's terminal request
 /// names, else the client's TERM.
-fn terminal_type(header: &Header<EnvRequest>) -> Option<String> {
-    let pty = header.pty.as_ref()?;
+pub fn terminal_type(env: &[(String, String)], pty: Option<&Pty>) -> Option<String> {
+    let pty = pty?;
     Some(if pty.term.is_empty() {
-        header
-            .env
-            .iter()
+        env.iter()
             .find(|(k, _)| k == "TERM")
             .map_or("dumb".to_string(), |(_, v)| v.clone())
     } else {
@@ -193,7 +218,7 @@ impl Session {
         self.out.extend(frame::encode(kind, payload));
     }
 
-    fn run(&mut self, server: &Server, completion: &mut Option<Completion>) -> io::Result<()> {
+    fn run(&mut self, launcher: &'static dyn Launcher, claimed: &mut Claimed) -> io::Result<()> {
         let header = loop {
             let mut buf = [0u8; 16 << 10];
             let n = self.conn.read(&mut buf)?;
@@ -206,7 +231,7 @@ impl Session {
             }
         };
         let started = if header.kind == spawn::HEADER {
-            self.start(server, &header.payload, completion)
+            self.start(launcher, &header.payload, claimed)
         } else {
             Err(format!(
                 "the first frame is of kind {}, not a header",
@@ -214,7 +239,7 @@ impl Session {
             ))
         };
         if let Err(e) = started {
-            let text = format!("llima-box env-server: bad request: {e}\n");
+            let text = format!("llima-box-guest-agent: bad request: {e}\n");
             self.send(spawn::STDERR, text.as_bytes());
             self.finish(ExitStatus::Code { code: 2 });
         }
@@ -234,7 +259,7 @@ impl Session {
                 break;
             }
             let (mut fds, roles) = self.poll_set();
-            let timeout = if completion.is_some() {
+            let timeout = if claimed.rest.is_some() {
                 CLAIM_IDLE.as_millis() as libc::c_int
             } else {
                 -1
@@ -248,11 +273,11 @@ impl Session {
                 }
                 return Err(e);
             }
-            if completion.is_some()
+            if claimed.rest.is_some()
                 && (n == 0 || Instant::now() >= deadline)
-                && let Some(c) = completion.take()
+                && let Some(rest) = claimed.rest.take()
             {
-                c.complete(server);
+                rest();
             }
             for (fd, role) in fds.iter().zip(roles) {
                 if fd.revents != 0 && !self.handle(role, fd.revents) {
@@ -464,69 +489,27 @@ impl Session {
         }
     }
 
-    /// Starts the header's command. A claim it begins is left in
-    /// `completion` whatever happens after, since the spare has changed.
+    /// Starts the header's command. What a claim began is left in
+    /// `claimed` whatever happens after, since the spare has changed.
     fn start(
         &mut self,
-        server: &Server,
+        launcher: &'static dyn Launcher,
         payload: &[u8],
-        completion: &mut Option<Completion>,
+        claimed: &mut Claimed,
     ) -> Result<(), String> {
-        let header: Header<EnvRequest> =
-            serde_json::from_slice(payload).map_err(|e| format!("unreadable header: {e}"))?;
-        if let Some(c) = &header.request.claim {
-            *completion = claim::claim(server, c)?;
+        let launch = launcher.launch(payload, claimed);
+        if claimed.accepted {
             // Whatever else comes first tells the host that nothing ran.
             self.send(spawn::ACCEPTED, &[]);
         }
-        let (name, project, groups) = {
-            let id = server.identity.lock().unwrap_or_else(|e| e.into_inner());
-            (id.name.clone(), id.project.clone(), id.groups.clone())
-        };
-        let project = project.ok_or("this spare serves no project yet")?;
-        let home = format!("/home/{name}");
-        let cwd = &header.request.cwd;
-        if !(within(cwd, &project) || within(cwd, &home)) || format!("{cwd}/").contains("/../") {
-            return Err(format!(
-                "working directory {cwd:?} is outside the project {project:?} and {home}"
-            ));
-        }
-        let mut env = child::user_env(
-            &name,
-            server.config.uid,
-            &header.env,
-            terminal_type(&header),
-        );
-        if let Some(agent) = &header.agent {
-            // sshd's forward to the host's agent, in the admin's socket
-            // directory; only this command's namespace will show it.
-            let is_socket =
-                std::fs::symlink_metadata(agent).is_ok_and(|m| m.file_type().is_socket());
-            if Path::new(agent).parent() != Some(Path::new(SOCKETS_DIR)) || !is_socket {
-                return Err(format!("agent socket {agent:?} is not a forwarded socket"));
-            }
-            std::fs::set_permissions(agent, std::fs::Permissions::from_mode(0o666))
-                .map_err(|e| format!("cannot open the agent socket to the command: {e}"))?;
-            env.push(("SSH_AUTH_SOCK".into(), child::AGENT_SOCKET_PATH.into()));
-            self.agent = Some(agent.clone());
-        }
-        let login = child::login_shell();
-        let argv = if header.request.argv.is_empty() {
-            &login[..]
-        } else {
-            &header.request.argv[..]
-        };
-        let prepared = Prepared::new(&Command {
-            argv,
-            env: &env,
-            cwd,
-            uid: server.config.uid,
-            gid: server.config.gid,
-            groups: &groups,
-            agent: header.agent.as_deref(),
-        })?;
+        let Launch {
+            prepared,
+            pty,
+            agent,
+        } = launch?;
+        self.agent = agent;
         let failed = |what: &str, e: io::Error| format!("cannot {what}: {e}");
-        let (stdio, child_ends) = match &header.pty {
+        let (stdio, child_ends) = match &pty {
             Some(p) => {
                 let (master, slave) = pty::open(p).map_err(|e| failed("open a terminal", e))?;
                 self.master = Some(master);
@@ -544,8 +527,8 @@ impl Session {
             }
         };
         // SAFETY: the child only runs the prepared exec.
-        let (pid, exit) = server
-            .reaper
+        let (pid, exit) = launcher
+            .reaper()
             .fork(|| unsafe { prepared.exec(&stdio) })
             .map_err(|e| failed("start the command", e))?;
         drop(child_ends);
@@ -560,23 +543,15 @@ impl Session {
         {
             nonblocking(fd.as_raw_fd());
         }
-        // SAFETY: a valid directory descriptor and name; NULL times: now.
-        unsafe {
-            libc::utimensat(
-                server.dirs.env.as_raw_fd(),
-                c"last_used".as_ptr(),
-                std::ptr::null(),
-                0,
-            )
-        };
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::child;
     use super::*;
-    use llima_box_proto::spawn::Pty;
+    use llima_box_proto::spawn::{EnvRequest, Header};
 
     #[test]
     fn passes_on_terminal_and_locale_only() {
@@ -602,7 +577,8 @@ mod tests {
             }),
             agent: None,
         };
-        let env = child::user_env("app", 70001, &header.env, terminal_type(&header));
+        let term = terminal_type(&header.env, header.pty.as_ref());
+        let env = child::user_env("app", 70001, &header.env, term);
         let get = |k: &str| {
             env.iter()
                 .find(|(key, _)| key == k)
