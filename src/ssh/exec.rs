@@ -590,6 +590,10 @@ where
                 })
             }
             Some(ChannelMsg::Close) | None => break,
+            // A spawn server that closed its stream before the exit frame
+            // went away (restarted, killed): nothing more will come, and
+            // sshd keeps the channel open until we close our side.
+            Some(ChannelMsg::Eof) if rx.frames.is_some() => break,
             Some(_) => {}
         }
     }

@@ -1219,6 +1219,36 @@ fn check_vm_shell_through_agent(vm: &VmHome) {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No such file or directory"), "{stderr}");
+    // A command that restarts the server it runs through ends (as one
+    // whose sshd went away would) rather than wait forever; the next one
+    // finds the server again.
+    let mut restart = vm
+        .cmd(&[
+            "vm",
+            "shell",
+            "--",
+            "sudo",
+            "systemctl",
+            "restart",
+            "llima-box-admin",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_timeout(&mut restart, Duration::from_secs(60));
+    let back = (0..20).any(|_| {
+        let parent = vm.ok(&["vm", "shell", "--", "sh", "-c", "ps -o comm= -p $PPID"]);
+        parent.trim() == "guest-agent" || {
+            std::thread::sleep(Duration::from_millis(500));
+            false
+        }
+    });
+    assert!(
+        back,
+        "vm shell did not go through the restarted admin server"
+    );
 }
 
 fn check_guard_idempotent(vm: &VmHome) {
