@@ -12,7 +12,7 @@
 //! (`XDG_RUNTIME_DIR`) when one runs.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -99,11 +99,7 @@ impl Launcher for AdminServer {
         let term = session::terminal_type(&header.env, header.pty.as_ref());
         child::pass_on(&mut env, &header.env, term);
         if let Some(agent) = &header.agent {
-            let is_socket =
-                std::fs::symlink_metadata(agent).is_ok_and(|m| m.file_type().is_socket());
-            if Path::new(agent).parent() != Some(Path::new(SOCKETS_DIR)) || !is_socket {
-                return Err(format!("agent socket {agent:?} is not a forwarded socket"));
-            }
+            session::forwarded_agent(agent)?;
             env.push(("SSH_AUTH_SOCK".into(), agent.clone()));
         }
         let (argv, cwd) = command(&header.request, shell, user.home, |d| Path::new(d).is_dir());
@@ -117,11 +113,7 @@ impl Launcher for AdminServer {
             agent: None,
             sandboxed: false,
         })?;
-        Ok(Launch {
-            prepared,
-            pty: header.pty,
-            agent: header.agent,
-        })
+        Ok(Launch::of(prepared, header))
     }
 
     fn reaper(&self) -> &Reaper {

@@ -3,16 +3,14 @@
 //! claiming the spare first when the header says so.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 
-use llima_box_proto::paths::SOCKETS_DIR;
 use llima_box_proto::spawn::{EnvRequest, Header};
 
 use super::child::{self, Command, Prepared};
 use super::reaper::Reaper;
-use super::session::{Claimed, Launch, Launcher};
+use super::session::{Claimed, Launch, Launcher, forwarded_agent};
 use super::{Server, claim, within};
 
 impl Launcher for Server {
@@ -41,13 +39,8 @@ impl Launcher for Server {
         let term = super::session::terminal_type(&header.env, header.pty.as_ref());
         let mut env = child::user_env(&name, self.config.uid, &header.env, term);
         if let Some(agent) = &header.agent {
-            // sshd's forward to the host's agent, in the admin's socket
-            // directory; only this command's namespace will show it.
-            let is_socket =
-                std::fs::symlink_metadata(agent).is_ok_and(|m| m.file_type().is_socket());
-            if Path::new(agent).parent() != Some(Path::new(SOCKETS_DIR)) || !is_socket {
-                return Err(format!("agent socket {agent:?} is not a forwarded socket"));
-            }
+            // Only this command's namespace will show it.
+            forwarded_agent(agent)?;
             std::fs::set_permissions(agent, std::fs::Permissions::from_mode(0o666))
                 .map_err(|e| format!("cannot open the agent socket to the command: {e}"))?;
             env.push(("SSH_AUTH_SOCK".into(), child::AGENT_SOCKET_PATH.into()));
@@ -77,11 +70,7 @@ impl Launcher for Server {
                 0,
             )
         };
-        Ok(Launch {
-            prepared,
-            pty: header.pty,
-            agent: header.agent,
-        })
+        Ok(Launch::of(prepared, header))
     }
 
     fn reaper(&self) -> &Reaper {

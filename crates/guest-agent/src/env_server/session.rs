@@ -7,11 +7,14 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use llima_box_proto::frame::{self, Decoder};
-use llima_box_proto::spawn::{self, ExitStatus, Pty};
+use llima_box_proto::paths::SOCKETS_DIR;
+use llima_box_proto::spawn::{self, ExitStatus, Header, Pty};
 
 use super::child::{Prepared, Stdio};
 use super::pipe;
@@ -45,6 +48,27 @@ pub struct Launch {
     /// The forwarded agent's socket, for this command only: removed when
     /// the session ends.
     pub agent: Option<String>,
+}
+
+impl Launch {
+    /// `prepared`, with the terminal and agent `header` asks for.
+    pub fn of<R>(prepared: Prepared, header: Header<R>) -> Launch {
+        Launch {
+            prepared,
+            pty: header.pty,
+            agent: header.agent,
+        }
+    }
+}
+
+/// Checks that the header's agent socket is a forward sshd made for the
+/// host (in the admin's socket directory), not some other file.
+pub fn forwarded_agent(agent: &str) -> Result<(), String> {
+    let is_socket = std::fs::symlink_metadata(agent).is_ok_and(|m| m.file_type().is_socket());
+    if Path::new(agent).parent() != Some(Path::new(SOCKETS_DIR)) || !is_socket {
+        return Err(format!("agent socket {agent:?} is not a forwarded socket"));
+    }
+    Ok(())
 }
 
 /// What a claim began: the host is told before anything else, and the
@@ -551,7 +575,7 @@ impl Session {
 mod tests {
     use super::super::child;
     use super::*;
-    use llima_box_proto::spawn::{EnvRequest, Header};
+    use llima_box_proto::spawn::EnvRequest;
 
     #[test]
     fn passes_on_terminal_and_locale_only() {
