@@ -41,6 +41,13 @@ pub fn uid_of(passwd: &str, name: &str) -> Option<u32> {
     users(passwd).find(|u| u.name == name).map(|u| u.uid)
 }
 
+/// The texts of `/etc/passwd` and `/etc/group`, or which could not be
+/// read and why.
+pub fn local_files() -> Result<(String, String), String> {
+    let read = |path: &str| fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+    Ok((read("/etc/passwd")?, read("/etc/group")?))
+}
+
 /// The uid of the local user `name`.
 pub fn local_uid(name: &str) -> Option<u32> {
     uid_of(&fs::read_to_string("/etc/passwd").ok()?, name)

@@ -13,16 +13,15 @@
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use llima_box_proto::paths::{ADMIN_SOCKET, SOCKETS_DIR};
 use llima_box_proto::spawn::{AdminRequest, Header};
 
-use crate::accounts;
 use crate::env_server::child::{self, Command, Prepared};
 use crate::env_server::reaper::{self, Reaper};
 use crate::env_server::session::{self, Claimed, Launch, Launcher};
+use crate::{accounts, server};
 
 /// sshd's PATH for users on Debian; a login shell sets its own.
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/games";
@@ -39,26 +38,13 @@ pub fn run(admin_uid: u32) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::os::unix::fs::chown(dir, Some(admin_uid), None)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    match std::fs::remove_file(ADMIN_SOCKET) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(ADMIN_SOCKET)?;
-    std::os::unix::fs::chown(ADMIN_SOCKET, Some(admin_uid), None)?;
-    std::fs::set_permissions(ADMIN_SOCKET, std::fs::Permissions::from_mode(0o600))?;
-    let server: &'static AdminServer = Box::leak(Box::new(AdminServer {
+    let listener = server::listen(Path::new(ADMIN_SOCKET), admin_uid)?;
+    let admin: &'static AdminServer = Box::leak(Box::new(AdminServer {
         uid: admin_uid,
         reaper: Reaper::default(),
     }));
-    std::thread::spawn(|| server.reaper.run());
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        match crate::server::peer_uid(&conn) {
-            Some(uid) if uid == 0 || uid == admin_uid => {}
-            _ => continue,
-        }
-        std::thread::spawn(move || session::serve(server, conn));
-    }
+    std::thread::spawn(|| admin.reaper.run());
+    server::accept(&listener, admin_uid, |conn| session::serve(admin, conn));
     Ok(())
 }
 
@@ -66,8 +52,7 @@ impl Launcher for AdminServer {
     fn launch(&'static self, payload: &[u8], _: &mut Claimed) -> Result<Launch, String> {
         let header: Header<AdminRequest> =
             serde_json::from_slice(payload).map_err(|e| format!("unreadable header: {e}"))?;
-        let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
-        let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
+        let (passwd, group) = accounts::local_files()?;
         let user = accounts::users(&passwd)
             .find(|u| u.uid == self.uid)
             .ok_or_else(|| format!("no user with uid {} in /etc/passwd", self.uid))?;

@@ -19,7 +19,21 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     let dir = path.parent().expect("the socket path has a directory");
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    // A socket left by an earlier run (the agent was restarted or killed).
+    let listener = listen(path, admin_uid)?;
+    let version = std::fs::read_to_string(AGENT_VERSION_PATH)
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    accept(&listener, admin_uid, move |stream| {
+        if let Err(e) = connection(stream, &version) {
+            eprintln!("llima-box-guest-agent: connection: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// A socket at `path` for the admin alone (its owner, mode 0600), in
+/// place of one an earlier run left (restarted or killed).
+pub fn listen(path: &Path, admin_uid: u32) -> std::io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -27,23 +41,25 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::os::unix::fs::chown(path, Some(admin_uid), None)?;
-    let version = std::fs::read_to_string(AGENT_VERSION_PATH)
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_default();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        match peer_uid(&stream) {
+    Ok(listener)
+}
+
+/// Hands each connection of root or the admin to `handle`, on a thread of
+/// its own; never returns.
+pub fn accept<F>(listener: &UnixListener, admin_uid: u32, handle: F)
+where
+    F: Fn(UnixStream) + Send + Sync + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        match peer_uid(&conn) {
             Some(uid) if uid == 0 || uid == admin_uid => {}
             _ => continue,
         }
-        let version = version.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = connection(stream, &version) {
-                eprintln!("llima-box-guest-agent: connection: {e}");
-            }
-        });
+        let handle = handle.clone();
+        std::thread::spawn(move || handle(conn));
     }
-    Ok(())
 }
 
 pub fn peer_uid(stream: &UnixStream) -> Option<u32> {

@@ -47,10 +47,9 @@ pub fn run(args: &[String]) -> String {
     let Some((name, cwd, agent, vars, argv)) = parse(args) else {
         return format!("usage: {USAGE}");
     };
-    let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
-    let (passwd, group) = match (read("/etc/passwd"), read("/etc/group")) {
-        (Ok(p), Ok(g)) => (p, g),
-        (Err(e), _) | (_, Err(e)) => return format!("cannot read the accounts: {e}"),
+    let (passwd, group) = match accounts::local_files() {
+        Ok(files) => files,
+        Err(e) => return format!("cannot read the accounts: {e}"),
     };
     let Some(user) = accounts::users(&passwd).find(|u| u.name == name) else {
         return format!("no user {name} in this environment");
@@ -58,11 +57,8 @@ pub fn run(args: &[String]) -> String {
     if !is_env_uid(user.uid) {
         return format!("{name} is not an environment's user");
     }
-    let term = vars
-        .iter()
-        .find(|(k, _)| k == "TERM")
-        .map(|(_, v)| v.clone());
-    let env = child::user_env(name, user.uid, &vars, term);
+    // TERM, if any, is among the variables passed on.
+    let env = child::user_env(name, user.uid, &vars, None);
     let login = child::login_shell();
     let argv = if argv.is_empty() { &login[..] } else { argv };
     let prepared = match Prepared::new(&Command {

@@ -24,12 +24,16 @@ impl Launcher for Server {
                 claimed.rest = Some(Box::new(move || completion.complete(self)));
             }
         }
-        let (name, project, groups) = {
+        let (name, home, project, groups) = {
             let id = self.identity.lock().unwrap_or_else(|e| e.into_inner());
-            (id.name.clone(), id.project.clone(), id.groups.clone())
+            (
+                id.name.clone(),
+                id.home(),
+                id.project.clone(),
+                id.groups.clone(),
+            )
         };
         let project = project.ok_or("this spare serves no project yet")?;
-        let home = format!("/home/{name}");
         let cwd = &header.request.cwd;
         if !(within(cwd, &project) || within(cwd, &home)) || format!("{cwd}/").contains("/../") {
             return Err(format!(

@@ -23,8 +23,6 @@ pub(crate) mod session;
 
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -158,10 +156,8 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     };
     reaper::block_signals();
     drop_bounding_set()?;
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)?;
-    std::os::unix::fs::chown(&socket, Some(config.admin), None)?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let admin = config.admin;
+    let listener = crate::server::listen(std::path::Path::new(&socket), admin)?;
     let server: &'static Server = Box::leak(Box::new(Server {
         config,
         identity: Mutex::new(identity),
@@ -172,14 +168,7 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     std::thread::spawn(|| server.reaper.run());
     (&ready).write_all(b"ready\n")?;
     drop(ready);
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        match crate::server::peer_uid(&conn) {
-            Some(uid) if uid == 0 || uid == server.config.admin => {}
-            _ => continue,
-        }
-        std::thread::spawn(move || session::serve(server, conn));
-    }
+    crate::server::accept(&listener, admin, |conn| session::serve(server, conn));
     Ok(())
 }
 
