@@ -11,48 +11,29 @@ use super::Output;
 use super::args::ShellArgs;
 use super::output::printable;
 use super::vm_shell::{agent_socket, block_on, exit_code, run_attached};
-use crate::env::{self, ExecRequest, runtime};
-use crate::ssh::{self, Captured, Session};
+use crate::env::{self, ExecRequest, exec};
+use crate::ssh::{self, Session};
 use crate::timeouts;
 use crate::vm::access::{self, AccessError};
 use crate::vm::config;
 use crate::vm::layout;
 
-/// Whether the guest of the instance in `dir` is known to have this
-/// binary's runtime and guest agent (`version`, see
-/// [`runtime::guest_version`]).
+/// Whether the guest of the instance in `dir` is known to have the guest
+/// agent whose sha256 is `version`.
 fn guest_is_current(dir: &Path, version: &str) -> bool {
-    std::fs::read_to_string(dir.join(layout::RUNTIME_STAMP)).is_ok_and(|s| s.trim() == version)
+    std::fs::read_to_string(dir.join(layout::AGENT_STAMP)).is_ok_and(|s| s.trim() == version)
 }
 
-/// Installs or upgrades the guest agent and the runtime over `session` (each
-/// a no-op in the guest when current) and records that on the host.
+/// Installs or upgrades the guest agent over `session` (a no-op in the
+/// guest when current) and records that on the host.
 async fn install_guest(
     session: &Session,
     dir: &Path,
     agent: &env::guest_agent::GuestAgentBinary,
-    version: &str,
 ) -> Result<()> {
-    // First: the runtime starts the agent in every new environment.
     env::guest_agent::ensure(session, agent).await?;
-    let done = session
-        .exec_with_stdin(&runtime::install_argv(), runtime::RUNTIME.as_bytes())
-        .await
-        .context("cannot install the environment runtime in the VM")?;
-    check(&done, "install the environment runtime", "")?;
-    std::fs::write(dir.join(layout::RUNTIME_STAMP), version)
-        .with_context(|| format!("cannot write {}", dir.join(layout::RUNTIME_STAMP).display()))?;
-    Ok(())
-}
-
-/// A finished runtime call's status as an error that says what failed.
-fn check(done: &Captured, action: &'static str, name: &str) -> Result<()> {
-    let code = match done.exit {
-        crate::ssh::RemoteExit::Code(c) => c,
-        // A signal: report it as the shell would.
-        _ => u32::from(done.exit.code()),
-    };
-    env::runtime::check_status(action, name, code, &String::from_utf8_lossy(&done.stderr))?;
+    std::fs::write(dir.join(layout::AGENT_STAMP), &agent.sha256)
+        .with_context(|| format!("cannot write {}", dir.join(layout::AGENT_STAMP).display()))?;
     Ok(())
 }
 
@@ -75,7 +56,6 @@ pub(super) fn run(
     let guest_project = guest_path(&dir, lima_home, &project)?;
     // What the guest needs, found (or refused) before anything boots.
     let guest_agent = env::guest_agent::GuestAgentBinary::load()?;
-    let version = runtime::guest_version(&guest_agent.sha256);
     let agent = agent_socket(args.no_agent);
     let opts = match access::connect_options(
         lima_home,
@@ -104,19 +84,19 @@ pub(super) fn run(
         agent: opts.agent_forwarding.is_some(),
         argv: args.command.clone(),
     };
-    let script = ssh::quote_argv(&runtime::exec_argv(&req))?;
-    let spawn = runtime::spawn_target(&req, &version);
+    let script = ssh::quote_argv(&exec::exec_argv(&req))?;
+    let spawn = exec::spawn_target(&req, &guest_agent.sha256);
     out.debug(&format!(
         "ssh {}@{}: spawn server {}, else: {script}",
         opts.user, opts.addr, spawn.socket
     ));
     let pty = ssh::stdin_is_tty();
     let result = block_on(async {
-        if !guest_is_current(&dir, &version) {
+        if !guest_is_current(&dir, &guest_agent.sha256) {
             let session = Session::connect(opts.clone())
                 .await
                 .context("cannot connect to the VM")?;
-            install_guest(&session, &dir, &guest_agent, &version).await?;
+            install_guest(&session, &dir, &guest_agent).await?;
             // Use this connection rather than open another.
             return anyhow::Ok(session.run_interactive_or_piped(&script, pty).await);
         }
@@ -124,11 +104,11 @@ pub(super) fn run(
     });
     warn_git_changes(&project, &git_before, out);
     let result = result??;
-    // The exit status is the command's. The runtime's own failures (bad
-    // usage 2, a name taken by another project 3, anything else 125) use
-    // statuses that commands use too, so they cannot be told apart here;
-    // the runtime prints its diagnosis ("llima-box env-runtime: ...") on
-    // the same stderr, which is what tells the user.
+    // The exit status is the command's. env-run's own failures (bad usage
+    // 2, a name taken by another project 3, anything else 125) use statuses
+    // that commands use too, so they cannot be told apart here; it prints
+    // its diagnosis ("llima-box-guest-agent env-run: ...") on the same
+    // stderr, which is what tells the user.
     Ok(exit_code(result, out))
 }
 

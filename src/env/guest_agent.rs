@@ -109,14 +109,27 @@ const EXIT_WRONG_ARCH: u32 = 4;
 // root; the admin (the sudo caller) owns the socket.
 const INSTALL_SCRIPT: &str = concat!(
     "set -eu\n",
-    super::receive::receive_fn!(),
     r##"sha=$1 arch=$2 bin=$3 version=$4 unit=$5 admin_unit=$6
 if [ "$(uname -m)" != "$arch" ]; then
     cat >/dev/null
     uname -m >&2
     exit 4
 fi
-receive "$bin" "$sha" "the guest agent"
+# Checked against its sha256, written beside its destination and renamed
+# over it, so that a reader or a running program never sees half a file.
+mkdir -p -m 0755 "${bin%/*}"
+tmp=$(mktemp "${bin%/*}/.receive.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat >"$tmp"
+got=$(sha256sum "$tmp" | cut -d' ' -f1)
+if [ "$got" != "$sha" ]; then
+    echo "the guest agent arrived damaged (sha256 $got, expected $sha); try again" >&2
+    exit 1
+fi
+chown root:root "$tmp"
+chmod 0755 "$tmp"
+mv -f "$tmp" "$bin"
+trap - EXIT
 printf '%s\n' "$sha" >"$version"
 cat >"/etc/systemd/system/$unit" <<UNIT
 [Unit]
@@ -151,6 +164,11 @@ UNIT
 systemctl daemon-reload
 systemctl enable --quiet "$unit" "$admin_unit"
 systemctl restart "$unit" "$admin_unit"
+# The pool's keeper runs the old executable (or, from before the agent made
+# environments, the shell runtime, removed here): the next new environment
+# starts it again.
+systemctl stop llima-box-pool.service 2>/dev/null || true
+rm -f "${bin%/*}/env-runtime" "${bin%/*}/version"
 "##
 );
 

@@ -1,20 +1,17 @@
 //! Environments: which one a project directory gets ([`naming`]), the
-//! guest agent that answers for them ([`agent`], taking over one
-//! responsibility at a time) and the protocol with the in-guest runtime
-//! that still creates and runs them ([`runtime`]: callers run the argv it
-//! builds over SSH).
+//! guest agent that builds and runs them ([`guest_agent`]), and how a
+//! command reaches one ([`exec`]).
 
+pub(crate) mod exec;
 mod git_watch;
 pub(crate) mod guest_agent;
 pub(crate) mod naming;
-mod receive;
-pub(crate) mod runtime;
 pub(crate) mod selection;
 
+pub(crate) use exec::ExecRequest;
 pub(crate) use git_watch::{Change as GitChange, Snapshot as GitSnapshot};
 pub(crate) use llima_box_proto::message::EnvInfo;
 pub(crate) use naming::{canonical_project, env_name, validate_name};
-pub(crate) use runtime::ExecRequest;
 
 /// Everything that can go wrong deciding on or talking about an environment.
 #[derive(Debug, thiserror::Error)]
@@ -41,16 +38,6 @@ pub(crate) enum Error {
         "invalid environment name {0:?}: names are [a-z_][a-z0-9_-]*, at most 32 characters (see `llima-box list`)"
     )]
     InvalidName(String),
-    #[error(
-        "environment {name} already belongs to another project ({detail}); this is a name collision, delete that environment or rename one of the directories"
-    )]
-    OtherProject { name: String, detail: String },
-    #[error("the environment runtime failed to {action} (exit status {code}): {detail}")]
-    Runtime {
-        action: &'static str,
-        code: u32,
-        detail: String,
-    },
     #[error(
         "this llima-box was built where no Linux guest agent can be built; set {} to a static build of crates/guest-agent for the VM's architecture",
         guest_agent::OVERRIDE_VAR

@@ -9,14 +9,14 @@ use sha2::{Digest, Sha256};
 
 use super::Error;
 
-/// 32 bits of hash; the runtime also compares the stored project path, so a
+/// 32 bits of hash; the guest agent also compares the stored project path, so a
 /// collision is refused rather than shared.
 const HASH_HEX: usize = 8;
 /// Used when nothing of the basename survives sanitising.
 const FALLBACK_BASE: &str = "project";
 
 /// The project directory as the guest sees it: absolute, symlinks resolved,
-/// no trailing slash, UTF-8 (names and the runtime's records are text).
+/// no trailing slash, UTF-8 (names and the agent's records are text).
 pub(crate) fn canonical_project(path: &Path) -> Result<PathBuf, Error> {
     let canonical = std::fs::canonicalize(path).map_err(|source| Error::Resolve {
         path: path.to_path_buf(),

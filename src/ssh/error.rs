@@ -6,7 +6,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "the environment's spawn server sent something unexpected ({0}); the guest runtime \
+        "the environment's spawn server sent something unexpected ({0}); the guest agent \
          may be from another llima-box version: `llima-box delete` the environment and retry"
     )]
     SpawnProtocol(String),

@@ -18,7 +18,6 @@ mod terminal;
 
 pub use connect::{ConnectOptions, HostKeyPolicy, Session};
 pub use error::Error;
-pub(crate) use exec::Captured;
 pub use exec::RemoteExit;
 pub use keys::KeyPair;
 pub(crate) use keys::PublicKey;

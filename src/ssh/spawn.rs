@@ -20,10 +20,10 @@ use super::exec::PtyRequest;
 pub(crate) struct Spawn {
     /// The server's unix socket, a guest path.
     pub socket: String,
-    /// The server's own request (for the runtime: `cwd` and `argv`).
+    /// The server's own request (for an environment's: `cwd` and `argv`).
     pub request: serde_json::Value,
     /// Tried when `socket` is not there: a server that may take the
-    /// request on, and says so before anything else (for the runtime: a
+    /// request on, and says so before anything else (for an environment: a
     /// spare environment, claimed for this project).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alternate: Option<Box<Spawn>>,

@@ -72,11 +72,10 @@ pub const KNOWN_HOSTS: &str = "known_hosts";
 /// The host agent's held SSH connection for the CLI (ours; kept short, as
 /// unix socket paths are limited to about 100 bytes).
 pub const MUX_SOCK: &str = "mux.sock";
-/// Which environment runtime and guest agent the guest has (ours, see
-/// `env::runtime::guest_version`): the guest's disk lives and dies with the
-/// instance directory, so a matching stamp lets `shell` skip the install
-/// round trips.
-pub const RUNTIME_STAMP: &str = "env-runtime.sha256";
+/// Which guest agent the guest has (ours, its sha256): the guest's disk
+/// lives and dies with the instance directory, so a matching stamp lets
+/// `shell` skip the install round trip.
+pub const AGENT_STAMP: &str = "guest-agent.sha256";
 
 /// What only a running instance has; a stop leaves none of them behind.
 pub const RUNNING_ONLY: [&str; 4] = [HOST_AGENT_PID, QEMU_PID, HOST_AGENT_SOCK, QMP_SOCK];

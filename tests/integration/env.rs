@@ -169,8 +169,8 @@ fn environments_end_to_end() {
             projects.write("alpha/later/.git/config", "[core]\n");
             vm.ok(&["vm", "stop"]);
             vm.ok(&["vm", "start"]);
-            // The first command after a boot comes through sshd and the
-            // runtime (no server yet): its keyring is its own too.
+            // The first command after a boot comes through sshd and
+            // `env-run` (no server yet): its keyring is its own too.
             check_command_credentials(&vm, &a);
             check_tool(&vm, &a, name_a(), "after-restart");
             let write = "echo x >>later/.git/config && echo written || echo refused";
@@ -206,7 +206,8 @@ fn environments_end_to_end() {
     checks.finish();
 }
 
-const RUNTIME: &str = "/usr/local/libexec/llima-box/env-runtime";
+/// The guest agent: `env-run` and `guard` are run through sudo.
+const AGENT: &str = "/usr/local/libexec/llima-box/guest-agent";
 
 /// Writes to the git config and hooks of the repositories a project had
 /// when its environment started (its own and a nested one) are refused
@@ -1134,8 +1135,8 @@ fn check_linked_project(vm: &VmHome, a: &Path) {
         "--",
         "sudo",
         "-n",
-        RUNTIME,
-        "exec",
+        AGENT,
+        "env-run",
         "linked-probe",
         linked.to_str().unwrap(),
         "--ensure",
@@ -1268,7 +1269,7 @@ fn check_guard_idempotent(vm: &VmHome) {
     // range (the environments' and the legacy one).
     assert_eq!(before.lines().filter(|l| *l == "2").count(), 2, "{before}");
     for _ in 0..2 {
-        vm.ok(&["vm", "shell", "--", "sudo", "-n", RUNTIME, "guard"]);
+        vm.ok(&["vm", "shell", "--", "sudo", "-n", AGENT, "guard"]);
     }
     assert_eq!(state(), before, "the guard is not idempotent");
 }
@@ -1425,7 +1426,7 @@ fn check_shared_processes(vm: &VmHome, a: &Path) {
     assert!(st.success(), "the first shell did not see /tmp/llb-release");
 }
 
-/// The user of the spare environment that the runtime keeps published
+/// The user of the spare environment that the guest agent keeps published
 /// (other than `not`), once there is one: making it takes a while.
 fn wait_for_spare(vm: &VmHome, not: Option<&str>) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(600);

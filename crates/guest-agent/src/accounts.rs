@@ -7,6 +7,8 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use llima_box_proto::paths::{ENV_UIDS, HOMES_DIR};
+
 use crate::lock;
 
 /// The fields of a passwd entry the agent uses.
@@ -178,9 +180,145 @@ fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String) -> std::io::Result<()
     fs::rename(&tmp, path)
 }
 
+/// The uid (and gid) for a new environment user: above `last` (the last
+/// one given out) and above every id of [`ENV_UIDS`] in the passwd and
+/// group texts (should the record be lost), so that no id is ever given
+/// out twice. `None` when the range is used up.
+pub fn next_uid(last: Option<u32>, passwd: &str, group: &str) -> Option<u32> {
+    let taken = |text: &str| -> Vec<u32> {
+        text.lines()
+            .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+            .filter(|id| ENV_UIDS.contains(id))
+            .collect()
+    };
+    let highest = taken(passwd)
+        .into_iter()
+        .chain(taken(group))
+        .chain(last)
+        .max();
+    let next = highest.map_or(*ENV_UIDS.start(), |h| (h + 1).max(*ENV_UIDS.start()));
+    ENV_UIDS.contains(&next).then_some(next)
+}
+
+/// `text` with `line` added at the end (and a newline before it if the
+/// text lacked its last one).
+fn with_line(text: &str, line: &str) -> String {
+    let mut t = text.to_owned();
+    if !t.is_empty() && !t.ends_with('\n') {
+        t.push('\n');
+    }
+    t.push_str(line);
+    t.push('\n');
+    t
+}
+
+/// The entries of a new environment user `name` with `id` as uid and gid,
+/// for passwd, group, shadow and gshadow (password locked).
+fn new_entries(name: &str, id: u32, days: u64) -> [(&'static str, String); 4] {
+    [
+        (
+            "/etc/passwd",
+            format!("{name}:x:{id}:{id}:llima-box environment:{HOMES_DIR}/{name}:/bin/bash"),
+        ),
+        ("/etc/group", format!("{name}:x:{id}:")),
+        ("/etc/shadow", format!("{name}:!:{days}:0:99999:7:::")),
+        ("/etc/gshadow", format!("{name}:!::")),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error(
+        "no environment uids left ({}-{} are used up; uids are never reused)",
+        ENV_UIDS.start(),
+        ENV_UIDS.end()
+    )]
+    NoUids,
+    #[error("a user or group named {0} exists already")]
+    Exists(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn add_io(what: &'static str) -> impl FnOnce(std::io::Error) -> AddError {
+    move |source| AddError::Io { what, source }
+}
+
+/// Creates the environment user `name` and its group, with an id never
+/// given out before (recorded in `last_uid` first, so that a failure
+/// wastes the id rather than reusing it), under the account files' locks;
+/// then its home, from `/etc/skel`, mode 0700. What `useradd -m` does,
+/// without starting it. Returns the uid.
+pub fn add_env_user(name: &str, last_uid: &Path) -> Result<u32, AddError> {
+    let _users = lock::flock(".users.lock").map_err(add_io("cannot lock the users"))?;
+    let _pwd = lock::account_files().map_err(add_io("cannot lock the account files"))?;
+    let (passwd, group) = local_files().map_err(|e| AddError::Io {
+        what: "cannot read the account files",
+        source: std::io::Error::other(e),
+    })?;
+    let named = |text: &str| text.lines().any(|l| l.split(':').next() == Some(name));
+    if named(&passwd) || named(&group) {
+        return Err(AddError::Exists(name.to_owned()));
+    }
+    let last = fs::read_to_string(last_uid)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let id = next_uid(last, &passwd, &group).ok_or(AddError::NoUids)?;
+    fs::write(last_uid, format!("{id}\n")).map_err(add_io("cannot record the uid"))?;
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86400);
+    for (file, line) in new_entries(name, id, days) {
+        rewrite(Path::new(file), |t| with_line(t, &line))
+            .map_err(add_io("cannot add the user to the account files"))?;
+    }
+    let home = Path::new(HOMES_DIR).join(name);
+    make_home(&home, id).map_err(add_io("cannot make the home"))?;
+    Ok(id)
+}
+
+/// `home` with a copy of `/etc/skel` in it, all owned by `id`.
+fn make_home(home: &Path, id: u32) -> std::io::Result<()> {
+    fs::create_dir(home)?;
+    fs::set_permissions(home, fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::lchown(home, Some(id), Some(id))?;
+    copy_tree(Path::new("/etc/skel"), home, id)
+}
+
+/// Copies what is in `from` into `to` (directories, files and symlinks,
+/// as they are), owned by `id`; a missing `from` is an empty one.
+fn copy_tree(from: &Path, to: &Path, id: u32) -> std::io::Result<()> {
+    let entries = match fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            fs::create_dir(&dst)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o777))?;
+            copy_tree(&src, &dst, id)?;
+        } else if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else if meta.is_file() {
+            fs::copy(&src, &dst)?;
+        } else {
+            continue;
+        }
+        std::os::unix::fs::lchown(&dst, Some(id), Some(id))?;
+    }
+    Ok(())
+}
+
 /// Removes the user `name`, its own group and its subordinate id ranges,
 /// and takes it out of other groups' member lists, under the locks that
-/// the runtime and the system's tools use. Whether the user existed.
+/// the agent and the system's tools use. Whether the user existed.
 pub fn remove_account(name: &str) -> std::io::Result<bool> {
     let _users = lock::flock(".users.lock")?;
     let _pwd = lock::account_files()?;
@@ -289,6 +427,73 @@ mod tests {
         let group = "app:x:70001:\nusers:x:100:a,app\ndocker:x:999:app-2\nbad:x:z:app\n";
         assert_eq!(groups_of(group, "app", 70001), [70001, 100]);
         assert_eq!(groups_of("", "app", 5), [5]);
+    }
+
+    #[test]
+    fn new_uids_are_never_given_out_twice() {
+        let p = "root:x:0:0::/root:/bin/bash\nold:x:60005:60005::/home/old:/bin/bash\n";
+        assert_eq!(
+            next_uid(None, p, ""),
+            Some(70000),
+            "legacy ids do not count"
+        );
+        let p2 = format!("{p}a:x:70004:70004::/home/a:/bin/bash\n");
+        assert_eq!(next_uid(None, &p2, ""), Some(70005));
+        // The record says a later one was given out (and deleted since).
+        assert_eq!(next_uid(Some(70010), &p2, ""), Some(70011));
+        // A group with a higher id in the range blocks its gid.
+        assert_eq!(next_uid(Some(70010), &p2, "g:x:70020:\n"), Some(70021));
+        assert_eq!(next_uid(Some(99998), "", ""), Some(99999));
+        assert_eq!(next_uid(Some(99999), "", ""), None);
+        assert_eq!(next_uid(None, "", "g:x:99999:\n"), None);
+        // A record below the range (an earlier version's) starts at its start.
+        assert_eq!(next_uid(Some(64000), "", ""), Some(70000));
+    }
+
+    #[test]
+    fn new_entries_parse_back_and_lines_are_appended() {
+        let [(_, passwd), (_, group), (_, shadow), (_, gshadow)] =
+            new_entries("new-1a2b3c4d", 70001, 20000);
+        let text = with_line(PASSWD.trim_end(), &passwd);
+        assert!(text.starts_with(PASSWD), "{text}");
+        let u = users(&text).find(|u| u.name == "new-1a2b3c4d").unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.home, u.shell),
+            (70001, 70001, "/home/new-1a2b3c4d", "/bin/bash")
+        );
+        assert_eq!(
+            groups_of(&with_line("", &group), "new-1a2b3c4d", 70001),
+            [70001]
+        );
+        assert_eq!(shadow.split(':').count(), 9, "{shadow}");
+        assert!(shadow.starts_with("new-1a2b3c4d:!:20000:"), "{shadow}");
+        assert_eq!(gshadow.split(':').count(), 4, "{gshadow}");
+        assert_eq!(with_line("", "x"), "x\n");
+    }
+
+    #[test]
+    fn skel_is_copied_with_links_and_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let (skel, home) = (d.path().join("skel"), d.path().join("home"));
+        fs::create_dir_all(skel.join(".config/sub")).unwrap();
+        fs::write(skel.join(".bashrc"), "rc").unwrap();
+        fs::write(skel.join(".config/sub/f"), "f").unwrap();
+        std::os::unix::fs::symlink("/nowhere", skel.join("link")).unwrap();
+        fs::create_dir(&home).unwrap();
+        let me = own_uid();
+        copy_tree(&skel, &home, me).unwrap();
+        assert_eq!(fs::read_to_string(home.join(".bashrc")).unwrap(), "rc");
+        assert_eq!(fs::read_to_string(home.join(".config/sub/f")).unwrap(), "f");
+        assert_eq!(
+            fs::read_link(home.join("link")).unwrap(),
+            Path::new("/nowhere")
+        );
+        copy_tree(&d.path().join("missing"), &home, me).unwrap();
+    }
+
+    fn own_uid() -> u32 {
+        // SAFETY: getuid has no failure and no memory effects.
+        unsafe { libc::getuid() }
     }
 
     #[test]

@@ -42,43 +42,57 @@ pub fn delete(name: &str) -> Result<bool, DeleteError> {
     if !dir.is_dir() {
         return Ok(false);
     }
+    teardown(
+        &dir,
+        &format!("{ENV_UNIT_PREFIX}{name}"),
+        name,
+        &Path::new(SOCKETS_DIR).join(format!("{name}.sock")),
+    )?;
+    Ok(true)
+}
+
+/// Kills everything of the environment (or spare) `name` recorded in
+/// `dir`, whose unit is `unit` (or the one recorded), then removes its
+/// user, home, spawn socket and records.
+pub fn teardown(dir: &Path, unit: &str, name: &str, socket: &Path) -> Result<(), DeleteError> {
     // Killing the namespace's first process kills every process in it.
-    if let Some(pid) = list::holder_pid(&dir) {
+    if let Some(pid) = list::holder_pid(dir) {
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    let recorded = fs::read_to_string(dir.join("unit")).unwrap_or_default();
-    for unit in [recorded.trim(), &format!("{ENV_UNIT_PREFIX}{name}")] {
-        stop_unit(unit);
-    }
+    stop_units(dir, unit);
     if let Some(uid) = accounts::local_uid(name).filter(|u| is_env_uid(*u)) {
         kill_all_of(uid)?;
         accounts::remove_account(name).map_err(io("cannot remove the user"))?;
     }
     remove_tree(&Path::new(HOMES_DIR).join(name))?;
-    match fs::remove_file(Path::new(SOCKETS_DIR).join(format!("{name}.sock"))) {
+    match fs::remove_file(socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io("cannot remove the spawn socket")(e));
         }
         _ => {}
     }
-    remove_tree(&dir)?;
-    Ok(true)
+    remove_tree(dir)
 }
 
-/// Stops a holder unit and forgets a failed state; systemd owns units, so
-/// this is one of the few things the agent asks another program to do.
-fn stop_unit(unit: &str) {
-    if unit.is_empty() {
-        return;
-    }
-    for verb in ["stop", "reset-failed"] {
-        let _ = Command::new("systemctl")
-            .args([verb, &format!("{unit}.service")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+/// Stops the holder unit recorded in `dir` and the one named `unit`, with
+/// every process of theirs, and forgets their failed state; systemd owns
+/// units, so this is one of the few things the agent asks another program
+/// to do.
+pub fn stop_units(dir: &Path, unit: &str) {
+    let recorded = fs::read_to_string(dir.join("unit")).unwrap_or_default();
+    for u in [recorded.trim(), unit] {
+        if u.is_empty() {
+            continue;
+        }
+        for verb in ["stop", "reset-failed"] {
+            let _ = Command::new("systemctl")
+                .args([verb, &format!("{u}.service")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

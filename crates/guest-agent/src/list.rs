@@ -86,6 +86,30 @@ pub fn holder_pid(dir: &Path) -> Option<u32> {
     (now_boot.trim() == boot && start_time(&stat)? == start).then_some(pid)
 }
 
+/// The record [`holder_pid`] reads for the live process `pid`.
+pub fn identity(pid: u32) -> Option<String> {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(format!("{} {pid} {}", boot.trim(), start_time(&stat)?))
+}
+
+/// The oldest child of `parent`, from one read of /proc.
+pub fn first_child(parent: u32) -> Option<u32> {
+    fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            let start: u64 = start_time(&stat)?.parse().ok()?;
+            (ppid == parent).then_some((start, pid))
+        })
+        .min()
+        .map(|(_, pid)| pid)
+}
+
 /// Field 22 of `/proc/PID/stat` (start time), counted after the command
 /// name, which may itself contain spaces and parentheses.
 fn start_time(stat: &str) -> Option<&str> {
@@ -169,6 +193,33 @@ mod tests {
         let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 1 2";
         assert_eq!(start_time(stat), Some("98765"));
         assert_eq!(start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_identity_is_a_live_holder_record_and_children_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(
+            d.path().join("holder"),
+            identity(std::process::id()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(holder_pid(d.path()), Some(std::process::id()));
+        // Other tests start children of this process: a shell's own child.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(first_child(sh.id()), line.trim().parse().ok());
+        assert_eq!(first_child(line.trim().parse().unwrap()), None);
+        sh.kill().unwrap();
+        sh.wait().unwrap();
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Locks shared with the environment runtime (flock on files in the locks
+//! Locks between the agent's processes (flock on files in the locks
 //! directory) and with the system's account tools (`lckpwdf`'s fcntl lock
 //! on `/etc/.pwd.lock`). Each is released when its guard drops.
 

@@ -1,10 +1,12 @@
-//! llima-box's guest agent: a root service in the VM that the host reaches
-//! through the admin user's SSH connection, on one unix socket. It takes
-//! over the environment runtime's work one responsibility at a time; today
-//! it answers `version`, `list` and `delete`, runs the admin's `vm shell`
-//! commands (`admin-server`), and each environment's holder is this
-//! binary's `env-holder`: it builds the environment's namespaces and
-//! becomes, in them, the commands' spawn server.
+//! llima-box's guest agent: everything environments need in the VM. A root
+//! service that the host reaches through the admin user's SSH connection,
+//! on one unix socket, answers `version`, `list` and `delete` and installs
+//! the guard (`guard`); `admin-server` runs the admin's `vm shell`
+//! commands; each environment's holder is `env-holder`, which builds the
+//! environment's namespaces and becomes, in them, the commands' spawn
+//! server; `env-run` (through sudo) creates an environment or starts its
+//! holder again and runs a command in it when its server cannot be
+//! reached; `pool-keeper` keeps a spare environment ready.
 //!
 //! It is built as a static executable (no glibc NSS: account files are read
 //! directly), so one binary runs on any guest of its architecture.
@@ -12,10 +14,14 @@
 mod accounts;
 mod admin_server;
 mod delete;
+mod ensure;
+mod env_run;
 mod env_server;
+mod guard;
 mod holder;
 mod list;
 mod lock;
+mod pool;
 mod protect_git;
 mod server;
 mod sys;
@@ -33,10 +39,29 @@ fn main() -> ExitCode {
             }
         };
     }
-    if args.first().is_some_and(|a| a == "env-exec") {
-        let why = env_server::env_exec::run(&args[1..]);
-        eprintln!("llima-box-guest-agent env-exec: {why}");
-        return ExitCode::from(125);
+    if args.first().is_some_and(|a| a == "env-run") {
+        return ExitCode::from(env_run::run(&args[1..]));
+    }
+    if let [cmd, ids @ ..] = args.as_slice()
+        && cmd == "pool-keeper"
+    {
+        let ids: Vec<u32> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+        let [admin, host_uid, host_gid] = ids[..] else {
+            return usage();
+        };
+        pool::keeper(admin, host_uid, host_gid);
+    }
+    if let [cmd] = args.as_slice()
+        && cmd == "guard"
+    {
+        let admin = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok());
+        return match guard::ensure(admin.unwrap_or(0), true) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("llima-box-guest-agent guard: {e}");
+                ExitCode::from(125)
+            }
+        };
     }
     if args.first().is_some_and(|a| a == "env-holder") {
         return match holder::run(&args[1..]) {
@@ -84,10 +109,9 @@ fn usage() -> ExitCode {
     eprintln!("       llima-box-guest-agent admin-server --admin-uid UID");
     eprintln!("       llima-box-guest-agent {}", holder::USAGE);
     eprintln!("       llima-box-guest-agent {}", env_server::USAGE);
-    eprintln!(
-        "       llima-box-guest-agent {}",
-        env_server::env_exec::USAGE
-    );
+    eprintln!("       llima-box-guest-agent {}", env_run::USAGE);
+    eprintln!("       llima-box-guest-agent pool-keeper ADMIN_UID HOST_UID HOST_GID");
+    eprintln!("       sudo llima-box-guest-agent guard");
     eprintln!("       llima-box-guest-agent protect-git PROJECT");
     ExitCode::from(2)
 }

@@ -19,6 +19,11 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     let dir = path.parent().expect("the socket path has a directory");
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    // Before any environment starts again, and after an upgrade for those
+    // that run: a failure here is reported again by the next start.
+    if let Err(e) = crate::guard::ensure(admin_uid, false) {
+        eprintln!("llima-box-guest-agent: {e}");
+    }
     let listener = listen(path, admin_uid)?;
     let version = std::fs::read_to_string(AGENT_VERSION_PATH)
         .map(|v| v.trim().to_owned())

@@ -1,5 +1,5 @@
-//! The spawn server for real, outside a VM: started as the runtime's holder
-//! starts it (descriptors 5-8, a socket), asked over its socket to run
+//! The spawn server for real, outside a VM: started on its own (`env-server`,
+//! descriptors 5-8, a socket, what a holder gives it), asked over its socket to run
 //! commands as `nobody` with pipes and with a terminal. It changes user, so
 //! it needs root: as another user the test runs itself again through
 //! `sudo -n`, and fails when that is not possible.

@@ -1,5 +1,6 @@
-//! The environment name rule: a valid Linux user name, at most 32
-//! characters, `[a-z_][a-z0-9_-]*`.
+//! The environment name rule (a valid Linux user name, at most 32
+//! characters, `[a-z_][a-z0-9_-]*`) and the path rule of every path in a
+//! request (absolute and normalised).
 
 pub const MAX_NAME_LEN: usize = 32;
 
@@ -15,9 +16,31 @@ pub fn valid_env_name(name: &str) -> bool {
             .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
 }
 
+/// Whether `path` is absolute and normalised: not `/`, no empty, `.` or
+/// `..` part, no trailing slash, no newline.
+pub fn valid_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path != "/"
+        && !path.ends_with('/')
+        && !path.contains('\n')
+        && path[1..].split('/').all(|p| !matches!(p, "" | "." | ".."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths() {
+        for good in ["/p", "/home/u/a b", "/x/.hidden", "/a/ü"] {
+            assert!(valid_path(good), "{good}");
+        }
+        for bad in [
+            "", "/", "p", "/p/", "/a//b", "/a/./b", "/a/../b", "/..", "/a\nb",
+        ] {
+            assert!(!valid_path(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -25,7 +25,7 @@ pub const ADMIN_UNIT: &str = "llima-box-admin.service";
 /// Where the spare environment's server listens until a first shell
 /// claims it (then it moves to `NAME.sock`).
 pub const SPARE_SOCKET: &str = "/run/llima-box/sock/spare.sock";
-/// The runtime's per-namespace scratch: the raw and remapped shares
+/// The holder's per-namespace scratch: the raw and remapped shares
 /// (`raw/I`, `remap/I` for the I-th root) and the stashed home (`home`),
 /// only ever visible inside an environment's mount namespace.
 pub const STAGE_DIR: &str = "/run/llima-box/stage";

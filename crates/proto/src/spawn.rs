@@ -90,8 +90,9 @@ pub struct Claim {
     /// The host user the spare remapped the shares for.
     pub host_uid: u32,
     pub host_gid: u32,
-    /// The guest software the host installed; a spare of another refuses.
-    pub runtime: String,
+    /// The sha256 of the guest agent the host installed; a spare made by
+    /// another refuses.
+    pub version: String,
 }
 
 /// How the command ended.

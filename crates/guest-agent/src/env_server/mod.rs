@@ -35,7 +35,7 @@ pub const USAGE: &str =
 
 /// What the server was started for; fixed for its life.
 pub struct Config {
-    /// The runtime's version: a claim made for another is refused.
+    /// The agent's version (sha256): a claim made for another is refused.
     version: String,
     admin: u32,
     uid: u32,

@@ -1,0 +1,146 @@
+//! The spare pool: one environment kept ready for the host user, with a
+//! user, home and holder whose every writable share is remapped; its spawn
+//! server turns it into the environment of the first new project that
+//! asks (`env_server::claim`). A first shell then costs about what a warm
+//! one does, instead of the seconds that the user, the unit and the mounts
+//! take under emulation. The keeper (its own unit, started by `ensure`)
+//! refills it after each claim.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use llima_box_proto::paths::{
+    AGENT_PATH, AGENT_VERSION_PATH, LOCKS_DIR, SOCKETS_DIR, SPARE_SOCKET, STATE_DIR,
+};
+
+use crate::ensure::{self, EnsureError, io};
+use crate::{accounts, delete, list, lock};
+
+const SPARES_DIR: &str = "/var/lib/llima-box/spares";
+const KEEPER_UNIT: &str = "llima-box-pool";
+
+/// A spare's unit (a spare's name ends in a number, never in the eight
+/// hex digits of an environment's, so the two never clash).
+fn unit_of(spare: &str) -> String {
+    format!("llima-box-{spare}")
+}
+
+fn published() -> bool {
+    fs::symlink_metadata(SPARE_SOCKET).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Starts the keeper for `admin` and the host user outside any SSH
+/// session, unless a spare is published or the keeper runs already.
+pub fn keep(admin: u32, host_uid: u32, host_gid: u32) {
+    if published() {
+        return;
+    }
+    let _ = Command::new("systemd-run")
+        .args([
+            "--no-block",
+            "--quiet",
+            "--collect",
+            &format!("--unit={KEEPER_UNIT}"),
+            "-p",
+            "Nice=10",
+            "-p",
+            "StandardOutput=null",
+            "-p",
+            "StandardError=journal",
+            "--",
+            AGENT_PATH,
+            "pool-keeper",
+        ])
+        .args([admin, host_uid, host_gid].map(|i| i.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Refills the pool whenever no spare is published (at start and after
+/// each claim, which moves the spare's socket away), and once a minute in
+/// case the spare died; after a failure, a minute later. Never returns.
+pub fn keeper(admin: u32, host_uid: u32, host_gid: u32) -> ! {
+    let mut checked: Option<Instant> = None;
+    loop {
+        let due = checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        let mut pause = Duration::from_secs(1);
+        if !published() || due {
+            checked = Some(Instant::now());
+            if let Err(e) = fill(admin, host_uid, host_gid) {
+                eprintln!("llima-box-guest-agent pool-keeper: {e}");
+                pause = Duration::from_secs(60);
+            }
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+/// Makes sure one good spare is published: alive, of this agent and for
+/// this host user; replaces any other. Does nothing while another fill or
+/// a claim holds the pool.
+pub fn fill(admin: u32, host_uid: u32, host_gid: u32) -> Result<(), EnsureError> {
+    for d in [STATE_DIR, LOCKS_DIR, SPARES_DIR] {
+        fs::create_dir_all(d).map_err(io("cannot make the pool's directory"))?;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+            .map_err(io("cannot make the pool's directory"))?;
+    }
+    let state = fs::File::open(STATE_DIR).map_err(io("cannot open the state directory"))?;
+    let Some(_pool) =
+        lock::try_flock_at(&state, ".pool.lock").map_err(io("cannot lock the pool"))?
+    else {
+        return Ok(());
+    };
+    let version = fs::read_to_string(AGENT_VERSION_PATH).unwrap_or_default();
+    let ids = format!("{host_uid} {host_gid}\n");
+    for entry in fs::read_dir(SPARES_DIR).map_err(io("cannot read the pool"))? {
+        let entry = entry.map_err(io("cannot read the pool"))?;
+        let dir = entry.path();
+        let Some(spare) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let good = published()
+            && list::holder_pid(&dir).is_some()
+            && fs::read_to_string(dir.join("version")).is_ok_and(|v| v == version)
+            && fs::read_to_string(dir.join("host_ids")).is_ok_and(|i| i == ids);
+        if good {
+            return Ok(());
+        }
+        let socket = Path::new(SOCKETS_DIR).join(format!(".{spare}.sock"));
+        delete::teardown(&dir, &unit_of(&spare), &spare, &socket)?;
+    }
+    match fs::remove_file(SPARE_SOCKET) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("cannot unpublish the old spare")(e));
+        }
+        _ => {}
+    }
+    let spare = loop {
+        let name = format!("spare-{}", random() % 32768);
+        if accounts::local_uid(&name).is_none() {
+            break name;
+        }
+    };
+    let dir = Path::new(SPARES_DIR).join(&spare);
+    fs::create_dir(&dir).map_err(io("cannot make the spare's records"))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(io("cannot make the spare's records"))?;
+    fs::write(dir.join("host_ids"), &ids).map_err(io("cannot write the spare's records"))?;
+    fs::write(dir.join("version"), &version).map_err(io("cannot write the spare's records"))?;
+    accounts::add_env_user(&spare, Path::new(ensure::LAST_UID))?;
+    ensure::start_holder(&dir, &unit_of(&spare), &spare, admin)?;
+    // Published only now that its records are complete.
+    let own = Path::new(SOCKETS_DIR).join(format!(".{spare}.sock"));
+    fs::rename(own, SPARE_SOCKET).map_err(io("cannot publish the spare"))
+}
+
+fn random() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into b.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_ne_bytes(b)
+}
