@@ -1199,10 +1199,47 @@ install -m 2755 /dev/null .setid-probe2 2>/dev/null; echo install=$?
 /// Once the guest has the agent, `vm shell` runs through its admin server
 /// rather than an sshd session, with the same result: the admin's login
 /// shell, sudo, and `--workdir` errors from the shell's own `cd`.
+/// `sh -c LOGIN_EDIT edit VALUE`: the admin's login file (the one bash
+/// reads) sets `LLB_LOGIN=VALUE` and umask 0027; with no VALUE it is as
+/// it was before.
+const LOGIN_EDIT: &str = r#"
+for f in ~/.bash_profile ~/.bash_login ~/.profile; do [ -e "$f" ] && break; done
+saved=~/.llb-login-saved
+if [ ! -e "$saved" ]; then
+    if [ -e "$f" ]; then cp -p "$f" "$saved"; else : >"$saved.none"; : >"$saved"; fi
+fi
+if [ -z "$1" ]; then
+    if [ -e "$saved.none" ]; then rm -f "$f" "$saved" "$saved.none"; else mv -f "$saved" "$f"; fi
+    exit
+fi
+{ cat "$saved"; printf '\nexport LLB_LOGIN=%s\numask 0027\n' "$1"; } >"$f.new"
+mv -f "$f.new" "$f"
+"#;
+
 fn check_vm_shell_through_agent(vm: &VmHome) {
     let parent = vm.ok(&["vm", "shell", "--", "sh", "-c", "ps -o comm= -p $PPID"]);
     assert_eq!(parent.trim(), "guest-agent", "{parent}");
     vm.ok(&["vm", "shell", "--", "sudo", "-n", "true"]);
+    // Commands run in the admin's login environment (remembered between
+    // commands), as it is after each change of a file the login reads.
+    let login = || {
+        vm.ok(&[
+            "vm",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo \"[$LLB_LOGIN]\"; umask",
+        ])
+    };
+    let untouched = login();
+    assert!(untouched.starts_with("[]\n"), "{untouched}");
+    vm.ok(&["vm", "shell", "--", "sh", "-c", LOGIN_EDIT, "edit", "one"]);
+    assert_eq!(login(), "[one]\n0027\n");
+    vm.ok(&["vm", "shell", "--", "sh", "-c", LOGIN_EDIT, "edit", "two"]);
+    assert_eq!(login(), "[two]\n0027\n");
+    vm.ok(&["vm", "shell", "--", "sh", "-c", LOGIN_EDIT, "edit", ""]);
+    assert_eq!(login(), untouched);
     let here = vm.ok(&[
         "vm",
         "shell",

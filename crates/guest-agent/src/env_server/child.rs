@@ -91,6 +91,7 @@ pub struct Prepared {
     agent: Option<CString>,
     /// The system call filter (see `seccomp`), if any.
     filter: Option<Vec<libc::sock_filter>>,
+    umask: Option<u32>,
 }
 
 // The raw pointers point into the CStrings owned alongside them.
@@ -119,6 +120,8 @@ pub struct Command<'a> {
     /// Under the environments' system call filter (see `seccomp`); the
     /// process must have `no_new_privs`.
     pub sandboxed: bool,
+    /// The file mode mask; the server's own when not given.
+    pub umask: Option<u32>,
 }
 
 impl Prepared {
@@ -163,6 +166,7 @@ impl Prepared {
             groups: cmd.groups.to_vec(),
             agent: cmd.agent.map(c).transpose()?,
             filter: cmd.sandboxed.then(seccomp::program),
+            umask: cmd.umask,
         })
     }
 
@@ -249,6 +253,9 @@ impl Prepared {
                 );
             }
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            if let Some(mask) = self.umask {
+                libc::umask(mask as libc::mode_t);
+            }
             // After dropping privileges, so the user's own permissions apply.
             if libc::chdir(self.cwd.as_ptr()) != 0 {
                 let e = errno();
@@ -389,6 +396,7 @@ mod tests {
             groups: &[],
             agent: None,
             sandboxed: true,
+            umask: None,
         }
     }
 

@@ -39,6 +39,7 @@ pub fn exec(
         groups: &accounts::groups_of(&group, name, user.gid),
         agent,
         sandboxed: true,
+        umask: None,
     }) {
         Ok(p) => p,
         Err(e) => return e,

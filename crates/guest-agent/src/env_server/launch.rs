@@ -64,6 +64,7 @@ impl Launcher for Server {
             groups: &groups,
             agent: header.agent.as_deref(),
             sandboxed: true,
+            umask: None,
         })?;
         // SAFETY: a valid directory descriptor and name; NULL times: now.
         unsafe {

@@ -1,7 +1,8 @@
 //! The admin user's commands (`vm shell`) without sshd: under emulation an
 //! SSH session costs sshd a fork, PAM and a login per command, while this
-//! server forks once and execs the admin's login shell, as the
-//! environments' spawn servers do (same protocol, same session code). A
+//! server forks once and execs the admin's login shell, or a command in
+//! the login environment it remembers (`login_env`), as the environments'
+//! spawn servers do (same protocol, same session code). A
 //! service of its own (`ADMIN_UNIT`): it reaps every child it has, and its
 //! commands must outlive a restart of the agent's service (`KillMode=
 //! process`; restarting this one, on an upgrade, ends their sessions).
@@ -10,6 +11,8 @@
 //! `no_new_privs`, no system call filter, no namespace), the guest's whole
 //! view, a forwarded agent at `SSH_AUTH_SOCK`, and its user session
 //! (`XDG_RUNTIME_DIR`) when one runs.
+
+mod login_env;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +32,7 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/games";
 struct AdminServer {
     uid: u32,
     reaper: Reaper,
+    logins: login_env::Cache,
 }
 
 /// Serves the admin socket; returns only when it cannot start.
@@ -42,6 +46,7 @@ pub fn run(admin_uid: u32) -> io::Result<()> {
     let admin: &'static AdminServer = Box::leak(Box::new(AdminServer {
         uid: admin_uid,
         reaper: Reaper::default(),
+        logins: login_env::Cache::default(),
     }));
     std::thread::spawn(|| admin.reaper.run());
     server::accept(&listener, admin_uid, |conn| session::serve(admin, conn));
@@ -61,7 +66,7 @@ impl Launcher for AdminServer {
         } else {
             user.shell
         };
-        let mut env: Vec<(String, String)> = [
+        let base: Vec<(String, String)> = [
             ("HOME", user.home.to_string()),
             ("USER", user.name.to_string()),
             ("LOGNAME", user.name.to_string()),
@@ -70,6 +75,33 @@ impl Launcher for AdminServer {
         ]
         .map(|(k, v)| (k.to_string(), v))
         .to_vec();
+        let groups = accounts::groups_of(&group, user.name, user.gid);
+        let (run, cwd) = what(&header.request, user.home, |d| Path::new(d).is_dir());
+        let mut argv = run.argv(shell);
+        // A command runs in a remembered login environment, when there is one.
+        let login = match &run {
+            Run::Command(line) => {
+                let login = Command {
+                    argv: &argv,
+                    env: &base,
+                    cwd: user.home,
+                    uid: user.uid,
+                    gid: user.gid,
+                    groups: &groups,
+                    agent: None,
+                    sandboxed: false,
+                    umask: None,
+                };
+                let env = self.logins.get(&login, user.home, &self.reaper);
+                if env.is_some() {
+                    argv = [shell, "-c", line].map(String::from).to_vec();
+                }
+                env
+            }
+            _ => None,
+        };
+        let umask = login.as_ref().map(|l| l.umask);
+        let mut env = login.map_or(base, |l| l.vars);
         let runtime_dir = format!("/run/user/{}", self.uid);
         if Path::new(&runtime_dir).is_dir() {
             let bus = format!("{runtime_dir}/bus");
@@ -87,16 +119,16 @@ impl Launcher for AdminServer {
             session::forwarded_agent(agent)?;
             env.push(("SSH_AUTH_SOCK".into(), agent.clone()));
         }
-        let (argv, cwd) = command(&header.request, shell, user.home, |d| Path::new(d).is_dir());
         let prepared = Prepared::new(&Command {
             argv: &argv,
             env: &env,
             cwd: &cwd,
             uid: user.uid,
             gid: user.gid,
-            groups: &accounts::groups_of(&group, user.name, user.gid),
+            groups: &groups,
             agent: None,
             sandboxed: false,
+            umask,
         })?;
         Ok(Launch::of(prepared, header))
     }
@@ -106,28 +138,42 @@ impl Launcher for AdminServer {
     }
 }
 
-/// The argv and working directory for `req`, as sshd and `cd DIR; exec
-/// $SHELL -l [-c COMMAND]` would run it: a directory the guest lacks is
-/// the home, or when required, the shell's own error and status 1.
-fn command(
-    req: &AdminRequest,
-    shell: &str,
-    home: &str,
-    is_dir: impl Fn(&str) -> bool,
-) -> (Vec<String>, String) {
-    let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+/// What a request runs: an interactive login shell, a command line in a
+/// login shell, or (a required directory the guest lacks) the shell's own
+/// `cd` error.
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    Interactive,
+    Command(String),
+    MissingDir(String),
+}
+
+impl Run {
+    /// The argv as `cd DIR; exec $SHELL -l [-c COMMAND]` would run it.
+    fn argv(&self, shell: &str) -> Vec<String> {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            Run::Interactive => own(&[shell, "-l"]),
+            Run::Command(line) => own(&[shell, "-l", "-c", line]),
+            Run::MissingDir(dir) => own(&[shell, "-c", r#"cd -- "$1""#, shell, dir]),
+        }
+    }
+}
+
+/// What `req` runs and where, as sshd would: a directory the guest lacks
+/// is the home, or when required, the shell's own error and status 1.
+fn what(req: &AdminRequest, home: &str, is_dir: impl Fn(&str) -> bool) -> (Run, String) {
     match req.cwd.as_deref() {
-        Some(dir) if !is_dir(dir) && req.cwd_required => (
-            own(&[shell, "-c", r#"cd -- "$1""#, shell, dir]),
-            home.to_string(),
-        ),
+        Some(dir) if !is_dir(dir) && req.cwd_required => {
+            (Run::MissingDir(dir.to_string()), home.to_string())
+        }
         cwd => {
             let cwd = cwd.filter(|d| is_dir(d)).unwrap_or(home);
-            let argv = match &req.command {
-                Some(line) => own(&[shell, "-l", "-c", line]),
-                None => own(&[shell, "-l"]),
+            let run = match &req.command {
+                Some(line) => Run::Command(line.clone()),
+                None => Run::Interactive,
             };
-            (argv, cwd.to_string())
+            (run, cwd.to_string())
         }
     }
 }
@@ -147,22 +193,23 @@ mod tests {
     #[test]
     fn runs_a_login_shell_where_asked_as_sshd_would() {
         let exists = |d: &str| d == "/work" || d == "/home/a";
-        let run = |r: &AdminRequest| command(r, "/bin/bash", "/home/a", exists);
+        let run = |r: &AdminRequest| what(r, "/home/a", exists);
+        let (cmd, cwd) = run(&req(Some("/work"), false, Some("ls -l")));
         assert_eq!(
-            run(&req(Some("/work"), false, Some("ls -l"))),
-            (
-                vec!["/bin/bash".into(), "-l".into(), "-c".into(), "ls -l".into()],
-                "/work".into()
-            )
+            (&cmd, cwd.as_str()),
+            (&Run::Command("ls -l".into()), "/work")
         );
+        assert_eq!(cmd.argv("/bin/bash"), ["/bin/bash", "-l", "-c", "ls -l"]);
         // The host's directory is not in the guest: the home.
+        let (shell, cwd) = run(&req(Some("/host/only"), false, None));
         assert_eq!(
-            run(&req(Some("/host/only"), false, None)),
-            (vec!["/bin/bash".into(), "-l".into()], "/home/a".into())
+            (shell.argv("/bin/bash"), cwd.as_str()),
+            (vec!["/bin/bash".to_string(), "-l".into()], "/home/a")
         );
         assert_eq!(run(&req(None, false, None)).1, "/home/a");
         // A directory asked for (--workdir) that is not there: cd's error.
-        let (argv, _) = run(&req(Some("/nope"), true, Some("true")));
+        let (missing, _) = run(&req(Some("/nope"), true, Some("true")));
+        let argv = missing.argv("/bin/bash");
         assert_eq!(argv[..3], ["/bin/bash", "-c", r#"cd -- "$1""#]);
         assert_eq!(argv[4], "/nope");
     }
