@@ -11,50 +11,24 @@ use super::Output;
 use super::args::{DeleteArgs, JsonArg, YesArg};
 use super::output::printable;
 use super::vm_shell::block_on;
-use crate::env::{self, EnvInfo};
-use crate::ssh::Session;
+use crate::env::{self, EnvInfo, Guest};
 use crate::timeouts;
-use crate::vm::access::{self, AccessError};
 
-/// An admin connection to the running VM.
-struct Guest {
-    session: Session,
+/// The running guest, or `None` when the VM is stopped or missing.
+async fn guest(lima_home: &Path, instance: &str) -> Result<Option<Guest>> {
+    Ok(Guest::connect(lima_home, instance, timeouts::SSH_DEADLINE.get()?).await?)
 }
 
-impl Guest {
-    /// `Ok(None)` when the VM does not exist or is not running.
-    async fn connect(lima_home: &Path, instance: &str) -> Result<Option<Guest>> {
-        let opts =
-            match access::connect_options(lima_home, instance, timeouts::SSH_DEADLINE.get()?, None)
-            {
-                Ok((opts, _)) => opts,
-                Err(AccessError::NotRunning { .. } | AccessError::NotFound { .. }) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e.into()),
-            };
-        let session = Session::connect(opts)
-            .await
-            .context("cannot connect to the VM")?;
-        Ok(Some(Guest { session }))
-    }
+/// Every environment, from the guest agent.
+async fn list_in(guest: &Guest) -> Result<Vec<EnvInfo>> {
+    guest.list().await.context("cannot list the environments")
+}
 
-    /// From the guest agent, installed or upgraded first when needed.
-    async fn list(&self) -> Result<Vec<EnvInfo>> {
-        let agent = env::guest_agent::GuestAgentBinary::load()?;
-        env::guest_agent::ensure(&self.session, &agent).await?;
-        env::guest_agent::list(&self.session)
-            .await
-            .context("cannot list the environments")
-    }
-
-    /// Through the guest agent, which `list` (always called first) has
-    /// made current.
-    async fn delete(&self, name: &str) -> Result<()> {
-        env::guest_agent::delete(&self.session, name)
-            .await
-            .with_context(|| format!("cannot delete environment {name}"))
-    }
+async fn delete_in(guest: &Guest, name: &str) -> Result<()> {
+    guest
+        .delete(name)
+        .await
+        .with_context(|| format!("cannot delete environment {name}"))
 }
 
 const STOPPED: &str = "the VM is stopped; start it with `llima-box vm start` to list environments";
@@ -69,11 +43,11 @@ pub(super) fn list(
         // Environments live only in the guest; nothing is recorded on the
         // host, so a stopped VM has nothing to show (and is never booted
         // just to list).
-        let Some(guest) = Guest::connect(lima_home, instance).await? else {
+        let Some(guest) = guest(lima_home, instance).await? else {
             out.info(STOPPED);
             return Ok(ExitCode::SUCCESS);
         };
-        let envs = guest.list().await?;
+        let envs = list_in(&guest).await?;
         let mut stdout = std::io::stdout().lock();
         if args.json {
             for e in &envs {
@@ -184,10 +158,10 @@ pub(super) fn delete(
 ) -> Result<ExitCode> {
     let name = target_name(args.target.as_deref())?;
     block_on(async {
-        let Some(guest) = Guest::connect(lima_home, instance).await? else {
+        let Some(guest) = guest(lima_home, instance).await? else {
             bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
         };
-        let envs = guest.list().await?;
+        let envs = list_in(&guest).await?;
         let Some(e) = envs.iter().find(|e| e.name == name) else {
             out.info(&format!("no environment {name}; nothing to delete"));
             return Ok(ExitCode::SUCCESS);
@@ -200,7 +174,7 @@ pub(super) fn delete(
             out.info("nothing deleted");
             return Ok(ExitCode::FAILURE);
         }
-        guest.delete(&name).await?;
+        delete_in(&guest, &name).await?;
         out.info(&format!("deleted environment {name}"));
         Ok(ExitCode::SUCCESS)
     })?
@@ -213,10 +187,10 @@ pub(super) fn delete_all(
     out: &Output,
 ) -> Result<ExitCode> {
     block_on(async {
-        let Some(guest) = Guest::connect(lima_home, instance).await? else {
+        let Some(guest) = guest(lima_home, instance).await? else {
             bail!("the VM is stopped; start it with `llima-box vm start` to delete environments");
         };
-        let envs = guest.list().await?;
+        let envs = list_in(&guest).await?;
         if envs.is_empty() {
             out.info("no environments; nothing to delete");
             return Ok(ExitCode::SUCCESS);
@@ -232,7 +206,7 @@ pub(super) fn delete_all(
         // One failure does not keep the others.
         let mut failed = 0;
         for e in &envs {
-            match guest.delete(&e.name).await {
+            match delete_in(&guest, &e.name).await {
                 Ok(()) => out.info(&format!("deleted environment {}", e.name)),
                 Err(err) => {
                     failed += 1;

@@ -11,31 +11,10 @@ use super::Output;
 use super::args::ShellArgs;
 use super::output::printable;
 use super::vm_shell::{agent_socket, block_on, exit_code, run_attached};
-use crate::env::{self, ExecRequest, exec};
-use crate::ssh::{self, Session};
+use crate::env;
+use crate::ssh;
 use crate::timeouts;
 use crate::vm::access::{self, AccessError};
-use crate::vm::config;
-use crate::vm::layout;
-
-/// Whether the guest of the instance in `dir` is known to have the guest
-/// agent whose sha256 is `version`.
-fn guest_is_current(dir: &Path, version: &str) -> bool {
-    std::fs::read_to_string(dir.join(layout::AGENT_STAMP)).is_ok_and(|s| s.trim() == version)
-}
-
-/// Installs or upgrades the guest agent over `session` (a no-op in the
-/// guest when current) and records that on the host.
-async fn install_guest(
-    session: &Session,
-    dir: &Path,
-    agent: &env::guest_agent::GuestAgentBinary,
-) -> Result<()> {
-    env::guest_agent::ensure(session, agent).await?;
-    std::fs::write(dir.join(layout::AGENT_STAMP), &agent.sha256)
-        .with_context(|| format!("cannot write {}", dir.join(layout::AGENT_STAMP).display()))?;
-    Ok(())
-}
 
 pub(super) fn run(
     lima_home: &Path,
@@ -53,10 +32,10 @@ pub(super) fn run(
     let git_before = env::GitSnapshot::take(&project);
     let dir = lima_home.join(instance);
     // Refused before anything boots.
-    let guest_project = guest_path(&dir, lima_home, &project)?;
-    // What the guest needs, found (or refused) before anything boots.
-    let guest_agent = env::guest_agent::GuestAgentBinary::load()?;
+    let guest_project = env::guest_path(&dir, lima_home, &project)?;
     let agent = agent_socket(args.no_agent);
+    // What the guest needs, found (or refused) before anything boots.
+    let prepared = env::Prepared::new(&project, &guest_project, &args.command, agent.is_some())?;
     let opts = match access::connect_options(
         lima_home,
         instance,
@@ -70,37 +49,23 @@ pub(super) fn run(
         }
         Err(e) => return Err(e.into()),
     };
-    let name = env::env_name(project.to_str().unwrap_or_default());
-    let req = ExecRequest {
-        name,
-        cwd: guest_project.clone(),
-        // Always: it creates the environment on first use and restarts its
-        // holder after a VM reboot, in the same round trip as the command.
-        ensure: Some((
-            guest_project,
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        )),
-        agent: opts.agent_forwarding.is_some(),
-        argv: args.command.clone(),
-    };
-    let script = ssh::quote_argv(&exec::exec_argv(&req))?;
-    let spawn = exec::spawn_target(&req, &guest_agent.sha256);
     out.debug(&format!(
-        "ssh {}@{}: spawn server {}, else: {script}",
-        opts.user, opts.addr, spawn.socket
+        "ssh {}@{}: spawn server {}, else: {}",
+        opts.user, opts.addr, prepared.spawn.socket, prepared.script
     ));
     let pty = ssh::stdin_is_tty();
     let result = block_on(async {
-        if !guest_is_current(&dir, &guest_agent.sha256) {
-            let session = Session::connect(opts.clone())
-                .await
-                .context("cannot connect to the VM")?;
-            install_guest(&session, &dir, &guest_agent).await?;
+        if !prepared.guest_is_current(&dir) {
+            let session = prepared.install(&dir, opts).await?;
             // Use this connection rather than open another.
-            return anyhow::Ok(session.run_interactive_or_piped(&script, pty).await);
+            return anyhow::Ok(
+                session
+                    .run_interactive_or_piped(&prepared.script, pty)
+                    .await,
+            );
         }
-        Ok(run_attached(&dir, opts, &script, Some(spawn), pty, out).await)
+        let spawn = Some(prepared.spawn.clone());
+        Ok(run_attached(&dir, opts, &prepared.script, spawn, pty, out).await)
     });
     warn_git_changes(&project, &git_before, out);
     let result = result??;
@@ -230,75 +195,6 @@ fn check_selection(logical: &Path, project: &Path, lima_home: &Path) -> Result<(
     Ok(())
 }
 
-/// Where `project` (canonical) is in the guest: it must be inside a
-/// writable mount of the instance's filled config.
-fn guest_path(dir: &Path, lima_home: &Path, project: &Path) -> Result<String> {
-    let yaml = dir.join(layout::LIMA_YAML);
-    let config = if yaml.exists() {
-        config::load_instance(dir, lima_home)
-    } else {
-        // Not created yet: the config `vm start` will create it with.
-        let cx = config::FillContext {
-            host: &config::HostFacts::current(),
-            instance_dir: dir,
-            file: &yaml,
-            existing_version: config::existing_version(dir),
-        };
-        config::parse(config::default_instance_yaml(), &yaml)
-            .and_then(|y| config::load(y, lima_home, &cx))
-    }
-    .with_context(|| format!("cannot read the configuration of {}", dir.display()))?;
-    let mounts: Vec<(PathBuf, String, bool)> = config
-        .mounts
-        .iter()
-        .map(|m| {
-            let location = PathBuf::from(&m.location);
-            let location = std::fs::canonicalize(&location).unwrap_or(location);
-            let point = m.mount_point.clone().unwrap_or_else(|| m.location.clone());
-            (location, point, m.writable.unwrap_or(false))
-        })
-        .collect();
-    mount_for(&mounts, project, &dir.join(layout::LIMA_YAML))
-}
-
-/// The guest path of `project` under the deepest mount containing it.
-fn mount_for(
-    mounts: &[(PathBuf, String, bool)],
-    project: &Path,
-    lima_yaml: &Path,
-) -> Result<String> {
-    let found = mounts
-        .iter()
-        .filter_map(|(loc, point, writable)| {
-            let rest = project.strip_prefix(loc).ok()?;
-            Some((loc.components().count(), rest, point, *writable))
-        })
-        .max_by_key(|(depth, ..)| *depth);
-    match found {
-        Some((_, rest, point, true)) => {
-            let guest = Path::new(point).join(rest);
-            Ok(guest
-                .to_str()
-                .context("the guest path is not UTF-8")?
-                .trim_end_matches('/')
-                .to_string())
-        }
-        Some((_, _, point, false)) => bail!(
-            "{} is shared with the VM read-only (mount {point}); environments need a writable mount: \
-             set `writable: true` on it in {}, then restart the VM",
-            project.display(),
-            lima_yaml.display()
-        ),
-        None => bail!(
-            "{} is not shared with the VM; add a writable mount for it to {} \
-             (mounts: - location: \"{}\" with writable: true), then restart the VM",
-            project.display(),
-            lima_yaml.display(),
-            project.display()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,34 +254,5 @@ mod tests {
             "{}",
             warnings[4]
         );
-    }
-
-    #[test]
-    fn projects_map_through_the_deepest_writable_mount() {
-        let yaml = Path::new("/l/lima.yaml");
-        let mounts = vec![
-            (PathBuf::from("/home/u"), "/home/u".to_string(), true),
-            (PathBuf::from("/home/u/ro"), "/mnt/ro".to_string(), false),
-            (PathBuf::from("/data"), "/mnt/data".to_string(), true),
-        ];
-        assert_eq!(
-            mount_for(&mounts, Path::new("/home/u/p q"), yaml).unwrap(),
-            "/home/u/p q"
-        );
-        assert_eq!(
-            mount_for(&mounts, Path::new("/data/x"), yaml).unwrap(),
-            "/mnt/data/x"
-        );
-        assert_eq!(
-            mount_for(&mounts, Path::new("/data"), yaml).unwrap(),
-            "/mnt/data"
-        );
-        let e = mount_for(&mounts, Path::new("/home/u/ro/x"), yaml).unwrap_err();
-        assert!(e.to_string().contains("read-only"), "{e}");
-        let e = mount_for(&mounts, Path::new("/srv/p"), yaml).unwrap_err();
-        assert!(e.to_string().contains("not shared with the VM"), "{e}");
-        assert!(e.to_string().contains("location: \"/srv/p\""), "{e}");
-        // A prefix that is not a path component does not count.
-        assert!(mount_for(&mounts, Path::new("/home/u2"), yaml).is_err());
     }
 }

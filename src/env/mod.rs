@@ -1,17 +1,20 @@
 //! Environments: which one a project directory gets ([`naming`]), the
-//! guest agent that builds and runs them ([`guest_agent`]), and how a
-//! command reaches one ([`exec`]).
+//! guest agent that builds and runs them ([`guest_agent`]), how a command
+//! reaches one ([`exec`]), and the workflow the commands share
+//! ([`service`]).
 
 pub(crate) mod exec;
 mod git_watch;
 pub(crate) mod guest_agent;
 pub(crate) mod naming;
 pub(crate) mod selection;
+mod service;
 
-pub(crate) use exec::ExecRequest;
+use exec::ExecRequest;
 pub(crate) use git_watch::{Change as GitChange, Snapshot as GitSnapshot};
 pub(crate) use llima_box_proto::message::EnvInfo;
 pub(crate) use naming::{canonical_project, env_name, validate_name};
+pub(crate) use service::{Guest, Prepared, guest_path};
 
 /// Everything that can go wrong deciding on or talking about an environment.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,41 @@ pub(crate) enum Error {
         "invalid environment name {0:?}: names are [a-z_][a-z0-9_-]*, at most 32 characters (see `llima-box list`)"
     )]
     InvalidName(String),
+    #[error(
+        "{project} is shared with the VM read-only (mount {point}); environments need a writable mount: set `writable: true` on it in {lima_yaml}, then restart the VM",
+        project = project.display(),
+        lima_yaml = lima_yaml.display()
+    )]
+    ReadOnlyShare {
+        project: std::path::PathBuf,
+        point: String,
+        lima_yaml: std::path::PathBuf,
+    },
+    #[error(
+        "{project} is not shared with the VM; add a writable mount for it to {lima_yaml} (mounts: - location: \"{project}\" with writable: true), then restart the VM",
+        project = project.display(),
+        lima_yaml = lima_yaml.display()
+    )]
+    NotShared {
+        project: std::path::PathBuf,
+        lima_yaml: std::path::PathBuf,
+    },
+    #[error("cannot read the configuration of {}: {source}", dir.display())]
+    Config {
+        dir: std::path::PathBuf,
+        source: Box<crate::vm::config::ConfigError>,
+    },
+    #[error("cannot pass the command on: {0}")]
+    Command(String),
+    #[error(transparent)]
+    Access(Box<crate::vm::access::AccessError>),
+    #[error("cannot connect to the VM: {0}")]
+    Connect(Box<crate::ssh::Error>),
+    #[error("cannot record the guest agent's version in {}: {source}", path.display())]
+    Stamp {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "this llima-box was built where no Linux guest agent can be built; set {} to a static build of crates/guest-agent for the VM's architecture",
         guest_agent::OVERRIDE_VAR
