@@ -93,8 +93,11 @@ fn environments_end_to_end() {
     checks.run_after("server_is_the_agent", FIRST, || {
         check_server_is_the_agent(&vm, &a)
     });
-    // Before anything else makes B: B must be the one to claim the spare.
-    checks.run_after("spare_claimed", FIRST, || check_spare_claimed(&vm, &b));
+    // Before anything else makes B: B and the project right after it must
+    // be the ones to claim the spares.
+    checks.run_after("spare_claimed", FIRST, || {
+        check_spare_claimed(&vm, &b, &projects.mkdir("right-after"))
+    });
 
     // Both ways: A was made from scratch, B from the spare.
     checks.run_after("isolation_of_a", FIRST, || {
@@ -441,17 +444,37 @@ fn check_terminal(vm: &VmHome, a: &Path, name_a: &str) {
     assert!(wait_timeout(&mut child, t).success(), "{}", pty.output());
 }
 
-/// The first environment left a spare behind; the next new project (B)
-/// claims it (same user id, renamed) and a new spare takes its place.
-fn check_spare_claimed(vm: &VmHome, b: &Path) {
-    let spare = wait_for_spare(vm, None);
-    let spare_uid = vm.ok(&["vm", "shell", "--", "id", "-u", &spare]);
-    let ids = vm.shell_ok(b, &["sh", "-c", "id -u; id -un"]);
-    let (uid_b, name_b) = ids.trim().split_once('\n').unwrap();
-    assert_eq!(uid_b, spare_uid.trim(), "beta did not claim spare {spare}");
-    assert!(name_b.starts_with("beta-"), "{name_b}");
-    let next = wait_for_spare(vm, Some(&spare));
-    assert_ne!(next, spare);
+/// The first environment left the pool full (two spares); the next two
+/// new projects (B and one right after it, with no time to make another)
+/// each claim one (same user id, renamed), and new spares take their
+/// places. A project built the long way would get a new uid instead.
+fn check_spare_claimed(vm: &VmHome, b: &Path, right_after: &Path) {
+    let spares = wait_for_pool(vm, &[]);
+    let uid_of = |user: &str| {
+        vm.ok(&["vm", "shell", "--", "id", "-u", user])
+            .trim()
+            .to_string()
+    };
+    let spare_uids: Vec<String> = spares.iter().map(|s| uid_of(s)).collect();
+    let mut claimed = vec![];
+    for (p, prefix) in [(b, "beta-"), (right_after, "right-after-")] {
+        let ids = vm.shell_ok(p, &["sh", "-c", "id -u; id -un"]);
+        let (uid, name) = ids.trim().split_once('\n').unwrap();
+        assert!(
+            spare_uids.iter().any(|s| s == uid),
+            "{name} (uid {uid}) claimed none of the spares {spares:?} (uids {spare_uids:?})"
+        );
+        assert!(name.starts_with(prefix), "{name}");
+        claimed.push(uid.to_string());
+    }
+    assert_ne!(claimed[0], claimed[1], "both projects got one spare");
+    // Not counted among the environments of the later checks.
+    vm.ok(&["delete", "-y", right_after.to_str().unwrap()]);
+    let next = wait_for_pool(vm, &spares);
+    assert!(
+        next.iter().all(|n| !spares.contains(n)),
+        "{next:?} {spares:?}"
+    );
 }
 
 /// Arguments reach the command unchanged and nothing is evaluated.
@@ -1463,9 +1486,10 @@ fn check_shared_processes(vm: &VmHome, a: &Path) {
     assert!(st.success(), "the first shell did not see /tmp/llb-release");
 }
 
-/// The user of the spare environment that the guest agent keeps published
-/// (other than `not`), once there is one: making it takes a while.
-fn wait_for_spare(vm: &VmHome, not: Option<&str>) -> String {
+/// The users of the two spare environments the guest agent keeps
+/// published (none of them in `not`), once there are: making them takes a
+/// while.
+fn wait_for_pool(vm: &VmHome, not: &[String]) -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     let mut last = String::new();
     while std::time::Instant::now() < deadline {
@@ -1475,16 +1499,16 @@ fn wait_for_spare(vm: &VmHome, not: Option<&str>) -> String {
             "--",
             "sh",
             "-c",
-            "test -S /run/llima-box/sock/spare.sock && sudo -n ls /var/lib/llima-box/spares",
+            "cd /run/llima-box/sock && test -S spare.sock && test -S .standby.sock && sudo -n ls /var/lib/llima-box/spares",
         ]);
         last = text(&out).0;
-        let names: Vec<&str> = last.split_whitespace().collect();
-        if out.status.success() && names.len() == 1 && Some(names[0]) != not {
-            return names[0].to_string();
+        let names: Vec<String> = last.split_whitespace().map(String::from).collect();
+        if out.status.success() && names.len() == 2 && names.iter().all(|n| !not.contains(n)) {
+            return names;
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    panic!("no spare environment was published (last: {last:?})");
+    panic!("the spare pool was not filled (last: {last:?})");
 }
 
 /// A deleted environment's uid passes to nobody: not to the next new
@@ -1502,9 +1526,10 @@ fn check_uid_not_reused(vm: &VmHome, projects: &TestDir, uid_a: &str) {
                 .unwrap(),
         );
     }
-    let spare = wait_for_spare(vm, None);
-    let spare_uid = vm.ok(&["vm", "shell", "--", "id", "-u", &spare]);
-    uids.push(spare_uid.trim().parse().unwrap());
+    for spare in wait_for_pool(vm, &[]) {
+        let spare_uid = vm.ok(&["vm", "shell", "--", "id", "-u", &spare]);
+        uids.push(spare_uid.trim().parse().unwrap());
+    }
     for uid in &uids {
         assert_ne!(
             uid.to_string(),

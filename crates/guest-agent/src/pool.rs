@@ -1,7 +1,7 @@
-//! The spare pool: one environment kept ready for the host user, with a
-//! user, home and holder whose every writable share is remapped; its spawn
-//! server turns it into the environment of the first new project that
-//! asks (`env_server::claim`). A first shell then costs about what a warm
+//! The spare pool: two environments kept ready for the host user, each a
+//! user, home and holder whose every writable share is remapped; a spare's
+//! spawn server turns it into the environment of the first new project
+//! that asks (`env_server::claim`), and puts the second in its place. A first shell then costs about what a warm
 //! one does, instead of the seconds that the user, the unit and the mounts
 //! take under emulation. The keeper (its own unit, started by `ensure`)
 //! refills it after each claim.
@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llima_box_proto::paths::{
-    AGENT_PATH, AGENT_VERSION_PATH, LOCKS_DIR, SOCKETS_DIR, SPARE_SOCKET, STATE_DIR,
+    AGENT_PATH, AGENT_VERSION_PATH, LOCKS_DIR, SOCKETS_DIR, SPARE_SOCKET, STANDBY_SOCKET, STATE_DIR,
 };
 
 use crate::ensure::{self, EnsureError, io};
@@ -28,14 +28,19 @@ fn unit_of(spare: &str) -> String {
     format!("llima-box-{spare}")
 }
 
-fn published() -> bool {
-    fs::symlink_metadata(SPARE_SOCKET).is_ok_and(|m| m.file_type().is_socket())
+fn published(path: &str) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Both spares published.
+fn full() -> bool {
+    published(SPARE_SOCKET) && published(STANDBY_SOCKET)
 }
 
 /// Starts the keeper for `admin` and the host user outside any SSH
-/// session, unless a spare is published or the keeper runs already.
+/// session, unless the pool is full or the keeper runs already.
 pub fn keep(admin: u32, host_uid: u32, host_gid: u32) {
-    if published() {
+    if full() {
         return;
     }
     let _ = Command::new("systemd-run")
@@ -61,15 +66,15 @@ pub fn keep(admin: u32, host_uid: u32, host_gid: u32) {
         .status();
 }
 
-/// Refills the pool whenever no spare is published (at start and after
-/// each claim, which moves the spare's socket away), and once a minute in
-/// case the spare died; after a failure, a minute later. Never returns.
+/// Refills the pool whenever it is not full (at start and after each
+/// claim, which takes a spare away), and once a minute in case a spare
+/// died; after a failure, a minute later. Never returns.
 pub fn keeper(admin: u32, host_uid: u32, host_gid: u32) -> ! {
     let mut checked: Option<Instant> = None;
     loop {
         let due = checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
         let mut pause = Duration::from_secs(1);
-        if !published() || due {
+        if !full() || due {
             checked = Some(Instant::now());
             if let Err(e) = fill(admin, host_uid, host_gid) {
                 eprintln!("llima-box-guest-agent pool-keeper: {e}");
@@ -80,48 +85,92 @@ pub fn keeper(admin: u32, host_uid: u32, host_gid: u32) -> ! {
     }
 }
 
-/// Makes sure one good spare is published: alive, of this agent and for
-/// this host user; replaces any other. Does nothing while another fill or
-/// a claim holds the pool.
+/// Makes sure two good spares (alive, of this agent and for this host
+/// user) are published, at [`SPARE_SOCKET`] and [`STANDBY_SOCKET`]. The
+/// pool's lock keeps claims away while it looks and publishes, not while
+/// it makes a spare (seconds, while the published one stays claimable).
 pub fn fill(admin: u32, host_uid: u32, host_gid: u32) -> Result<(), EnsureError> {
     for d in [STATE_DIR, LOCKS_DIR, SPARES_DIR] {
         fs::create_dir_all(d).map_err(io("cannot make the pool's directory"))?;
         fs::set_permissions(d, fs::Permissions::from_mode(0o700))
             .map_err(io("cannot make the pool's directory"))?;
     }
-    let state = fs::File::open(STATE_DIR).map_err(io("cannot open the state directory"))?;
-    let Some(_pool) =
-        lock::try_flock_at(&state, ".pool.lock").map_err(io("cannot lock the pool"))?
-    else {
-        return Ok(());
-    };
     let version = fs::read_to_string(AGENT_VERSION_PATH).unwrap_or_default();
     let ids = format!("{host_uid} {host_gid}\n");
+    loop {
+        {
+            let state = fs::File::open(STATE_DIR).map_err(io("cannot open the state directory"))?;
+            let Some(_pool) =
+                lock::try_flock_at(&state, ".pool.lock").map_err(io("cannot lock the pool"))?
+            else {
+                return Ok(());
+            };
+            check(&version, &ids)?;
+            if !published(SPARE_SOCKET) && published(STANDBY_SOCKET) {
+                fs::rename(STANDBY_SOCKET, SPARE_SOCKET)
+                    .map_err(io("cannot publish the standby"))?;
+            }
+            if full() {
+                return Ok(());
+            }
+        }
+        let (spare, own) = make(admin, &version, &ids)?;
+        let _pool = lock::flock(".pool.lock").map_err(io("cannot lock the pool"))?;
+        let at = match published(SPARE_SOCKET) {
+            true => STANDBY_SOCKET,
+            false => SPARE_SOCKET,
+        };
+        // Published only now that its records are complete.
+        fs::rename(&own, at).map_err(io("cannot publish the spare"))?;
+        eprintln!("llima-box-guest-agent pool-keeper: {spare} published");
+    }
+}
+
+/// Leaves the pool as it is when each of its spares is alive, of this
+/// `version` and host user (`ids`), and published (its own socket renamed
+/// away), one per published path; else empties it, to be made afresh.
+fn check(version: &str, ids: &str) -> Result<(), EnsureError> {
+    let mut spares = Vec::new();
     for entry in fs::read_dir(SPARES_DIR).map_err(io("cannot read the pool"))? {
         let entry = entry.map_err(io("cannot read the pool"))?;
-        let dir = entry.path();
-        let Some(spare) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let good = published()
-            && list::holder_pid(&dir).is_some()
+        if let Some(name) = entry.file_name().to_str() {
+            spares.push((name.to_owned(), entry.path()));
+        }
+    }
+    let good = |(spare, dir): &(String, std::path::PathBuf)| {
+        list::holder_pid(dir).is_some()
             && fs::read_to_string(dir.join("version")).is_ok_and(|v| v == version)
-            && fs::read_to_string(dir.join("host_ids")).is_ok_and(|i| i == ids);
-        if good {
-            return Ok(());
-        }
-        let socket = Path::new(SOCKETS_DIR).join(format!(".{spare}.sock"));
-        delete::teardown(&dir, &unit_of(&spare), &spare, &socket)?;
+            && fs::read_to_string(dir.join("host_ids")).is_ok_and(|i| i == ids)
+            && !own_socket(spare).exists()
+    };
+    let paths = [SPARE_SOCKET, STANDBY_SOCKET];
+    if spares.iter().all(good) && spares.len() == paths.iter().filter(|p| published(p)).count() {
+        return Ok(());
     }
-    match fs::remove_file(SPARE_SOCKET) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("cannot unpublish the old spare")(e));
+    for p in paths {
+        match fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("cannot unpublish the old spares")(e));
+            }
+            _ => {}
         }
-        _ => {}
     }
+    for (spare, dir) in &spares {
+        delete::teardown(dir, &unit_of(spare), spare, &own_socket(spare))?;
+    }
+    Ok(())
+}
+
+/// A spare listens here until it is published.
+fn own_socket(spare: &str) -> std::path::PathBuf {
+    Path::new(SOCKETS_DIR).join(format!(".{spare}.sock"))
+}
+
+/// A new spare, running: its name and its own socket.
+fn make(admin: u32, version: &str, ids: &str) -> Result<(String, std::path::PathBuf), EnsureError> {
     let spare = loop {
         let name = format!("spare-{}", random() % 32768);
-        if accounts::local_uid(&name).is_none() {
+        if accounts::local_uid(&name).is_none() && !Path::new(SPARES_DIR).join(&name).exists() {
             break name;
         }
     };
@@ -129,13 +178,11 @@ pub fn fill(admin: u32, host_uid: u32, host_gid: u32) -> Result<(), EnsureError>
     fs::create_dir(&dir).map_err(io("cannot make the spare's records"))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(io("cannot make the spare's records"))?;
-    fs::write(dir.join("host_ids"), &ids).map_err(io("cannot write the spare's records"))?;
-    fs::write(dir.join("version"), &version).map_err(io("cannot write the spare's records"))?;
+    fs::write(dir.join("host_ids"), ids).map_err(io("cannot write the spare's records"))?;
+    fs::write(dir.join("version"), version).map_err(io("cannot write the spare's records"))?;
     accounts::add_env_user(&spare, Path::new(ensure::LAST_UID))?;
     ensure::start_holder(&dir, &unit_of(&spare), &spare, admin)?;
-    // Published only now that its records are complete.
-    let own = Path::new(SOCKETS_DIR).join(format!(".{spare}.sock"));
-    fs::rename(own, SPARE_SOCKET).map_err(io("cannot publish the spare"))
+    Ok((spare.clone(), own_socket(&spare)))
 }
 
 fn random() -> u32 {

@@ -25,6 +25,10 @@ pub const ADMIN_UNIT: &str = "llima-box-admin.service";
 /// Where the spare environment's server listens until a first shell
 /// claims it (then it moves to `NAME.sock`).
 pub const SPARE_SOCKET: &str = "/run/llima-box/sock/spare.sock";
+/// A second spare, ready behind the first: a claim moves it to
+/// [`SPARE_SOCKET`] at once, so that a second new project right after the
+/// first finds one too.
+pub const STANDBY_SOCKET: &str = "/run/llima-box/sock/.standby.sock";
 /// The holder's per-namespace scratch: the raw and remapped shares
 /// (`raw/I`, `remap/I` for the I-th root) and the stashed home (`home`),
 /// only ever visible inside an environment's mount namespace.

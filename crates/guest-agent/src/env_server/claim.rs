@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use llima_box_proto::names::{valid_env_name, valid_path};
-use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, SPARE_SOCKET, STAGE_DIR};
+use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, SPARE_SOCKET, STAGE_DIR, STANDBY_SOCKET};
 use llima_box_proto::spawn::Claim;
 
 use super::{Identity, Server, within};
@@ -77,10 +77,16 @@ fn write_at(dir: &OwnedFd, name: &str, text: &str) -> io::Result<()> {
     io::Write::write_all(&mut f, text.as_bytes())
 }
 
-/// Takes the spare's socket off the pool, so nobody claims it again and the
-/// pool's keeper makes another.
-pub fn unpublish() {
-    let _ = fs::remove_file(SPARE_SOCKET);
+/// Where a claimed spare's socket waits, off the pool, until the
+/// environment `name` is complete.
+fn claimed(name: &str) -> String {
+    format!("{SOCKETS_DIR}/.claimed-{name}.sock")
+}
+
+/// Removes the socket of a claim that failed, so nobody reaches the half
+/// made environment and the pool's keeper replaces the spare.
+fn unpublish(name: &str) {
+    let _ = fs::remove_file(claimed(name));
 }
 
 /// Turns this server's spare into `c`'s environment, or says why not.
@@ -142,9 +148,13 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
         return Err("the user exists".into());
     }
     locks.push(lock::account_files().map_err(|e| format!("the account files are locked: {e}"))?);
+    // Off the pool, and the standby in its place at once.
+    fs::rename(SPARE_SOCKET, claimed(&c.name))
+        .map_err(|e| format!("cannot take the spare off the pool: {e}"))?;
+    let _ = fs::rename(STANDBY_SOCKET, SPARE_SOCKET);
     let old = id.name.clone();
     if let Err(e) = claim_as(&mut id, c, &fd_path) {
-        unpublish();
+        unpublish(&c.name);
         return Err(format!("cannot take the spare on: {e}"));
     }
     Ok(Some(Completion {
@@ -186,7 +196,7 @@ impl Completion {
         };
         if let Err(e) = self.finish(server, &name, &project) {
             eprintln!("llima-box env-server: claiming this spare as {name} failed: {e}");
-            unpublish();
+            unpublish(&name);
         }
     }
 
@@ -216,7 +226,7 @@ impl Completion {
             &format!("envs/{name}"),
         )?;
         let socket = format!("{SOCKETS_DIR}/{name}.sock");
-        fs::rename(SPARE_SOCKET, &socket)
+        fs::rename(claimed(name), &socket)
     }
 }
 

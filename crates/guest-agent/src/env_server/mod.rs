@@ -26,7 +26,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use llima_box_proto::paths::HOMES_DIR;
+use llima_box_proto::paths::{HOMES_DIR, SPARE_SOCKET};
 
 use crate::accounts;
 
@@ -82,7 +82,9 @@ impl Server {
     /// Marks a spare of no more use: it exits once its refusal is sent.
     fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
-        claim::unpublish();
+        // Reached there, so the path is this server's; the pool's keeper
+        // replaces it.
+        let _ = std::fs::remove_file(SPARE_SOCKET);
     }
 }
 
