@@ -127,10 +127,21 @@ pub fn renamed(text: &str, old: &str, new: &str) -> String {
 }
 
 /// Renames the account `old` to `new` in each of `files` (see [`renamed`]);
-/// the caller holds the account files' lock.
-pub fn rename_account(old: &str, new: &str, files: &[&str]) -> std::io::Result<()> {
+/// the caller holds the account files' lock. Without `durable` the new
+/// texts are not flushed to disk (a rename over the old file still never
+/// leaves half of one): the caller calls [`flush`] once it can wait.
+pub fn rename_account(old: &str, new: &str, files: &[&str], durable: bool) -> std::io::Result<()> {
     for file in files {
-        rewrite(Path::new(file), |t| renamed(t, old, new))?;
+        rewrite(Path::new(file), |t| renamed(t, old, new), durable)?;
+    }
+    Ok(())
+}
+
+/// Flushes `files` and the directory of each to disk.
+pub fn flush(files: &[&str]) -> std::io::Result<()> {
+    for file in files {
+        fs::File::open(file)?.sync_all()?;
+        fs::File::open(Path::new(file).parent().unwrap_or(Path::new("/")))?.sync_all()?;
     }
     Ok(())
 }
@@ -153,9 +164,10 @@ pub fn groups_of(group: &str, name: &str, gid: u32) -> Vec<u32> {
 }
 
 /// Replaces the file at `path` with `edit` of its text, atomically (a
-/// temporary file beside it, then rename) and keeping its mode and owner.
-/// A missing file is left missing; an unchanged one is not rewritten.
-fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String) -> std::io::Result<()> {
+/// temporary file beside it, then rename) and keeping its mode and owner;
+/// flushed to disk first when `durable`. A missing file is left missing;
+/// an unchanged one is not rewritten.
+fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String, durable: bool) -> std::io::Result<()> {
     let old = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -176,7 +188,9 @@ fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String) -> std::io::Result<()
     f.write_all(new.as_bytes())?;
     std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
     f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, path)
 }
 
@@ -272,7 +286,7 @@ pub fn add_env_user(name: &str, last_uid: &Path) -> Result<u32, AddError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86400);
     for (file, line) in new_entries(name, id, days) {
-        rewrite(Path::new(file), |t| with_line(t, &line))
+        rewrite(Path::new(file), |t| with_line(t, &line), true)
             .map_err(add_io("cannot add the user to the account files"))?;
     }
     let home = Path::new(HOMES_DIR).join(name);
@@ -323,21 +337,29 @@ pub fn remove_account(name: &str) -> std::io::Result<bool> {
     let _users = lock::flock(".users.lock")?;
     let _pwd = lock::account_files()?;
     let mut existed = false;
-    rewrite(Path::new("/etc/passwd"), |t| {
-        let (t, found) = without_entry(t, name);
-        existed = found;
-        t
-    })?;
+    rewrite(
+        Path::new("/etc/passwd"),
+        |t| {
+            let (t, found) = without_entry(t, name);
+            existed = found;
+            t
+        },
+        true,
+    )?;
     for file in ["/etc/shadow", "/etc/subuid", "/etc/subgid"] {
-        rewrite(Path::new(file), |t| without_entry(t, name).0)?;
+        rewrite(Path::new(file), |t| without_entry(t, name).0, true)?;
     }
     // group: name:password:gid:members; gshadow: name:password:admins:members.
-    rewrite(Path::new("/etc/group"), |t| {
-        without_member(&without_entry(t, name).0, name, &[3])
-    })?;
-    rewrite(Path::new("/etc/gshadow"), |t| {
-        without_member(&without_entry(t, name).0, name, &[2, 3])
-    })?;
+    rewrite(
+        Path::new("/etc/group"),
+        |t| without_member(&without_entry(t, name).0, name, &[3]),
+        true,
+    )?;
+    rewrite(
+        Path::new("/etc/gshadow"),
+        |t| without_member(&without_entry(t, name).0, name, &[2, 3]),
+        true,
+    )?;
     Ok(existed)
 }
 
@@ -503,10 +525,10 @@ mod tests {
         let f = d.join("shadow");
         fs::write(&f, "a:!:1::::::\nb:!:1::::::\n").unwrap();
         fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
-        rewrite(&f, |t| without_entry(t, "a").0).unwrap();
+        rewrite(&f, |t| without_entry(t, "a").0, true).unwrap();
         assert_eq!(fs::read_to_string(&f).unwrap(), "b:!:1::::::\n");
         assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
-        rewrite(&d.join("missing"), |_| "x".into()).unwrap();
+        rewrite(&d.join("missing"), |_| "x".into(), false).unwrap();
         assert!(!d.join("missing").exists());
         fs::remove_dir_all(&d).unwrap();
     }

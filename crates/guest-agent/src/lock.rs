@@ -30,8 +30,13 @@ pub fn flock(name: &str) -> std::io::Result<Guard> {
 
 /// `NAME` in the locks directory reached through `state` (a descriptor of
 /// the state directory, for a process in which its path is hidden), held
-/// exclusively if it is free: `None` when someone holds it.
-pub fn try_flock_at(state: &impl AsRawFd, name: &str) -> std::io::Result<Option<Guard>> {
+/// exclusively, or with `shared` alongside other shared holders, if it is
+/// free: `None` when someone holds it.
+pub fn try_flock_at(
+    state: &impl AsRawFd,
+    name: &str,
+    shared: bool,
+) -> std::io::Result<Option<Guard>> {
     let path = std::ffi::CString::new(format!("locks/{name}"))?;
     // SAFETY: a valid directory descriptor and a NUL-terminated path.
     let fd = unsafe {
@@ -48,7 +53,8 @@ pub fn try_flock_at(state: &impl AsRawFd, name: &str) -> std::io::Result<Option<
     // SAFETY: openat returned a descriptor nothing else owns.
     let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     // SAFETY: a valid descriptor.
-    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let kind = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
+    if unsafe { libc::flock(fd, kind | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         return match e.kind() {
             std::io::ErrorKind::WouldBlock => Ok(None),

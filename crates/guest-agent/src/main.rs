@@ -72,10 +72,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let [cmd, project] = args.as_slice()
+    if let [cmd, project, scan @ ..] = args.as_slice()
         && cmd == "protect-git"
+        && scan.len() <= 1
     {
-        return match protect_git::protect(std::path::Path::new(project)) {
+        let project = std::path::Path::new(project);
+        let scan = scan.first().map_or(project, std::path::Path::new);
+        return match protect_git::protect(project, scan) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("llima-box-guest-agent protect-git: {e}");
@@ -112,6 +115,6 @@ fn usage() -> ExitCode {
     eprintln!("       llima-box-guest-agent {}", env_run::USAGE);
     eprintln!("       llima-box-guest-agent pool-keeper ADMIN_UID HOST_UID HOST_GID");
     eprintln!("       sudo llima-box-guest-agent guard");
-    eprintln!("       llima-box-guest-agent protect-git PROJECT");
+    eprintln!("       llima-box-guest-agent protect-git PROJECT [SCAN]");
     ExitCode::from(2)
 }

@@ -38,9 +38,15 @@ fn full() -> bool {
 }
 
 /// Starts the keeper for `admin` and the host user outside any SSH
-/// session, unless the pool is full or the keeper runs already.
+/// session, unless it runs already (a full pool may be of an older agent,
+/// or for another host user: the keeper replaces it).
 pub fn keep(admin: u32, host_uid: u32, host_gid: u32) {
-    if full() {
+    // systemd's record of the running transient unit: a stat rather than
+    // a process to ask.
+    if Path::new("/run/systemd/transient")
+        .join(format!("{KEEPER_UNIT}.service"))
+        .exists()
+    {
         return;
     }
     let _ = Command::new("systemd-run")
@@ -64,6 +70,23 @@ pub fn keep(admin: u32, host_uid: u32, host_gid: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// Starts the keeper for the host user the pool's spares were made for,
+/// if there are any: after an upgrade of the agent (which stops the
+/// keeper), they are replaced before a new project needs one.
+pub fn resume(admin: u32) {
+    let Ok(entries) = fs::read_dir(SPARES_DIR) else {
+        return;
+    };
+    let ids = entries.flatten().find_map(|e| {
+        let text = fs::read_to_string(e.path().join("host_ids")).ok()?;
+        let (u, g) = text.trim().split_once(' ')?;
+        Some((u.parse().ok()?, g.parse().ok()?))
+    });
+    if let Some((host_uid, host_gid)) = ids {
+        keep(admin, host_uid, host_gid);
+    }
 }
 
 /// Refills the pool whenever it is not full (at start and after each
@@ -100,8 +123,8 @@ pub fn fill(admin: u32, host_uid: u32, host_gid: u32) -> Result<(), EnsureError>
     loop {
         {
             let state = fs::File::open(STATE_DIR).map_err(io("cannot open the state directory"))?;
-            let Some(_pool) =
-                lock::try_flock_at(&state, ".pool.lock").map_err(io("cannot lock the pool"))?
+            let Some(_pool) = lock::try_flock_at(&state, ".pool.lock", false)
+                .map_err(io("cannot lock the pool"))?
             else {
                 return Ok(());
             };

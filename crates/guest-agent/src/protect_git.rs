@@ -25,12 +25,19 @@ const PROTECTED: [&str; 3] = ["config", "config.worktree", "hooks"];
 const NESTED_DEPTH: usize = 2;
 
 /// Makes the git metadata of the repositories in `project` read-only in
-/// the calling process's mount namespace; returns what it protected.
-pub fn protect(project: &Path) -> io::Result<Vec<PathBuf>> {
+/// the calling process's mount namespace; returns what it protected. The
+/// repositories are looked for in `scan`, the same directory seen another
+/// way (without the ownership remap: a directory read through FUSE costs
+/// several times as much under emulation); what is bound is opened in
+/// `project`.
+pub fn protect(project: &Path, scan: &Path) -> io::Result<Vec<PathBuf>> {
     let mut done = Vec::new();
-    for git_dir in git_dirs(project, NESTED_DEPTH) {
+    for git_dir in git_dirs(scan, NESTED_DEPTH) {
+        let Ok(rel) = git_dir.strip_prefix(scan) else {
+            continue;
+        };
         for name in PROTECTED {
-            let path = git_dir.join(name);
+            let path = project.join(rel).join(name);
             if read_only_bind(&path)? {
                 done.push(path);
             }

@@ -24,6 +24,7 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     if let Err(e) = crate::guard::ensure(admin_uid, false) {
         eprintln!("llima-box-guest-agent: {e}");
     }
+    crate::pool::resume(admin_uid);
     let listener = listen(path, admin_uid)?;
     let version = std::fs::read_to_string(AGENT_VERSION_PATH)
         .map(|v| v.trim().to_owned())

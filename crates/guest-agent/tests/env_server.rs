@@ -273,7 +273,8 @@ fn terminals_signals_and_refusals() {
 /// `protect-git` in a mount namespace of its own: the repositories'
 /// config and hooks (the project's and a nested one) refuse writes, even
 /// from root; the rest of `.git` takes them; outside the namespace nothing
-/// changed.
+/// changed. The project is a second view of a directory (as the remap is
+/// of the raw share), the repositories found in the first.
 #[test]
 #[ignore = "needs root: run through tests/run or with --include-ignored"]
 fn git_metadata_is_read_only_in_the_namespace() {
@@ -286,16 +287,19 @@ fn git_metadata_is_read_only_in_the_namespace() {
         for f in [".git/config", "sub/inner/.git/config"] {
             std::fs::write(p.join(f), "[core]\n").unwrap();
         }
+        let view = tempfile::tempdir().unwrap();
         const TRY: &str = r#"
-"$0" protect-git "$1" || exit 9
+mount --bind "$1" "$2" || exit 8
+"$0" protect-git "$2" "$1" || exit 9
 for f in .git/config .git/hooks/pre-commit sub/inner/.git/config sub/inner/.git/hooks/x .git/refs/ok; do
-    if echo x >>"$1/$f" 2>/dev/null; then echo "$f=written"; else echo "$f=refused"; fi
+    if echo x >>"$2/$f" 2>/dev/null; then echo "$f=written"; else echo "$f=refused"; fi
 done
 "#;
         let out = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", TRY])
             .arg(env!("CARGO_BIN_EXE_llima-box-guest-agent"))
             .arg(p)
+            .arg(view.path())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

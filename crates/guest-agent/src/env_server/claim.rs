@@ -120,7 +120,9 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
     else {
         return Err("the project is on no share this spare remapped".into());
     };
-    let source = format!("{STAGE_DIR}/remap/{index}{}", &c.project[root.len()..]);
+    let rest = &c.project[root.len()..];
+    let source = format!("{STAGE_DIR}/remap/{index}{rest}");
+    let raw = format!("{STAGE_DIR}/raw/{index}{rest}");
     let src = match sys::open_dir_exact(&source) {
         Ok(Some(src)) => src,
         Ok(None) => return Err("the project's path has a symbolic link in it".into()),
@@ -128,10 +130,14 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
     };
     let fd_path = sys::fd_path(&src);
     // The environment's lock, as `ensure` takes it, and the pool's, so that
-    // the pool's keeper never sees this spare half claimed.
+    // the pool's keeper never sees this spare half claimed (shared: the
+    // standby's claim may come while this one completes).
     let mut locks = Vec::new();
-    for name in [format!("{}.lock", c.name), ".pool.lock".into()] {
-        match lock::try_flock_at(&server.dirs.state, &name) {
+    for (name, shared) in [
+        (format!("{}.lock", c.name), false),
+        (".pool.lock".into(), true),
+    ] {
+        match lock::try_flock_at(&server.dirs.state, &name, shared) {
             Ok(Some(g)) => locks.push(g),
             Ok(None) => return Err("the environment is being created".into()),
             Err(e) => return Err(format!("cannot take the lock {name}: {e}")),
@@ -153,7 +159,7 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
         .map_err(|e| format!("cannot take the spare off the pool: {e}"))?;
     let _ = fs::rename(STANDBY_SOCKET, SPARE_SOCKET);
     let old = id.name.clone();
-    if let Err(e) = claim_as(&mut id, c, &fd_path) {
+    if let Err(e) = claim_as(&mut id, c, &fd_path, &raw) {
         unpublish(&c.name);
         return Err(format!("cannot take the spare on: {e}"));
     }
@@ -166,7 +172,7 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
 }
 
 /// What the command needs: its view of the project and home, and its name.
-fn claim_as(id: &mut Identity, c: &Claim, source: &str) -> io::Result<()> {
+fn claim_as(id: &mut Identity, c: &Claim, source: &str, raw: &str) -> io::Result<()> {
     let home = format!("{HOMES_DIR}/{}", c.name);
     fs::create_dir_all(&home)?;
     sys::bind(&format!("{STAGE_DIR}/home"), &home, false)?;
@@ -175,8 +181,9 @@ fn claim_as(id: &mut Identity, c: &Claim, source: &str) -> io::Result<()> {
     fs::remove_dir(&old_home)?;
     fs::create_dir_all(&c.project)?;
     sys::bind(source, &c.project, false)?;
-    crate::protect_git::protect(std::path::Path::new(&c.project))?;
-    accounts::rename_account(&id.name, &c.name, &LOOKUP_FILES)?;
+    crate::protect_git::protect(std::path::Path::new(&c.project), std::path::Path::new(raw))?;
+    // Flushed once the command runs (`finish`).
+    accounts::rename_account(&id.name, &c.name, &LOOKUP_FILES, false)?;
     id.name = c.name.clone();
     id.project = Some(c.project.clone());
     // A spare's user is in its own group only.
@@ -201,7 +208,8 @@ impl Completion {
     }
 
     fn finish(&self, server: &Server, name: &str, project: &str) -> io::Result<()> {
-        accounts::rename_account(&self.old, name, &OTHER_ACCOUNT_FILES)?;
+        accounts::rename_account(&self.old, name, &OTHER_ACCOUNT_FILES, true)?;
+        accounts::flush(&LOOKUP_FILES)?;
         rename_at(&server.dirs.homes, &self.old, name)?;
         for (i, r) in server.config.roots.iter().enumerate() {
             // The project's share stays; the others' remaps go (each FUSE

@@ -245,7 +245,7 @@ impl fmt::Display for Step {
             Step::Bind { source, target, .. } => write!(f, "bind {source} on {target}"),
             Step::Remap { raw, target, .. } => write!(f, "remap {raw} at {target} (bindfs)"),
             Step::Chown { path, .. } => write!(f, "give {path} to the environment's user"),
-            Step::ProtectGit { project } => {
+            Step::ProtectGit { project, .. } => {
                 write!(f, "make the git settings and hooks in {project} read-only")
             }
             Step::Resolver { .. } => write!(f, "give the environment its resolver list"),
@@ -333,8 +333,8 @@ impl Executor for Kernel {
             Step::Chown { path, uid, gid } => {
                 std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
             }
-            Step::ProtectGit { project } => {
-                crate::protect_git::protect(Path::new(project)).map(drop)
+            Step::ProtectGit { project, scan } => {
+                crate::protect_git::protect(Path::new(project), Path::new(scan)).map(drop)
             }
             Step::Resolver { nameservers } => {
                 let list = format!("{STAGE_DIR}/resolv.conf");
@@ -387,6 +387,7 @@ mod tests {
             },
             Step::ProtectGit {
                 project: "/b".into(),
+                scan: "/s/b".into(),
             },
         ]
     }

@@ -96,6 +96,9 @@ pub enum Step {
     /// Git's settings and hooks of the project's repositories read-only.
     ProtectGit {
         project: String,
+        /// The same directory without the remap, where the repositories
+        /// are looked for (faster than through FUSE).
+        scan: String,
     },
     /// A resolver list of the environment's own over the guest's.
     Resolver {
@@ -235,6 +238,7 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
         steps.push(bind(format!("{}{rest}", stage("remap/0")), project));
         steps.push(Step::ProtectGit {
             project: project.into(),
+            scan: format!("{}{rest}", stage("raw/0")),
         });
     }
     if !req.nameservers.is_empty() {
@@ -312,8 +316,10 @@ mod tests {
         let project = bind(format!("{STAGE_DIR}/remap/0/proj"), "/home/u/work/proj");
         assert!(position(&p.steps, &remap) < position(&p.steps, &project));
         assert!(binds(&p.steps).contains(&("/home/u/work", "/run/llima-box/stage/raw/0")));
+        // Looked for without the remap, made read-only in the view.
         let protect = Step::ProtectGit {
             project: "/home/u/work/proj".into(),
+            scan: format!("{STAGE_DIR}/raw/0/proj"),
         };
         assert!(position(&p.steps, &project) < position(&p.steps, &protect));
         assert_eq!(
