@@ -65,6 +65,10 @@ pub(crate) enum Command {
     )]
     DeleteAll(YesArg),
 
+    /// A project's own settings: its environment's limits and git writes.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+
     /// Self-test of the VM lifecycle: create, start, SSH exec, stop.
     #[command(name = "test-vm", after_help = "Example:\n  llima-box test-vm")]
     TestVm(TestVmArgs),
@@ -136,6 +140,54 @@ pub(crate) struct TestVmArgs {
     /// Test this existing instance instead of a throwaway one.
     #[arg(long, value_name = "NAME")]
     pub existing: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProjectCommand {
+    /// Show a project's settings (the defaults where it has none).
+    #[command(
+        after_help = "Examples:\n  llima-box project show\n  llima-box project show ~/src/app --json"
+    )]
+    Show(ProjectShowArgs),
+    /// Change a project's settings. They are kept on the host, outside the
+    /// project, and apply to its environment at once when it runs.
+    #[command(
+        after_help = "Examples:\n  llima-box project set --memory 4G --tasks 2000\n  llima-box project set ~/src/app --git-writes allow\n  llima-box project set --reset"
+    )]
+    Set(ProjectSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectShowArgs {
+    /// Project directory (default: the current directory).
+    pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectSetArgs {
+    /// Project directory (default: the current directory).
+    pub path: Option<PathBuf>,
+    /// Memory limit, its tmpfs included (e.g. 2G; default: half the VM's).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Limit on processes and threads (default: 4096).
+    #[arg(long, value_name = "N")]
+    pub tasks: Option<u32>,
+    /// Share of CPU time against other environments, 1-10000 (default: 100).
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<u32>,
+    /// Share of disk IO against other environments, 1-10000 (default: 100).
+    #[arg(long, value_name = "N")]
+    pub io_weight: Option<u32>,
+    /// Whether the project's git config and hooks, which git on the host
+    /// runs, are writable inside (default: deny).
+    #[arg(long, value_name = "allow|deny", value_parser = ["allow", "deny"])]
+    pub git_writes: Option<String>,
+    /// Back to the defaults (before the other options).
+    #[arg(long)]
+    pub reset: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ mod docs;
 mod envs;
 mod output;
 mod progress;
+mod project;
 mod prompt;
 mod shell;
 mod test_vm;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use args::{Cli, Command, VmCommand};
+use args::{Cli, Command, ProjectCommand, VmCommand};
 pub(crate) use output::Output;
 
 use crate::vm::{dirs, trust};
@@ -80,6 +81,14 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         Command::Delete(args) => {
             refuse_root()?;
             envs::delete(&trusted_home(Some(instance))?, instance, &args, out)
+        }
+        Command::Project(ProjectCommand::Show(args)) => {
+            refuse_root()?;
+            project::show(&trusted_home(Some(instance))?, instance, &args)
+        }
+        Command::Project(ProjectCommand::Set(args)) => {
+            refuse_root()?;
+            project::set(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::DeleteAll(args) => {
             refuse_root()?;

@@ -35,7 +35,13 @@ pub(super) fn run(
     let guest_project = env::guest_path(&dir, lima_home, &project)?;
     let agent = agent_socket(args.no_agent);
     // What the guest needs, found (or refused) before anything boots.
-    let prepared = env::Prepared::new(&project, &guest_project, &args.command, agent.is_some())?;
+    let prepared = env::Prepared::new(
+        &dir,
+        &project,
+        &guest_project,
+        &args.command,
+        agent.is_some(),
+    )?;
     let opts = match access::connect_options(
         lima_home,
         instance,

@@ -4,6 +4,7 @@
 //! sudo), which creates the environment or starts its holder again first.
 
 use llima_box_proto::paths::{AGENT_PATH, SOCKETS_DIR, SPARE_SOCKET};
+use llima_box_proto::settings::Settings;
 use llima_box_proto::spawn::{Claim, EnvRequest};
 
 /// One command (or a login shell) in an environment.
@@ -15,6 +16,11 @@ pub(crate) struct ExecRequest {
     /// When set, `(project, host uid, host gid)`: ensure the environment in
     /// the same round trip (first use, or after a VM reboot).
     pub ensure: Option<(String, u32, u32)>,
+    /// The project's own settings, recorded with the environment whenever
+    /// `env-run` ensures it. An environment with other settings than the
+    /// defaults is always made the long way, which applies them; a spare
+    /// has the defaults.
+    pub settings: Settings,
     /// Hand the SSH session's forwarded agent to the command.
     pub agent: bool,
     /// Empty: a login shell.
@@ -41,6 +47,10 @@ pub(crate) fn exec_argv(req: &ExecRequest) -> Vec<String> {
             gid.to_string(),
         ]);
     }
+    if req.ensure.is_some() {
+        let json = serde_json::to_string(&req.settings).expect("settings serialise");
+        argv.extend(["--settings".into(), json]);
+    }
     if req.agent {
         argv.push("--agent-env".into());
     }
@@ -64,7 +74,11 @@ pub(crate) fn spawn_target(req: &ExecRequest, agent_sha256: &str) -> crate::ssh:
         })
         .expect("plain data serialises")
     };
-    let alternate = req.ensure.as_ref().map(|(project, uid, gid)| {
+    let claimable = req
+        .ensure
+        .as_ref()
+        .filter(|_| req.settings == Settings::default());
+    let alternate = claimable.map(|(project, uid, gid)| {
         Box::new(crate::ssh::Spawn {
             socket: SPARE_SOCKET.to_string(),
             request: request(Some(Claim {
@@ -94,6 +108,7 @@ mod tests {
             name: "app-0123abcd".into(),
             cwd: "/p q/sub".into(),
             ensure: Some(("/p q".into(), 501, 20)),
+            settings: Settings::default(),
             agent: false,
             argv: vec!["a b".into()],
         };
@@ -111,7 +126,14 @@ mod tests {
                 "name": "app-0123abcd", "project": "/p q", "host_uid": 501,
                 "host_gid": 20, "version": "r a"}})
         );
+        // A project with settings of its own is made the long way.
+        req.settings = Settings {
+            tasks_max: Some(100),
+            ..Default::default()
+        };
+        assert!(spawn_target(&req, "r a").alternate.is_none());
         // Without what to create it from, there is nothing to claim.
+        req.settings = Settings::default();
         req.ensure = None;
         assert!(spawn_target(&req, "r a").alternate.is_none());
     }
@@ -122,6 +144,7 @@ mod tests {
             name: "app-0123abcd".into(),
             cwd: "/p q".into(),
             ensure: None,
+            settings: Settings::default(),
             agent: false,
             argv: vec!["--".into(), "a b".into(), "".into()],
         };
@@ -141,6 +164,10 @@ mod tests {
             ]
         );
         req.ensure = Some(("/p q".into(), 1000, 1001));
+        req.settings = Settings {
+            git_writes: true,
+            ..Default::default()
+        };
         req.agent = true;
         req.argv.clear();
         assert_eq!(
@@ -157,6 +184,8 @@ mod tests {
                 "/p q",
                 "1000",
                 "1001",
+                "--settings",
+                r#"{"gitWrites":true}"#,
                 "--agent-env",
                 "--"
             ]

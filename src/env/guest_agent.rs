@@ -290,6 +290,25 @@ pub(crate) async fn list(session: &Session) -> Result<Vec<message::EnvInfo>, Err
     }
 }
 
+/// Gives the environment `name` `settings` (see [`Request::Configure`]).
+pub(crate) async fn configure(
+    session: &Session,
+    name: &str,
+    settings: &llima_box_proto::settings::Settings,
+) -> Result<(bool, bool), Error> {
+    let req = Request::Configure {
+        name: name.to_owned(),
+        settings: settings.clone(),
+    };
+    match request(session, &req).await? {
+        Reply::Configured { existed, running } => Ok((existed, running)),
+        Reply::Error { message } => Err(Error::GuestAgentFailed(message)),
+        other => Err(Error::GuestAgentProtocol(format!(
+            "unexpected reply to configure: {other:?}"
+        ))),
+    }
+}
+
 /// Deletes the environment `name` (nothing to do when there is none).
 pub(crate) async fn delete(session: &Session, name: &str) -> Result<(), Error> {
     let req = Request::Delete {

@@ -9,6 +9,7 @@ pub(crate) mod guest_agent;
 pub(crate) mod naming;
 pub(crate) mod selection;
 mod service;
+pub(crate) mod settings;
 
 use exec::ExecRequest;
 pub(crate) use git_watch::{Change as GitChange, Snapshot as GitSnapshot};
@@ -64,6 +65,11 @@ pub(crate) enum Error {
     Config {
         dir: std::path::PathBuf,
         source: Box<crate::vm::config::ConfigError>,
+    },
+    #[error("cannot read or write the project's settings in {}: {source}", path.display())]
+    Settings {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
     #[error("cannot pass the command on: {0}")]
     Command(String),

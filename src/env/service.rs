@@ -12,6 +12,7 @@ use crate::vm::access::{self, AccessError};
 use crate::vm::{config, layout};
 
 use super::guest_agent::{self, GuestAgentBinary};
+use super::settings::{self, Settings};
 use super::{EnvInfo, Error, ExecRequest, exec};
 
 /// An admin connection to the running VM.
@@ -42,6 +43,18 @@ impl Guest {
     pub(crate) async fn list(&self) -> Result<Vec<EnvInfo>, Error> {
         guest_agent::ensure(&self.session, &GuestAgentBinary::load()?).await?;
         guest_agent::list(&self.session).await
+    }
+
+    /// Gives the environment `name` its project's `settings`: recorded with
+    /// it and applied to it if it runs. Whether it exists, and whether it
+    /// runs.
+    pub(crate) async fn configure(
+        &self,
+        name: &str,
+        settings: &Settings,
+    ) -> Result<(bool, bool), Error> {
+        guest_agent::ensure(&self.session, &GuestAgentBinary::load()?).await?;
+        guest_agent::configure(&self.session, name, settings).await
     }
 
     /// Deletes `name` through the guest agent, which [`Guest::list`]
@@ -129,16 +142,20 @@ pub(crate) struct Prepared {
 impl Prepared {
     /// `argv` (none: a login shell) in the environment of the project at
     /// `guest_project` (canonical on the host: `project`), in the project,
-    /// with the forwarded SSH agent when `agent`; with the guest agent this
-    /// binary carries.
+    /// with the forwarded SSH agent when `agent`, with the project's
+    /// settings (kept in `instance_dir`) and the guest agent this binary
+    /// carries.
     pub(crate) fn new(
+        instance_dir: &Path,
         project: &Path,
         guest_project: &str,
         argv: &[String],
         agent: bool,
     ) -> Result<Prepared, Error> {
+        let name = super::env_name(project.to_str().unwrap_or_default());
         let req = ExecRequest {
-            name: super::env_name(project.to_str().unwrap_or_default()),
+            settings: settings::load(instance_dir, &name)?.unwrap_or_default(),
+            name,
             cwd: guest_project.to_string(),
             // Always: it creates the environment on first use and starts
             // its holder again after a VM reboot, in the same round trip as

@@ -115,6 +115,9 @@ fn environments_end_to_end() {
         check_loopback_private(&vm, &a, &b)
     });
     checks.run_after("limits", FIRST, || check_limits(&vm, &a, &b));
+    checks.run_after("project_settings", FIRST, || {
+        check_project_settings(&vm, &projects)
+    });
     checks.run_after("exec_bits_and_git", FIRST, || {
         check_exec_bits_and_git(&vm, &projects, &a)
     });
@@ -224,16 +227,21 @@ git -c user.name=t -c user.email=t@t commit -q --allow-empty -m inside && echo c
 git branch side && echo branch=ok
 "#;
 
+/// A new repository in `dir`, made on the host as the test user.
+fn git_init(dir: &Path) {
+    let out = as_user("git")
+        .args(["init", "-q"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 fn check_git_metadata_read_only(vm: &VmHome, projects: &TestDir) {
     projects.mkdir("git-read-only/sub/inner");
     let p = projects.mkdir("git-read-only");
     for repo in [p.clone(), p.join("sub/inner")] {
-        let out = as_user("git")
-            .args(["init", "-q"])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        git_init(&repo);
     }
     let out = vm.shell_ok(&p, &["sh", "-c", GIT_WRITES]);
     // Out again, so that the other checks count the environments they made.
@@ -244,6 +252,51 @@ fn check_git_metadata_read_only(vm: &VmHome, projects: &TestDir) {
     );
     let config = std::fs::read_to_string(p.join(".git/config")).unwrap();
     assert!(!config.contains("fsmonitor"), "{config}");
+}
+
+/// A project's own settings, kept on the host: limits set before its
+/// environment exists are its unit's from the start (it is made the long
+/// way, not from a spare, which has the defaults); changed while it runs,
+/// they apply at once, and so do git writes, allowed and denied again.
+fn check_project_settings(vm: &VmHome, projects: &TestDir) {
+    let p = projects.mkdir("tuned");
+    git_init(&p);
+    let path = p.to_str().unwrap();
+    vm.ok(&["project", "set", path, "--memory", "300M", "--tasks", "321"]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["project", "show", path, "--json"])).unwrap();
+    assert_eq!(shown["tasksMax"], 321, "{shown}");
+    const LIMITS: &[&str] = &[
+        "cat",
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/pids.max",
+    ];
+    assert_eq!(vm.shell_ok(&p, LIMITS), "314572800\n321\n");
+    let said = vm.run(&["project", "set", path, "--tasks", "400"]);
+    assert!(
+        text(&said).1.contains("applied to the running environment"),
+        "{:?}",
+        text(&said)
+    );
+    assert_eq!(vm.shell_ok(&p, LIMITS), "314572800\n400\n");
+    const WRITE: &[&str] = &[
+        "sh",
+        "-c",
+        "git config llb.probe x 2>/dev/null && echo written || echo refused",
+    ];
+    assert_eq!(vm.shell_ok(&p, WRITE), "refused\n");
+    vm.ok(&["project", "set", path, "--git-writes", "allow"]);
+    assert_eq!(vm.shell_ok(&p, WRITE), "written\n");
+    vm.ok(&["project", "set", path, "--git-writes", "deny"]);
+    assert_eq!(vm.shell_ok(&p, WRITE), "refused\n");
+    vm.ok(&["project", "set", path, "--reset"]);
+    let reset = vm.shell_ok(&p, LIMITS);
+    assert!(
+        !reset.contains("314572800") && reset.ends_with("\n4096\n"),
+        "{reset}"
+    );
+    // Out again, so that the other checks count the environments they made.
+    vm.ok(&["delete", path, "-y"]);
 }
 
 /// What an agent plants in a repository for the host's git to run is

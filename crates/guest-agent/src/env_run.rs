@@ -15,13 +15,13 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
 use llima_box_proto::names::{valid_env_name, valid_path};
 use llima_box_proto::paths::{ENV_UNIT_PREFIX, HOMES_DIR, STAGE_DIR};
+use llima_box_proto::settings::Settings;
 
 use crate::ensure::{self, EnsureError};
 use crate::env_server::{env_exec, within};
 use crate::{list, lock, pool};
 
-pub const USAGE: &str =
-    "env-run NAME CWD [--ensure PROJECT HOST_UID HOST_GID] [--agent-env] -- [ARGV...]";
+pub const USAGE: &str = "env-run NAME CWD [--ensure PROJECT HOST_UID HOST_GID] [--settings JSON] [--agent-env] -- [ARGV...]";
 
 /// The client's variables passed on to the command (sudo keeps these).
 const PASSED: [&str; 5] = ["TERM", "COLORTERM", "LANG", "LC_ALL", "LC_CTYPE"];
@@ -32,6 +32,8 @@ struct Args<'a> {
     cwd: &'a str,
     /// PROJECT, HOST_UID, HOST_GID.
     ensure: Option<(&'a str, u32, u32)>,
+    /// The project's settings, to record with the environment.
+    settings: Option<Settings>,
     agent: bool,
     argv: &'a [String],
 }
@@ -45,6 +47,7 @@ fn parse(args: &[String]) -> Option<Args<'_>> {
         name,
         cwd,
         ensure: None,
+        settings: None,
         agent: false,
         argv: &[],
     };
@@ -53,6 +56,10 @@ fn parse(args: &[String]) -> Option<Args<'_>> {
             [flag, project, uid, gid, more @ ..] if flag == "--ensure" => {
                 let project = project.as_str();
                 parsed.ensure = Some((project, uid.parse().ok()?, gid.parse().ok()?));
+                rest = more;
+            }
+            [flag, json, more @ ..] if flag == "--settings" => {
+                parsed.settings = Some(serde_json::from_str(json).ok()?);
                 rest = more;
             }
             [flag, more @ ..] if flag == "--agent-env" => {
@@ -131,6 +138,7 @@ fn enter(a: &Args) -> Result<u8, EnsureError> {
                 host_uid,
                 host_gid,
                 admin,
+                settings: a.settings.clone(),
             })?;
             // The next new project claims a spare instead of waiting for all this.
             pool::keep(admin, host_uid, host_gid);
@@ -281,6 +289,8 @@ mod tests {
             "/p",
             "1000",
             "100",
+            "--settings",
+            r#"{"tasksMax":99}"#,
             "--agent-env",
             "--",
             "ls",
@@ -290,6 +300,7 @@ mod tests {
         let p = parse(&a).unwrap();
         assert_eq!((p.name, p.cwd), ("app", "/p"));
         assert_eq!(p.ensure, Some(("/p", 1000, 100)));
+        assert_eq!(p.settings.and_then(|s| s.tasks_max), Some(99));
         assert!(p.agent);
         assert_eq!(p.argv, ["ls", "--", "x"]);
         let a = args(&["app", "/p", "--"]);
@@ -300,6 +311,7 @@ mod tests {
             &["app", "/p", "--ensure", "/p", "x", "1", "--"],
             &["app", "/p", "--ensure", "/p", "1", "--"],
             &["app", "/p", "--agent", "/tmp/s", "--", "ls"],
+            &["app", "/p", "--settings", "{not json", "--"],
             &["app"],
         ] {
             assert!(parse(&args(bad)).is_none(), "{bad:?}");

@@ -72,14 +72,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let [cmd, project, scan @ ..] = args.as_slice()
+    if let [cmd, rest @ ..] = args.as_slice()
         && cmd == "protect-git"
-        && scan.len() <= 1
     {
-        let project = std::path::Path::new(project);
-        let scan = scan.first().map_or(project, std::path::Path::new);
-        return match protect_git::protect(project, scan) {
-            Ok(_) => ExitCode::SUCCESS,
+        let done = match rest {
+            [undo, project] if undo == "--undo" => {
+                protect_git::unprotect(std::path::Path::new(project))
+            }
+            [project, scan @ ..] if scan.len() <= 1 => {
+                let project = std::path::Path::new(project);
+                let scan = scan.first().map_or(project, std::path::Path::new);
+                protect_git::protect(project, scan).map(drop)
+            }
+            _ => return usage(),
+        };
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("llima-box-guest-agent protect-git: {e}");
                 ExitCode::from(125)
@@ -115,6 +123,6 @@ fn usage() -> ExitCode {
     eprintln!("       llima-box-guest-agent {}", env_run::USAGE);
     eprintln!("       llima-box-guest-agent pool-keeper ADMIN_UID HOST_UID HOST_GID");
     eprintln!("       sudo llima-box-guest-agent guard");
-    eprintln!("       llima-box-guest-agent protect-git PROJECT [SCAN]");
+    eprintln!("       llima-box-guest-agent protect-git [--undo] PROJECT [SCAN]");
     ExitCode::from(2)
 }

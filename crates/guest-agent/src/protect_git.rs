@@ -46,6 +46,19 @@ pub fn protect(project: &Path, scan: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(done)
 }
 
+/// Undoes [`protect`] for `project` in the calling process's mount
+/// namespace: the repositories' metadata writable again.
+pub fn unprotect(project: &Path) -> io::Result<()> {
+    for git_dir in git_dirs(project, NESTED_DEPTH) {
+        for name in PROTECTED {
+            let path = git_dir.join(name);
+            // Each protect stacked one bind; not a mount point: EINVAL.
+            while sys::detach(path.to_str().unwrap_or_default()).is_ok() {}
+        }
+    }
+    Ok(())
+}
+
 /// `.git` directories (not links) in `dir` and up to `depth` levels below,
 /// not looking into dependencies and build output.
 fn git_dirs(dir: &Path, depth: usize) -> Vec<PathBuf> {
@@ -94,7 +107,7 @@ fn read_only_bind(path: &Path) -> io::Result<bool> {
         .ok_or_else(|| io::Error::other("a path that is not UTF-8"))?;
     let flags =
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    sys::bind(&sys::fd_path(&file), target, false)
+    sys::bind_fd(&file, target)
         .and_then(|()| sys::mount(None, target, None, flags, None))
         .map_err(|e| {
             io::Error::new(

@@ -134,6 +134,12 @@ fn handle(request: Request, version: &str) -> Reply {
                 message: format!("cannot read the environments' records: {e}"),
             },
         },
+        Request::Configure { name, settings } => match crate::ensure::configure(&name, &settings) {
+            Ok((existed, running)) => Reply::Configured { existed, running },
+            Err(e) => Reply::Error {
+                message: format!("cannot change the settings of environment {name}: {e}"),
+            },
+        },
         Request::Delete { name } => match delete::delete(&name) {
             Ok(existed) => Reply::Deleted { existed },
             Err(e) => Reply::Error {

@@ -50,6 +50,43 @@ pub fn bind(source: &str, target: &str, recursive: bool) -> io::Result<()> {
     mount(Some(source), target, None, libc::MS_BIND | rec, None)
 }
 
+/// Binds what `source` is open on (a file or directory, O_PATH will do)
+/// on `target`, with no path in between: unlike a bind from
+/// `/proc/self/fd/N`, it works where `/proc` is another PID namespace's.
+pub fn bind_fd(source: &impl AsRawFd, target: &str) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: a valid descriptor and an empty NUL-terminated path.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            source.as_raw_fd(),
+            empty.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a descriptor nothing else owns.
+    let tree = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tree as i32) };
+    let target = c(target)?;
+    // SAFETY: a valid descriptor, an empty path and a NUL-terminated target.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn detach(target: &str) -> io::Result<()> {
     let t = c(target)?;
     // SAFETY: a NUL-terminated path.

@@ -294,6 +294,8 @@ mount --bind "$1" "$2" || exit 8
 for f in .git/config .git/hooks/pre-commit sub/inner/.git/config sub/inner/.git/hooks/x .git/refs/ok; do
     if echo x >>"$2/$f" 2>/dev/null; then echo "$f=written"; else echo "$f=refused"; fi
 done
+"$0" protect-git --undo "$2" || exit 10
+if echo x >>"$2/sub/inner/.git/config"; then echo undone; fi
 "#;
         let out = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", TRY])
@@ -307,11 +309,15 @@ done
         assert_eq!(
             text,
             ".git/config=refused\n.git/hooks/pre-commit=refused\nsub/inner/.git/config=refused\n\
-             sub/inner/.git/hooks/x=refused\n.git/refs/ok=written\n"
+             sub/inner/.git/hooks/x=refused\n.git/refs/ok=written\nundone\n"
         );
         assert_eq!(
             std::fs::read_to_string(p.join(".git/config")).unwrap(),
             "[core]\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join("sub/inner/.git/config")).unwrap(),
+            "[core]\nx\n"
         );
         assert!(!p.join(".git/hooks/pre-commit").exists());
     });

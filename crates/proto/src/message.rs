@@ -23,6 +23,13 @@ pub enum Request {
     /// and records; the project is never touched. Nothing to do for an
     /// environment that does not exist.
     Delete { name: String },
+    /// Records a project's settings with its environment (used from its
+    /// next start on) and applies its limits to it now if it runs.
+    /// Nothing to do for an environment that does not exist.
+    Configure {
+        name: String,
+        settings: crate::settings::Settings,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +44,11 @@ pub enum Reply {
     /// `existed`: false when there was nothing to delete.
     Deleted {
         existed: bool,
+    },
+    /// `running`: the limits changed in the running environment.
+    Configured {
+        existed: bool,
+        running: bool,
     },
     /// The request failed; `message` says what and why, for a person.
     Error {
@@ -122,6 +134,10 @@ mod tests {
             },
             Reply::List { envs: vec![info()] },
             Reply::Deleted { existed: true },
+            Reply::Configured {
+                existed: true,
+                running: false,
+            },
             Reply::Error {
                 message: "no".into(),
             },
@@ -135,7 +151,15 @@ mod tests {
         let delete = Request::Delete {
             name: "app-1a2b3c4d".into(),
         };
-        for r in [Request::Version, Request::List, delete] {
+        let configure = Request::Configure {
+            name: "app-1a2b3c4d".into(),
+            settings: crate::settings::Settings {
+                tasks_max: Some(100),
+                git_writes: true,
+                ..Default::default()
+            },
+        };
+        for r in [Request::Version, Request::List, delete, configure] {
             let mut d = Decoder::new();
             d.push(&encode_request(&r));
             assert_eq!(

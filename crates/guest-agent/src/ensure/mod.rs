@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use llima_box_proto::names::{valid_env_name, valid_path};
 use llima_box_proto::paths::{ENV_UNIT_PREFIX, ENVS_DIR, STATE_DIR, is_env_uid};
+use llima_box_proto::settings::Settings;
 use llima_box_proto::time::rfc3339_secs;
 
 use crate::accounts::{self, AddError};
@@ -32,6 +33,9 @@ pub struct Request {
     pub host_gid: u32,
     /// The admin user, who owns the environment's socket.
     pub admin: u32,
+    /// The project's settings, recorded with the environment; none: the
+    /// recorded ones (or the defaults) stay.
+    pub settings: Option<Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,9 @@ pub fn ensure(req: &Request) -> Result<u32, EnsureError> {
             "host uid and gid must be positive".into(),
         ));
     }
+    if let Some(settings) = &req.settings {
+        settings.check().map_err(EnsureError::Usage)?;
+    }
     // Also for a holder that runs already (started before an upgrade).
     crate::guard::ensure(req.admin, false)?;
     let dir = env_dir(&req.name);
@@ -124,6 +131,9 @@ pub fn ensure(req: &Request) -> Result<u32, EnsureError> {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_records(req, &dir)?,
         Err(e) => return Err(io("cannot read the environment's records")(e)),
+    }
+    if let Some(settings) = &req.settings {
+        record_settings(&dir, settings)?;
     }
     // The host ids may change (another host user); the latest caller's are used.
     fs::write(
@@ -147,6 +157,108 @@ pub fn ensure(req: &Request) -> Result<u32, EnsureError> {
             req.admin,
         ),
     }
+}
+
+/// Where an environment's settings are recorded, in its records directory.
+const SETTINGS: &str = "settings.json";
+
+/// The settings recorded with the environment in `dir`; the defaults when
+/// there are none (or they cannot be read: the limits then are the
+/// defaults, and the git metadata read-only).
+pub fn recorded_settings(dir: &Path) -> Settings {
+    fs::read(dir.join(SETTINGS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn record_settings(dir: &Path, settings: &Settings) -> Result<(), EnsureError> {
+    let tmp = dir.join(format!("{SETTINGS}.new"));
+    let json = serde_json::to_vec(settings).expect("settings serialise");
+    fs::write(&tmp, json)
+        .and_then(|()| fs::rename(&tmp, dir.join(SETTINGS)))
+        .map_err(io("cannot record the settings"))
+}
+
+/// Records `settings` with the environment `name` (used from its next
+/// start on) and applies its limits to it if it runs: whether it exists,
+/// and whether it runs.
+pub fn configure(name: &str, settings: &Settings) -> Result<(bool, bool), EnsureError> {
+    if !valid_env_name(name) {
+        return Err(EnsureError::Usage(format!(
+            "invalid environment name {name:?}"
+        )));
+    }
+    settings.check().map_err(EnsureError::Usage)?;
+    let _env =
+        crate::lock::flock(&format!("{name}.lock")).map_err(io("cannot lock the environment"))?;
+    let dir = env_dir(name);
+    if !dir.join("project").is_file() {
+        return Ok((false, false));
+    }
+    let before = recorded_settings(&dir);
+    record_settings(&dir, settings)?;
+    let Some(pid) = list::holder_pid(&dir) else {
+        return Ok((true, false));
+    };
+    if before.git_writes != settings.git_writes {
+        let project = fs::read_to_string(dir.join("project"))
+            .map_err(io("cannot read the environment's records"))?;
+        git_writes_in(pid, &project, settings.git_writes)?;
+    }
+    let unit = fs::read_to_string(dir.join("unit")).unwrap_or_default();
+    // What is not set goes back to its default.
+    let props = start::limit_properties(settings, start::guest_memory_kib()?);
+    let out = std::process::Command::new("systemctl")
+        .args([
+            "set-property",
+            "--runtime",
+            &format!("{}.service", unit.trim()),
+        ])
+        .args(&props)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io("cannot run systemctl"))?;
+    if !out.status.success() {
+        return Err(EnsureError::Io {
+            what: "cannot change the running environment's limits",
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
+    }
+    Ok((true, true))
+}
+
+/// Makes the git metadata of `project` writable (`allow`) or read-only in
+/// the mount namespace of the environment whose first process is `pid`:
+/// the agent's `protect-git`, started in that namespace (a process with
+/// threads cannot enter another mount namespace itself).
+fn git_writes_in(pid: u32, project: &str, allow: bool) -> Result<(), EnsureError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .map_err(io("cannot open the environment's mount namespace"))?;
+    let fd = ns.as_raw_fd();
+    let mut cmd = std::process::Command::new(llima_box_proto::paths::AGENT_PATH);
+    cmd.arg("protect-git");
+    if allow {
+        cmd.arg("--undo");
+    }
+    cmd.arg(project).stdin(std::process::Stdio::null());
+    // SAFETY: setns is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(move || match libc::setns(fd, libc::CLONE_NEWNS) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let out = cmd.output().map_err(io("cannot run protect-git"))?;
+    if !out.status.success() {
+        return Err(EnsureError::Io {
+            what: "cannot change the git metadata's protection in the environment",
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
+    }
+    Ok(())
 }
 
 /// The records of a new environment, complete before they appear (a user
@@ -192,6 +304,7 @@ mod tests {
             host_uid: ids,
             host_gid: ids,
             admin: 1000,
+            settings: None,
         }
     }
 

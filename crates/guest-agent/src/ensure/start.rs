@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use llima_box_proto::paths::{AGENT_PATH, AGENT_VERSION_PATH, SOCKETS_DIR};
+use llima_box_proto::settings::Settings;
 
 use super::{EnsureError, io};
 use crate::delete::stop_units;
@@ -21,6 +22,9 @@ use crate::{guard, list};
 /// in the OOM killer.
 const TASKS_MAX: u32 = 4096;
 const MEMORY_PERCENT: u64 = 50;
+/// Set rather than left out, so that CPU and IO are shared per
+/// environment rather than per thread.
+const DEFAULT_WEIGHT: u32 = 100;
 const SCRATCH_PERCENT: u64 = 25;
 /// Under TCG the namespace setup takes seconds.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -37,9 +41,41 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
         .ok()
 }
 
+/// The guest's memory in KiB.
+pub fn guest_memory_kib() -> Result<u64, EnsureError> {
+    let meminfo = fs::read_to_string("/proc/meminfo").map_err(io("cannot read /proc/meminfo"))?;
+    mem_total_kib(&meminfo).ok_or_else(|| {
+        io("cannot read the guest's memory size")(std::io::Error::other("no MemTotal"))
+    })
+}
+
+/// The unit properties of the limits in `settings`, each its default
+/// when not set (`total_kib`: the guest's memory).
+pub fn limit_properties(settings: &Settings, total_kib: u64) -> Vec<String> {
+    Settings {
+        memory_max: Some(
+            settings
+                .memory_max
+                .unwrap_or(total_kib * 1024 * MEMORY_PERCENT / 100),
+        ),
+        tasks_max: Some(settings.tasks_max.unwrap_or(TASKS_MAX)),
+        cpu_weight: Some(settings.cpu_weight.unwrap_or(DEFAULT_WEIGHT)),
+        io_weight: Some(settings.io_weight.unwrap_or(DEFAULT_WEIGHT)),
+        git_writes: false,
+    }
+    .unit_properties()
+}
+
 /// The systemd-run argv that starts the holder of the environment `name`
-/// recorded in `dir` as `unit`.
-fn unit_argv(dir: &Path, unit: &str, name: &str, admin: u32, total_kib: u64) -> Vec<String> {
+/// recorded in `dir` as `unit`, with `settings`.
+fn unit_argv(
+    dir: &Path,
+    unit: &str,
+    name: &str,
+    admin: u32,
+    total_kib: u64,
+    settings: &Settings,
+) -> Vec<String> {
     let version = fs::read_to_string(AGENT_VERSION_PATH).unwrap_or_default();
     let (resolvers, own) = guard::guest_nameservers();
     let mut argv: Vec<String> = [
@@ -52,31 +88,30 @@ fn unit_argv(dir: &Path, unit: &str, name: &str, admin: u32, total_kib: u64) -> 
         "-p",
         &format!("StandardError=file:{}/holder.log", dir.display()),
         "-p",
-        &format!("MemoryMax={}K", total_kib * MEMORY_PERCENT / 100),
-        "-p",
         "MemorySwapMax=0",
-        "-p",
-        &format!("TasksMax={TASKS_MAX}"),
         // The kernel kills what outgrew the limit, not the whole
-        // environment; weights set, so that CPU and IO are shared per
-        // environment rather than per thread.
+        // environment.
         "-p",
         "OOMPolicy=continue",
-        "-p",
-        "CPUWeight=100",
-        "-p",
-        "IOWeight=100",
-        "--",
-        AGENT_PATH,
-        "env-holder",
-        &dir.display().to_string(),
-        name,
-        &admin.to_string(),
-        version.trim(),
-        &(total_kib * SCRATCH_PERCENT / 100).to_string(),
     ]
     .map(String::from)
     .to_vec();
+    for p in limit_properties(settings, total_kib) {
+        argv.extend(["-p".to_string(), p]);
+    }
+    argv.extend(
+        [
+            "--",
+            AGENT_PATH,
+            "env-holder",
+            &dir.display().to_string(),
+            name,
+            &admin.to_string(),
+            version.trim(),
+            &(total_kib * SCRATCH_PERCENT / 100).to_string(),
+        ]
+        .map(String::from),
+    );
     // Their own resolver list when the guest's is a stub on its loopback,
     // which is not theirs.
     if own {
@@ -114,17 +149,21 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
         .map_err(io("cannot make the sockets' directory"))?;
     std::os::unix::fs::chown(SOCKETS_DIR, Some(admin), None)
         .map_err(io("cannot make the sockets' directory"))?;
-    let meminfo = fs::read_to_string("/proc/meminfo").map_err(io("cannot read /proc/meminfo"))?;
-    let total = mem_total_kib(&meminfo).ok_or_else(|| {
-        io("cannot read the guest's memory size")(std::io::Error::other("no MemTotal"))
-    })?;
+    let total = guest_memory_kib()?;
     let failed = |why: String| EnsureError::Holder {
         name: name.to_owned(),
         why,
         log: log_tail(dir),
     };
     let out = Command::new("systemd-run")
-        .args(unit_argv(dir, unit, name, admin, total))
+        .args(unit_argv(
+            dir,
+            unit,
+            name,
+            admin,
+            total,
+            &super::recorded_settings(dir),
+        ))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| failed(format!("cannot run systemd-run: {e}")))?;
@@ -208,16 +247,29 @@ mod tests {
         let meminfo = "MemTotal:        4026512 kB\nMemFree:          123 kB\n";
         assert_eq!(mem_total_kib(meminfo), Some(4026512));
         assert_eq!(mem_total_kib("MemFree: 1 kB\n"), None);
-        let argv = unit_argv(
-            Path::new("/s/envs/app"),
-            "llima-box-env-app",
-            "app",
-            1000,
-            4000000,
-        );
+        let dir = Path::new("/s/envs/app");
+        let defaults = Settings::default();
+        let argv = unit_argv(dir, "llima-box-env-app", "app", 1000, 4000000, &defaults);
         let joined = argv.join(" ");
-        assert!(joined.contains("-p MemoryMax=2000000K"), "{joined}");
+        assert!(joined.contains("-p MemoryMax=2048000000"), "{joined}");
         assert!(joined.contains("-p TasksMax=4096"), "{joined}");
+        assert!(
+            joined.contains("-p CPUWeight=100 -p IOWeight=100"),
+            "{joined}"
+        );
+        // A project's own limits replace the defaults they name.
+        let own = Settings {
+            memory_max: Some(1 << 30),
+            io_weight: Some(10),
+            ..Default::default()
+        };
+        let own = unit_argv(dir, "u", "app", 1000, 4000000, &own).join(" ");
+        assert!(
+            own.contains(
+                "-p MemoryMax=1073741824 -p TasksMax=4096 -p CPUWeight=100 -p IOWeight=10"
+            ),
+            "{own}"
+        );
         assert!(joined.contains("StandardError=file:/s/envs/app/holder.log"));
         let holder = argv.iter().position(|a| a == "env-holder").unwrap();
         assert_eq!(argv[holder - 2], "--");

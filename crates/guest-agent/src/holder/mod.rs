@@ -7,7 +7,8 @@
 //!
 //! Started as `env-holder DIR NAME ADMIN VERSION SCRATCH_KIB
 //! [NAMESERVER...]`: DIR is the environment's record directory (`project`,
-//! absent for a spare, and `host_ids`, "HOST_UID HOST_GID"), where the
+//! absent for a spare, `host_ids`, "HOST_UID HOST_GID", and the project's
+//! `settings.json` if it has any), where the
 //! holder writes its pid (`holder_parent`) and the server reports ready
 //! (`ready`).
 
@@ -134,6 +135,7 @@ pub fn run(args: &[String]) -> Result<u8, Error> {
             admin_home,
             scratch_kib,
             nameservers,
+            git_writes: crate::ensure::recorded_settings(dir).git_writes,
         },
         |d| Path::new(d).is_dir(),
     );

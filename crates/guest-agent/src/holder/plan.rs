@@ -57,6 +57,8 @@ pub struct Request<'a> {
     pub scratch_kib: u64,
     /// The environment's own resolver list; empty: the guest's.
     pub nameservers: &'a [String],
+    /// The project's settings allow writes to its git metadata.
+    pub git_writes: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -236,10 +238,12 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
         let rest = &project[roots[0].len()..];
         steps.push(mkdir(project, 0o755));
         steps.push(bind(format!("{}{rest}", stage("remap/0")), project));
-        steps.push(Step::ProtectGit {
-            project: project.into(),
-            scan: format!("{}{rest}", stage("raw/0")),
-        });
+        if !req.git_writes {
+            steps.push(Step::ProtectGit {
+                project: project.into(),
+                scan: format!("{}{rest}", stage("raw/0")),
+            });
+        }
     }
     if !req.nameservers.is_empty() {
         steps.push(Step::Resolver {
@@ -272,6 +276,7 @@ mod tests {
             admin_home: Some("/home/u.linux"),
             scratch_kib: 4096,
             nameservers: &[],
+            git_writes: false,
         }
     }
 
@@ -322,6 +327,11 @@ mod tests {
             scan: format!("{STAGE_DIR}/raw/0/proj"),
         };
         assert!(position(&p.steps, &project) < position(&p.steps, &protect));
+        // Unless the project's settings allow writes.
+        let mut allowed = request(Some("/home/u/work/proj"), &shares);
+        allowed.git_writes = true;
+        let p2 = plan(&allowed, |_| true);
+        assert!(!p2.steps.contains(&protect) && p2.steps.len() == p.steps.len() - 1);
         assert_eq!(
             p.steps
                 .iter()
