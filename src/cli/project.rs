@@ -111,19 +111,14 @@ pub(super) fn set(
             || format!("saved, but cannot give them to the running environment {name}"),
         )?))
     })??;
+    let shown = project.display();
     out.info(&match applied {
-        Some((_, true)) => format!(
-            "{}: applied to the running environment {name}",
-            project.display()
-        ),
-        Some((true, false)) => format!(
-            "{}: saved; they apply when environment {name} starts",
-            project.display()
-        ),
-        _ => format!(
-            "{}: saved; they apply when its environment is created",
-            project.display()
-        ),
+        Some((_, true)) => format!("{shown}: applied to the running environment {name}"),
+        Some((true, false)) => format!("{shown}: saved; they apply when environment {name} starts"),
+        Some((false, _)) => format!("{shown}: saved; they apply when its environment is created"),
+        None => {
+            format!("{shown}: saved; the VM is not running: they apply when the environment starts")
+        }
     });
     Ok(ExitCode::SUCCESS)
 }
