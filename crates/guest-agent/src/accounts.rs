@@ -137,11 +137,22 @@ pub fn rename_account(old: &str, new: &str, files: &[&str], durable: bool) -> st
     Ok(())
 }
 
-/// Flushes `files` and the directory of each to disk.
+/// Flushes `files` (those that exist) and their directories to disk.
 pub fn flush(files: &[&str]) -> std::io::Result<()> {
+    let mut dirs: Vec<&Path> = Vec::new();
     for file in files {
-        fs::File::open(file)?.sync_all()?;
-        fs::File::open(Path::new(file).parent().unwrap_or(Path::new("/")))?.sync_all()?;
+        match fs::File::open(file) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        let dir = Path::new(file).parent().unwrap_or(Path::new("/"));
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    for dir in dirs {
+        fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ use crate::{accounts, delete, list, lock};
 
 const SPARES_DIR: &str = "/var/lib/llima-box/spares";
 const KEEPER_UNIT: &str = "llima-box-pool";
+/// How long the keeper lets a claim settle before it makes a spare.
+const BURST: Duration = Duration::from_secs(2);
 
 /// A spare's unit (a spare's name ends in a number, never in the eight
 /// hex digits of an environment's, so the two never clash).
@@ -97,6 +99,11 @@ pub fn keeper(admin: u32, host_uid: u32, host_gid: u32) -> ! {
     loop {
         let due = checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
         let mut pause = Duration::from_secs(1);
+        if !full() && checked.is_some() {
+            // A claim took a spare: new projects tend to come in bursts, and
+            // making a spare under emulation slows the next claim down.
+            std::thread::sleep(BURST);
+        }
         if !full() || due {
             checked = Some(Instant::now());
             if let Err(e) = fill(admin, host_uid, host_gid) {

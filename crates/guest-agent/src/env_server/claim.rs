@@ -19,10 +19,15 @@ use super::{Identity, Server, within};
 use crate::sys::{c, check};
 use crate::{accounts, lock, sys};
 
-/// What lookups read: renamed before the command starts.
-const LOOKUP_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
-const OTHER_ACCOUNT_FILES: [&str; 4] =
-    ["/etc/shadow", "/etc/gshadow", "/etc/subuid", "/etc/subgid"];
+/// The account files the spare's user is renamed in.
+const ACCOUNT_FILES: [&str; 6] = [
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/subuid",
+    "/etc/subgid",
+];
 
 /// The rest of a claim, with the locks that keep others away until done.
 pub struct Completion {
@@ -153,7 +158,10 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
     if accounts::uid_of(&passwd, &c.name).is_some() {
         return Err("the user exists".into());
     }
-    locks.push(lock::account_files().map_err(|e| format!("the account files are locked: {e}"))?);
+    // Held only while this claim edits them: the standby's claim right
+    // after must not wait for this one's completion.
+    let accounts_lock =
+        lock::account_files().map_err(|e| format!("the account files are locked: {e}"))?;
     // Off the pool, and the standby in its place at once.
     fs::rename(SPARE_SOCKET, claimed(&c.name))
         .map_err(|e| format!("cannot take the spare off the pool: {e}"))?;
@@ -163,6 +171,7 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
         unpublish(&c.name);
         return Err(format!("cannot take the spare on: {e}"));
     }
+    drop(accounts_lock);
     Ok(Some(Completion {
         old,
         root: root.clone(),
@@ -183,7 +192,7 @@ fn claim_as(id: &mut Identity, c: &Claim, source: &str, raw: &str) -> io::Result
     sys::bind(source, &c.project, false)?;
     crate::protect_git::protect(std::path::Path::new(&c.project), std::path::Path::new(raw))?;
     // Flushed once the command runs (`finish`).
-    accounts::rename_account(&id.name, &c.name, &LOOKUP_FILES, false)?;
+    accounts::rename_account(&id.name, &c.name, &ACCOUNT_FILES, false)?;
     id.name = c.name.clone();
     id.project = Some(c.project.clone());
     // A spare's user is in its own group only.
@@ -208,8 +217,7 @@ impl Completion {
     }
 
     fn finish(&self, server: &Server, name: &str, project: &str) -> io::Result<()> {
-        accounts::rename_account(&self.old, name, &OTHER_ACCOUNT_FILES, true)?;
-        accounts::flush(&LOOKUP_FILES)?;
+        accounts::flush(&ACCOUNT_FILES)?;
         rename_at(&server.dirs.homes, &self.old, name)?;
         for (i, r) in server.config.roots.iter().enumerate() {
             // The project's share stays; the others' remaps go (each FUSE
