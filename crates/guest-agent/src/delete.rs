@@ -5,13 +5,13 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use llima_box_proto::names::valid_env_name;
-use llima_box_proto::paths::{ENV_UNIT_PREFIX, ENVS_DIR, HOMES_DIR, SOCKETS_DIR, is_env_uid};
+use llima_box_proto::paths::{ENV_UNIT_PREFIX, HOMES_DIR, SOCKETS_DIR, is_env_uid};
 
-use crate::{accounts, list, lock};
+use crate::{accounts, list, lock, tools};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
@@ -37,8 +37,9 @@ pub fn delete(name: &str) -> Result<bool, DeleteError> {
         return Err(DeleteError::Name(name.to_owned()));
     }
     let _env = lock::flock(&format!("{name}.lock")).map_err(io("cannot lock the environment"))?;
-    let dir = Path::new(ENVS_DIR).join(name);
-    remove_tree(&Path::new(ENVS_DIR).join(format!("{name}.new")))?;
+    let dir = crate::ensure::env_dir(name);
+    // A record `ensure` left half made.
+    remove_tree(&dir.with_extension("new"))?;
     if !dir.is_dir() {
         return Ok(false);
     }
@@ -86,12 +87,7 @@ pub fn stop_units(dir: &Path, unit: &str) {
             continue;
         }
         for verb in ["stop", "reset-failed"] {
-            let _ = Command::new("systemctl")
-                .args([verb, &format!("{u}.service")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            tools::quiet(Command::new("systemctl").args([verb, &format!("{u}.service")]));
         }
     }
 }

@@ -254,22 +254,7 @@ fn wait(child: libc::pid_t) -> u8 {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let mut status = 0;
-    loop {
-        // SAFETY: status is a valid out-pointer.
-        let r = unsafe { libc::waitpid(child, &mut status, 0) };
-        if r == child {
-            break;
-        }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return 125;
-        }
-    }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status) as u8
-    } else {
-        128u8.wrapping_add(libc::WTERMSIG(status) as u8)
-    }
+    crate::sys::wait_status(child)
 }
 
 #[cfg(test)]

@@ -20,13 +20,13 @@
 //! the agent asks their tools, as an administrator would.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use llima_box_proto::paths::{AGENT_VERSION_PATH, ENV_UIDS, LEGACY_ENV_UIDS};
 
+use crate::tools::{self, Failure, quiet};
 use crate::{accounts, lock};
 
 const SSHD_DROPIN: &str = "/etc/ssh/sshd_config.d/00-llima-box.conf";
@@ -292,32 +292,18 @@ fn restore(tool: &'static str, rules: &str) -> Result<(), GuardError> {
         "iptables" => "iptables-restore",
         _ => "ip6tables-restore",
     };
-    let child = Command::new(restore)
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let applied = tools::run(Command::new(restore).args(["-w", "--noflush"]), Some(rules));
+    match applied {
+        Ok(()) => {}
+        Err(Failure::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(GuardError::NoTool(restore));
         }
-        Err(e) => return Err(io("cannot start the firewall's tools")(e)),
-    };
-    let written = child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(rules.as_bytes());
-    let out = child
-        .wait_with_output()
-        .map_err(io("cannot run the firewall's tools"))?;
-    if written.is_err() || !out.status.success() {
-        return Err(GuardError::Rules {
-            what: restore.to_owned(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+        Err(e) => {
+            return Err(GuardError::Rules {
+                what: restore.to_owned(),
+                detail: e.to_string(),
+            });
+        }
     }
     for range in [&ENV_UIDS, &LEGACY_ENV_UIDS] {
         let owner = format!("{}-{}", range.start(), range.end());
@@ -354,15 +340,6 @@ fn jump(tool: &'static str, spec: &[&str]) -> Result<(), GuardError> {
         what: tool.to_owned(),
         detail: format!("cannot insert {}", rule.join(" ")),
     })
-}
-
-/// Whether `cmd` ran and succeeded, its output discarded.
-fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// `cmd`'s stdout and stderr together, whatever its status.

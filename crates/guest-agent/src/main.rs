@@ -25,6 +25,7 @@ mod pool;
 mod protect_git;
 mod server;
 mod sys;
+mod tools;
 
 use std::process::ExitCode;
 

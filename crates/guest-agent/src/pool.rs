@@ -9,7 +9,7 @@
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use llima_box_proto::paths::{
@@ -17,7 +17,7 @@ use llima_box_proto::paths::{
 };
 
 use crate::ensure::{self, EnsureError, io};
-use crate::{accounts, delete, list, lock};
+use crate::{accounts, delete, list, lock, tools};
 
 const SPARES_DIR: &str = "/var/lib/llima-box/spares";
 const KEEPER_UNIT: &str = "llima-box-pool";
@@ -51,27 +51,25 @@ pub fn keep(admin: u32, host_uid: u32, host_gid: u32) {
     {
         return;
     }
-    let _ = Command::new("systemd-run")
-        .args([
-            "--no-block",
-            "--quiet",
-            "--collect",
-            &format!("--unit={KEEPER_UNIT}"),
-            "-p",
-            "Nice=10",
-            "-p",
-            "StandardOutput=null",
-            "-p",
-            "StandardError=journal",
-            "--",
-            AGENT_PATH,
-            "pool-keeper",
-        ])
-        .args([admin, host_uid, host_gid].map(|i| i.to_string()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    tools::quiet(
+        Command::new("systemd-run")
+            .args([
+                "--no-block",
+                "--quiet",
+                "--collect",
+                &format!("--unit={KEEPER_UNIT}"),
+                "-p",
+                "Nice=10",
+                "-p",
+                "StandardOutput=null",
+                "-p",
+                "StandardError=journal",
+                "--",
+                AGENT_PATH,
+                "pool-keeper",
+            ])
+            .args([admin, host_uid, host_gid].map(|i| i.to_string())),
+    );
 }
 
 /// Starts the keeper for the host user the pool's spares were made for,
@@ -82,9 +80,7 @@ pub fn resume(admin: u32) {
         return;
     };
     let ids = entries.flatten().find_map(|e| {
-        let text = fs::read_to_string(e.path().join("host_ids")).ok()?;
-        let (u, g) = text.trim().split_once(' ')?;
-        Some((u.parse().ok()?, g.parse().ok()?))
+        ensure::parse_host_ids(&fs::read_to_string(e.path().join(ensure::HOST_IDS)).ok()?)
     });
     if let Some((host_uid, host_gid)) = ids {
         keep(admin, host_uid, host_gid);
@@ -126,7 +122,7 @@ pub fn fill(admin: u32, host_uid: u32, host_gid: u32) -> Result<(), EnsureError>
             .map_err(io("cannot make the pool's directory"))?;
     }
     let version = fs::read_to_string(AGENT_VERSION_PATH).unwrap_or_default();
-    let ids = format!("{host_uid} {host_gid}\n");
+    let ids = ensure::host_ids_text(host_uid, host_gid);
     loop {
         {
             let state = fs::File::open(STATE_DIR).map_err(io("cannot open the state directory"))?;
@@ -170,7 +166,7 @@ fn check(version: &str, ids: &str) -> Result<(), EnsureError> {
     let good = |(spare, dir): &(String, std::path::PathBuf)| {
         list::holder_pid(dir).is_some()
             && fs::read_to_string(dir.join("version")).is_ok_and(|v| v == version)
-            && fs::read_to_string(dir.join("host_ids")).is_ok_and(|i| i == ids)
+            && fs::read_to_string(dir.join(ensure::HOST_IDS)).is_ok_and(|i| i == ids)
             && !own_socket(spare).exists()
     };
     let paths = [SPARE_SOCKET, STANDBY_SOCKET];
@@ -208,7 +204,7 @@ fn make(admin: u32, version: &str, ids: &str) -> Result<(String, std::path::Path
     fs::create_dir(&dir).map_err(io("cannot make the spare's records"))?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(io("cannot make the spare's records"))?;
-    fs::write(dir.join("host_ids"), ids).map_err(io("cannot write the spare's records"))?;
+    fs::write(dir.join(ensure::HOST_IDS), ids).map_err(io("cannot write the spare's records"))?;
     fs::write(dir.join("version"), version).map_err(io("cannot write the spare's records"))?;
     accounts::add_env_user(&spare, Path::new(ensure::LAST_UID))?;
     ensure::start_holder(&dir, &unit_of(&spare), &spare, admin)?;

@@ -112,6 +112,23 @@ pub fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
+/// Waits for the child `pid` and returns its status as a shell reports
+/// it (128 + the signal that killed it); 125 when it cannot be waited for.
+pub fn wait_status(pid: libc::pid_t) -> u8 {
+    let mut status = 0;
+    // SAFETY: waits for this process's own child; status is an out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return 125;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        128u8.wrapping_add(libc::WTERMSIG(status) as u8)
+    } else {
+        libc::WEXITSTATUS(status) as u8
+    }
+}
+
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare takes flags only.
     check(unsafe { libc::unshare(flags) })

@@ -8,6 +8,7 @@ mod start;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use llima_box_proto::names::{valid_env_name, valid_path};
 use llima_box_proto::paths::{ENV_UNIT_PREFIX, ENVS_DIR, STATE_DIR, is_env_uid};
@@ -16,7 +17,7 @@ use llima_box_proto::time::rfc3339_secs;
 
 use crate::accounts::{self, AddError};
 use crate::guard::GuardError;
-use crate::list;
+use crate::{list, tools};
 
 pub use start::start_holder;
 
@@ -66,6 +67,11 @@ pub enum EnsureError {
     },
     #[error("cannot remove what is left of a spare: {0}")]
     Teardown(#[from] crate::delete::DeleteError),
+    #[error("{what}: {failure}")]
+    Tool {
+        what: &'static str,
+        failure: tools::Failure,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -87,6 +93,21 @@ impl EnsureError {
 
 pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> EnsureError {
     move |source| EnsureError::Io { what, source }
+}
+
+/// The `host_ids` record of an environment or spare: the host user its
+/// shares are remapped for.
+pub const HOST_IDS: &str = "host_ids";
+
+/// The text of a [`HOST_IDS`] record.
+pub fn host_ids_text(uid: u32, gid: u32) -> String {
+    format!("{uid} {gid}\n")
+}
+
+/// The uid and gid in the text of a [`HOST_IDS`] record.
+pub fn parse_host_ids(text: &str) -> Option<(u32, u32)> {
+    let (u, g) = text.trim().split_once(' ')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
 }
 
 /// The records directory of the environment `name`.
@@ -137,8 +158,8 @@ pub fn ensure(req: &Request) -> Result<u32, EnsureError> {
     }
     // The host ids may change (another host user); the latest caller's are used.
     fs::write(
-        dir.join("host_ids"),
-        format!("{} {}\n", req.host_uid, req.host_gid),
+        dir.join(HOST_IDS),
+        host_ids_text(req.host_uid, req.host_gid),
     )
     .map_err(io("cannot write the records"))?;
     match accounts::local_uid(&req.name) {
@@ -193,72 +214,53 @@ pub fn configure(name: &str, settings: &Settings) -> Result<(bool, bool), Ensure
     let _env =
         crate::lock::flock(&format!("{name}.lock")).map_err(io("cannot lock the environment"))?;
     let dir = env_dir(name);
-    if !dir.join("project").is_file() {
-        return Ok((false, false));
-    }
+    let project = match fs::read_to_string(dir.join("project")) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((false, false)),
+        Err(e) => return Err(io("cannot read the environment's records")(e)),
+    };
     let before = recorded_settings(&dir);
     record_settings(&dir, settings)?;
     let Some(pid) = list::holder_pid(&dir) else {
         return Ok((true, false));
     };
     if before.git_writes != settings.git_writes {
-        let project = fs::read_to_string(dir.join("project"))
-            .map_err(io("cannot read the environment's records"))?;
         git_writes_in(pid, &project, settings.git_writes)?;
     }
     let unit = fs::read_to_string(dir.join("unit")).unwrap_or_default();
     // What is not set goes back to its default.
     let props = start::limit_properties(settings, start::guest_memory_kib()?);
-    let out = std::process::Command::new("systemctl")
-        .args([
-            "set-property",
-            "--runtime",
-            &format!("{}.service", unit.trim()),
-        ])
-        .args(&props)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(io("cannot run systemctl"))?;
-    if !out.status.success() {
-        return Err(EnsureError::Io {
-            what: "cannot change the running environment's limits",
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        });
-    }
+    let unit = format!("{}.service", unit.trim());
+    tools::run(
+        Command::new("systemctl")
+            .args(["set-property", "--runtime", &unit])
+            .args(&props),
+        None,
+    )
+    .map_err(|failure| EnsureError::Tool {
+        what: "cannot change the running environment's limits",
+        failure,
+    })?;
     Ok((true, true))
 }
 
 /// Makes the git metadata of `project` writable (`allow`) or read-only in
 /// the mount namespace of the environment whose first process is `pid`:
-/// the agent's `protect-git`, started in that namespace (a process with
-/// threads cannot enter another mount namespace itself).
+/// the agent's `protect-git`, started in that namespace.
 fn git_writes_in(pid: u32, project: &str, allow: bool) -> Result<(), EnsureError> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let ns = fs::File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(io("cannot open the environment's mount namespace"))?;
-    let fd = ns.as_raw_fd();
-    let mut cmd = std::process::Command::new(llima_box_proto::paths::AGENT_PATH);
+    let mut cmd = Command::new(llima_box_proto::paths::AGENT_PATH);
     cmd.arg("protect-git");
     if allow {
         cmd.arg("--undo");
     }
-    cmd.arg(project).stdin(std::process::Stdio::null());
-    // SAFETY: setns is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(move || match libc::setns(fd, libc::CLONE_NEWNS) {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        });
-    }
-    let out = cmd.output().map_err(io("cannot run protect-git"))?;
-    if !out.status.success() {
-        return Err(EnsureError::Io {
-            what: "cannot change the git metadata's protection in the environment",
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        });
-    }
-    Ok(())
+    cmd.arg(project);
+    tools::in_namespace(&mut cmd, &ns, libc::CLONE_NEWNS);
+    tools::run(&mut cmd, None).map_err(|failure| EnsureError::Tool {
+        what: "cannot change the git metadata's protection in the environment",
+        failure,
+    })
 }
 
 /// The records of a new environment, complete before they appear (a user
@@ -305,6 +307,14 @@ mod tests {
             host_gid: ids,
             admin: 1000,
             settings: None,
+        }
+    }
+
+    #[test]
+    fn host_ids_records_read_back() {
+        assert_eq!(parse_host_ids(&host_ids_text(1000, 100)), Some((1000, 100)));
+        for bad in ["", "1000", "1000 x", "a 1", "1 2 3"] {
+            assert_eq!(parse_host_ids(bad), None, "{bad:?}");
         }
     }
 

@@ -5,15 +5,13 @@
 //! firewall (`guard`) decides what passes. Interfaces and routes are the
 //! kernel's netlink business; `ip` speaks it, so the agent hands it a batch.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use llima_box_proto::paths::{ENV_UIDS, LEGACY_ENV_UIDS};
 
 use crate::guard::VETH_PREFIX;
+use crate::tools;
 
 /// The guest's side of an environment's pair, its address (the
 /// environment's gateway) and the environment's own address.
@@ -90,33 +88,11 @@ pub fn connect(holder: u32, uid: u32) -> Result<(), NetError> {
 /// given; what it said when it failed.
 fn batch(commands: &str, netns: Option<&std::fs::File>) -> Result<(), String> {
     let mut cmd = Command::new("ip");
-    cmd.args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(["-batch", "-"]);
     if let Some(ns) = netns {
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        tools::in_namespace(&mut cmd, ns, libc::CLONE_NEWNET);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run ip: {e}"))?;
-    let written = child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(commands.as_bytes());
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    match (written, out.status.success()) {
-        (Ok(()), true) => Ok(()),
-        _ => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-    }
+    tools::run(&mut cmd, Some(commands)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

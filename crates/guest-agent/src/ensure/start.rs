@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use llima_box_proto::paths::{AGENT_PATH, AGENT_VERSION_PATH, SOCKETS_DIR};
@@ -13,7 +13,7 @@ use llima_box_proto::settings::Settings;
 
 use super::{EnsureError, io};
 use crate::delete::stop_units;
-use crate::{guard, list};
+use crate::{guard, list, tools};
 
 /// Each environment's share of the guest: so that one that forks without
 /// end or fills its memory hits its own limits, not the others'. Memory
@@ -155,24 +155,18 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
         why,
         log: log_tail(dir),
     };
-    let out = Command::new("systemd-run")
-        .args(unit_argv(
+    let started = tools::run(
+        Command::new("systemd-run").args(unit_argv(
             dir,
             unit,
             name,
             admin,
             total,
             &super::recorded_settings(dir),
-        ))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| failed(format!("cannot run systemd-run: {e}")))?;
-    if !out.status.success() {
-        return Err(failed(format!(
-            "systemd-run failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+        )),
+        None,
+    );
+    started.map_err(|e| failed(format!("systemd-run: {e}")))?;
     let started = Instant::now();
     let mut parent: Option<u32> = None;
     let mut checked_unit = Instant::now();
@@ -224,11 +218,11 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
 }
 
 fn unit_active(unit: &str) -> bool {
-    Command::new("systemctl")
-        .args(["is-active", "--quiet", &format!("{unit}.service")])
-        .stdin(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    tools::quiet(Command::new("systemctl").args([
+        "is-active",
+        "--quiet",
+        &format!("{unit}.service"),
+    ]))
 }
 
 /// The last lines of the holder's log, where it says why it failed.

@@ -93,13 +93,11 @@ pub fn run(args: &[String]) -> Result<u8, Error> {
             });
         }
     };
-    let ids = read(&dir.join("host_ids"))?;
-    let Some((host_uid, host_gid)) = ids
-        .split_once(' ')
-        .and_then(|(u, g)| Some((u.parse().ok()?, g.trim().parse().ok()?)))
-    else {
+    let ids_file = dir.join(crate::ensure::HOST_IDS);
+    let ids = read(&ids_file)?;
+    let Some((host_uid, host_gid)) = crate::ensure::parse_host_ids(&ids) else {
         return Err(Error::Read {
-            path: dir.join("host_ids").display().to_string(),
+            path: ids_file.display().to_string(),
             source: io::Error::other(format!("not \"UID GID\": {ids:?}")),
         });
     };
@@ -225,18 +223,7 @@ fn wait_for(pid: libc::pid_t) -> u8 {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    let mut status = 0;
-    // SAFETY: waits for this process's own child.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return 125;
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status) as u8
-    } else {
-        libc::WEXITSTATUS(status) as u8
-    }
+    sys::wait_status(pid)
 }
 
 impl fmt::Display for Step {
