@@ -137,7 +137,7 @@ fn target_name(target: Option<&str>) -> Result<String> {
                 None => std::env::current_dir().context("cannot read the current directory")?,
             };
             let canonical = env::canonical_project(&path)?;
-            Ok(env::env_name(canonical.to_str().unwrap_or_default()))
+            Ok(env::env_name_of(&canonical))
         }
     }
 }
@@ -266,7 +266,7 @@ mod tests {
         let canonical = std::fs::canonicalize(dir.path()).unwrap();
         assert_eq!(
             target_name(dir.path().to_str()).unwrap(),
-            env::env_name(canonical.to_str().unwrap())
+            env::naming::env_name(canonical.to_str().unwrap())
         );
     }
 }

@@ -22,7 +22,7 @@ fn project(path: Option<&Path>) -> Result<(PathBuf, String)> {
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     let canonical = env::canonical_project(&path)?;
-    let name = env::env_name(canonical.to_str().unwrap_or_default());
+    let name = env::env_name_of(&canonical);
     Ok((canonical, name))
 }
 

@@ -14,7 +14,7 @@ pub(crate) mod settings;
 use exec::ExecRequest;
 pub(crate) use git_watch::{Change as GitChange, Snapshot as GitSnapshot};
 pub(crate) use llima_box_proto::message::EnvInfo;
-pub(crate) use naming::{canonical_project, env_name, validate_name};
+pub(crate) use naming::{canonical_project, env_name_of, validate_name};
 pub(crate) use service::{Guest, Prepared, guest_path};
 
 /// Everything that can go wrong deciding on or talking about an environment.

@@ -45,6 +45,11 @@ pub(crate) fn canonical_project(path: &Path) -> Result<PathBuf, Error> {
     Ok(canonical)
 }
 
+/// [`env_name`] of a path [`canonical_project`] returned (always UTF-8).
+pub(crate) fn env_name_of(canonical: &Path) -> String {
+    env_name(canonical.to_str().unwrap_or_default())
+}
+
 /// The environment name for a canonical project path (see
 /// [`canonical_project`]): `<basename>-<8 hex of sha256(path)>`, lowercase,
 /// `[a-z0-9_-]`, starting with a letter or `_`, at most 32 characters.

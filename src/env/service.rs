@@ -152,7 +152,7 @@ impl Prepared {
         argv: &[String],
         agent: bool,
     ) -> Result<Prepared, Error> {
-        let name = super::env_name(project.to_str().unwrap_or_default());
+        let name = super::env_name_of(project);
         let req = ExecRequest {
             settings: settings::load(instance_dir, &name)?.unwrap_or_default(),
             name,
