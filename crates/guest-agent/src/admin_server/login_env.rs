@@ -124,9 +124,9 @@ fn capture(cmd: &Command, reaper: &Reaper) -> Option<LoginEnv> {
         ..*cmd
     })
     .ok()?;
-    let (stdin, feed) = crate::env_server::pipe().ok()?;
+    let (stdin, feed) = crate::sys::pipe().ok()?;
     drop(feed);
-    let (mut out, write) = crate::env_server::pipe().ok()?;
+    let (mut out, write) = crate::sys::pipe().ok()?;
     let null = std::fs::File::options()
         .write(true)
         .open("/dev/null")

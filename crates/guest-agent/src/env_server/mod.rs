@@ -182,17 +182,6 @@ pub fn within(path: &str, top: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// A pipe (read end, write end), both close-on-exec.
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: an out-array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two descriptors nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Once here rather than per command: the commands inherit both, and this
 /// process keeps its own capabilities (it never execs).
 pub(crate) fn drop_bounding_set() -> io::Result<()> {

@@ -43,7 +43,7 @@ impl Reaper {
     /// that delivers its wait status (4 bytes, native order) once it ends.
     /// The pid is registered before the reaper can see the child end.
     pub fn fork(&self, child: impl FnOnce()) -> io::Result<(libc::pid_t, OwnedFd)> {
-        let (read, write) = super::pipe()?;
+        let (read, write) = crate::sys::pipe()?;
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the child only runs `child`, which makes system calls and
         // never returns.

@@ -17,9 +17,9 @@ use llima_box_proto::paths::SOCKETS_DIR;
 use llima_box_proto::spawn::{self, ExitStatus, Header, Pty};
 
 use super::child::{Prepared, Stdio};
-use super::pipe;
 use super::pty;
 use super::reaper::Reaper;
+use crate::sys::pipe;
 
 /// Stop reading a side while this much waits for the other.
 const HIGH: usize = 1 << 20;

@@ -83,12 +83,14 @@ pub enum Step {
         recursive: bool,
     },
     /// The ownership remap of `raw` at `target`: the host user's files
-    /// appear as the environment user's and back.
+    /// appear as the environment user's and back. By a kernel ID mapping
+    /// when `idmap` (no process serves it), else through FUSE (bindfs).
     Remap {
         raw: String,
         target: String,
         host: (u32, u32),
         env: (u32, u32),
+        idmap: bool,
     },
     Chown {
         path: String,
@@ -190,6 +192,7 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
             target: remap,
             host: (req.host_uid, req.host_gid),
             env: (req.uid, req.gid),
+            idmap: req.shares.iter().any(|s| &s.target == root && s.idmap),
         });
     }
     steps.push(bind(&home, stage("home")));
@@ -261,6 +264,7 @@ mod tests {
         Share {
             target: target.into(),
             writable,
+            idmap: false,
         }
     }
 
@@ -317,6 +321,7 @@ mod tests {
             target: format!("{STAGE_DIR}/remap/0"),
             host: (1000, 100),
             env: (70001, 70002),
+            idmap: false,
         };
         let project = bind(format!("{STAGE_DIR}/remap/0/proj"), "/home/u/work/proj");
         assert!(position(&p.steps, &remap) < position(&p.steps, &project));
@@ -338,6 +343,33 @@ mod tests {
                 .filter(|s| matches!(s, Step::Remap { .. }))
                 .count(),
             1
+        );
+    }
+
+    #[test]
+    fn only_a_virtiofs_share_is_remapped_by_the_kernel() {
+        let mut shares = [share("/home/u", true), share("/data", true)];
+        shares[1].idmap = true;
+        let idmaps = |p: &Plan| -> Vec<bool> {
+            p.steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Remap { idmap, .. } => Some(*idmap),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            idmaps(&plan(&request(None, &shares), |_| true)),
+            [false, true]
+        );
+        assert_eq!(
+            idmaps(&plan(&request(Some("/data/p"), &shares), |_| true)),
+            [true]
+        );
+        assert_eq!(
+            idmaps(&plan(&request(Some("/srv/p"), &shares), |_| true)),
+            [false]
         );
     }
 

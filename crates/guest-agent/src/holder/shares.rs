@@ -8,6 +8,8 @@ pub struct Share {
     /// Where the guest has it.
     pub target: String,
     pub writable: bool,
+    /// It may be bound through an ID mapping (virtiofs; 9p cannot).
+    pub idmap: bool,
 }
 
 /// The shares in the text of a `/proc/PID/mountinfo`, in its order.
@@ -23,6 +25,7 @@ pub fn parse(mountinfo: &str) -> Vec<Share> {
             SHARE_TYPES.contains(&fstype).then(|| Share {
                 target: unescape(target),
                 writable: options.split(',').any(|o| o == "rw"),
+                idmap: fstype == "virtiofs",
             })
         })
         .collect()
@@ -72,19 +75,23 @@ mod tests {
             [
                 Share {
                     target: "/home/u".into(),
-                    writable: false
+                    writable: false,
+                    idmap: false,
                 },
                 Share {
                     target: "/tmp/lima".into(),
-                    writable: true
+                    writable: true,
+                    idmap: false,
                 },
                 Share {
                     target: "/data/my proj".into(),
-                    writable: true
+                    writable: true,
+                    idmap: true,
                 },
                 Share {
                     target: "/mnt/s".into(),
-                    writable: true
+                    writable: true,
+                    idmap: false,
                 },
             ]
         );
