@@ -72,6 +72,12 @@ pub const KNOWN_HOSTS: &str = "known_hosts";
 /// The host agent's held SSH connection for the CLI (ours; kept short, as
 /// unix socket paths are limited to about 100 bytes).
 pub const MUX_SOCK: &str = "mux.sock";
+
+/// The vhost-user socket of virtiofsd for mount `index` (mountType virtiofs).
+pub fn virtiofsd_sock(index: usize) -> String {
+    format!("virtiofsd-{index}.sock")
+}
+
 /// Which guest agent the guest has (ours, its sha256): the guest's disk
 /// lives and dies with the instance directory, so a matching stamp lets
 /// `shell` skip the install round trip.

@@ -12,6 +12,7 @@ pub mod layout;
 pub(crate) mod lifecycle;
 pub(crate) mod qemu;
 pub(crate) mod qmp;
+pub(crate) mod share;
 pub(crate) mod store;
 pub(crate) mod sys;
 pub(crate) mod trust;

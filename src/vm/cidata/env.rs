@@ -49,7 +49,7 @@ pub(super) fn lima_env(input: &CidataInput) -> String {
     for (i, m) in input.mounts.iter().enumerate() {
         set(&format!("MOUNTS_{i}_MOUNTPOINT"), &m.mount_point);
     }
-    set("MOUNTTYPE", "9p");
+    set("MOUNTTYPE", input.share.as_str());
     set("DISKS", "0");
     for (i, p) in input.provisions.iter().enumerate() {
         if let Provision::Data(d) = p {

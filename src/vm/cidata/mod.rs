@@ -24,6 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::vm::share::ShareType;
+
 pub(crate) use host_key::{HostKey, generate_host_key};
 pub(crate) use network::{SLIRP_DNS, instance_mac_address};
 
@@ -83,6 +85,8 @@ pub(crate) struct CidataInput {
     /// The host user's home: the mount with this location is the "host home" mount.
     pub host_home: String,
     pub mounts: Vec<Mount>,
+    /// How the mounts reach the guest.
+    pub share: ShareType,
     /// The merged provision list, in order; indexes name the files.
     pub provisions: Vec<Provision>,
     pub timezone: Option<String>,
@@ -115,7 +119,7 @@ pub(crate) struct GuestUser {
     pub shell: String,
 }
 
-/// A host directory shared over 9p.
+/// A host directory shared with the guest.
 #[derive(Debug, Clone)]
 pub(crate) struct Mount {
     /// Host path, already expanded and absolute.
@@ -127,7 +131,7 @@ pub(crate) struct Mount {
 }
 
 impl Mount {
-    /// The 9p mount tag QEMU and the guest fstab agree on.
+    /// The mount tag QEMU and the guest fstab agree on.
     pub(crate) fn tag(&self) -> String {
         mount_tag(&self.location, &self.mount_point)
     }
@@ -395,6 +399,7 @@ pub(crate) mod tests {
                 mount("/home/alice", "/home/alice", false),
                 mount("/tmp/lima", "/tmp/lima", true),
             ],
+            share: ShareType::NineP,
             provisions: vec![
                 Provision::System {
                     script: "#!/bin/sh\necho system\n".into(),

@@ -2,6 +2,7 @@
 
 use super::yaml::{self, Yaml};
 use super::{CidataError, CidataInput, Provision, provision_index};
+use crate::vm::share::ShareType;
 
 /// Mounts the cidata volume and execs our boot.sh; cloud-init runs it as
 /// root on every boot.
@@ -48,18 +49,19 @@ pub(super) fn user_data(
     ));
     if !input.mounts.is_empty() {
         let rows = input.mounts.iter().map(|m| {
+            let access = if m.writable { "rw" } else { "ro" };
             let o = &m.nine_p;
-            let options = format!(
-                "{},trans=virtio,version={},msize={},cache={},nofail",
-                if m.writable { "rw" } else { "ro" },
-                o.protocol_version,
-                o.msize,
-                o.cache
-            );
+            let options = match input.share {
+                ShareType::NineP => format!(
+                    "{access},trans=virtio,version={},msize={},cache={},nofail",
+                    o.protocol_version, o.msize, o.cache
+                ),
+                ShareType::Virtiofs => format!("{access},nofail"),
+            };
             strings(&[
                 m.tag(),
                 m.mount_point.clone(),
-                "9p".into(),
+                input.share.as_str().into(),
                 options,
                 "0".into(),
                 "0".into(),
@@ -227,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn mounts_are_9p_fstab_entries() {
+    fn mounts_are_fstab_entries_of_the_share_type() {
         let (_, v) = parsed(true);
         let row = |i: usize| -> Vec<String> {
             v["mounts"][i]
@@ -254,6 +256,27 @@ mod tests {
         );
 
         let mut input = sample();
+        input.share = ShareType::Virtiofs;
+        let v: Value = serde_yaml::from_str(&user_data(&input, true).unwrap()).unwrap();
+        let virtiofs: Vec<&str> = v["mounts"][0]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            virtiofs,
+            [
+                "lima-37f3810809d0851e",
+                "/home/alice",
+                "virtiofs",
+                "ro,nofail",
+                "0",
+                "0"
+            ]
+        );
+        assert_eq!(v["mounts"][1][3].as_str(), Some("rw,nofail"));
+
         input.mounts.clear();
         input.timezone = None;
         let v: Value = serde_yaml::from_str(&user_data(&input, true).unwrap()).unwrap();

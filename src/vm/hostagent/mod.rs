@@ -8,6 +8,7 @@ mod plan;
 mod readiness;
 mod run;
 pub(crate) mod ssh_config;
+pub(crate) mod virtiofs;
 
 pub(crate) use run::main;
 
@@ -53,6 +54,10 @@ pub(crate) enum HostAgentError {
     GuestExited { status: String },
     #[error("interrupted while the guest was booting")]
     Interrupted,
+    #[error(transparent)]
+    Share(#[from] crate::vm::share::ShareError),
+    #[error("virtiofsd for {} did not start: {why}", location.display())]
+    Virtiofsd { location: PathBuf, why: String },
 }
 
 impl From<crate::ssh::Error> for HostAgentError {

@@ -11,6 +11,7 @@ use crate::vm::cidata::{self, CidataInput, GuestUser, HostKey, InstanceId, NineP
 use crate::vm::config::LimaYaml;
 use crate::vm::layout;
 use crate::vm::qemu::{self, MountSpec, QemuSpec};
+use crate::vm::share::ShareType;
 use crate::vm::units::parse_bytes;
 
 pub(super) struct Plan {
@@ -32,6 +33,7 @@ impl Plan {
         cfg: &LimaYaml,
         iid: InstanceId,
         port: u16,
+        share: ShareType,
     ) -> Result<Plan, HostAgentError> {
         let read = |file: &str| {
             let path = dir.join(file);
@@ -66,6 +68,16 @@ impl Plan {
             home: u.home.clone().unwrap_or_default(),
             shell: u.shell.clone().unwrap_or_else(|| "/bin/bash".into()),
         };
+        let queue_sizes: Vec<u32> = cfg
+            .mounts
+            .iter()
+            .map(|m| {
+                m.virtiofs
+                    .as_ref()
+                    .and_then(|v| v.queue_size)
+                    .unwrap_or(1024)
+            })
+            .collect();
         let mounts: Vec<cidata::Mount> = cfg
             .mounts
             .iter()
@@ -105,6 +117,7 @@ impl Plan {
             ssh_authorized_keys: authorized,
             host_home: home.display().to_string(),
             mounts: mounts.clone(),
+            share,
             provisions,
             timezone: cfg.timezone.clone().filter(|t| !t.is_empty()),
             env: cfg.env.clone().unwrap_or_default(),
@@ -141,12 +154,15 @@ impl Plan {
             mac,
             mounts: mounts
                 .iter()
-                .map(|m| MountSpec {
+                .zip(queue_sizes)
+                .map(|(m, queue_size)| MountSpec {
                     tag: m.tag(),
                     host_path: PathBuf::from(&m.location),
                     readonly: !m.writable,
+                    queue_size,
                 })
                 .collect(),
+            share,
         };
         Ok(Plan {
             dir: dir.to_path_buf(),

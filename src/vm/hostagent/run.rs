@@ -13,13 +13,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use super::events::{self, Status};
-use super::{HostAgentError, api, plan, readiness};
+use super::{HostAgentError, api, plan, readiness, virtiofs};
 use crate::ssh;
 use crate::timeouts;
 use crate::vm::cidata;
 use crate::vm::config;
 use crate::vm::layout;
 use crate::vm::qemu;
+use crate::vm::share;
 use crate::vm::store;
 use crate::vm::sys::RealSys;
 use crate::vm::trust;
@@ -125,8 +126,16 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
             source,
         })?,
     };
+    let arch = cfg
+        .arch
+        .clone()
+        .unwrap_or_else(|| crate::vm::sys::host_arch().to_string());
+    let exe = qemu::find_exe_from_env(&arch)?;
+    let chosen = share::choose(cfg.mount_type.as_deref(), cfg!(target_os = "linux"), || {
+        qemu::virtiofsd::find(&exe.path)
+    })?;
     let iid = cidata::InstanceId::at(SystemTime::now());
-    let mut plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid, port)?;
+    let mut plan = plan::Plan::new(&name, &dir, &lima_home, &cfg, iid, port, chosen.share)?;
     plan.write_files()?;
 
     let listener =
@@ -143,7 +152,7 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         },
     ));
 
-    let result = supervise(&dir, &plan, port, &iid.to_string()).await;
+    let result = supervise(&dir, &plan, port, &iid.to_string(), exe, &chosen).await;
     server.abort();
     result
 }
@@ -154,6 +163,8 @@ async fn supervise(
     plan: &plan::Plan,
     port: u16,
     iid: &str,
+    exe: qemu::QemuExe,
+    chosen: &share::Chosen,
 ) -> Result<(), HostAgentError> {
     // Both read before QEMU starts: a bad value must fail the start, not
     // the shutdown.
@@ -162,7 +173,20 @@ async fn supervise(
     let mut sigint = signal(SignalKind::interrupt()).map_err(HostAgentError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(HostAgentError::Signal)?;
 
-    let exe = qemu::find_exe_from_env(&plan.qemu.arch)?;
+    if !plan.qemu.mounts.is_empty() {
+        stage(port, &sharing(chosen));
+    }
+    let mut daemons = match &chosen.virtiofsd {
+        Some(v) if !plan.qemu.mounts.is_empty() => {
+            let (v, spec) = (v.clone(), plan.qemu.clone());
+            Some(
+                tokio::task::spawn_blocking(move || virtiofs::Daemons::start(&v, &spec))
+                    .await
+                    .map_err(|e| HostAgentError::Join(e.to_string()))??,
+            )
+        }
+        _ => None,
+    };
     stage(
         port,
         &format!("booting the guest ({})", plan.qemu.accel.as_str()),
@@ -212,13 +236,21 @@ async fn supervise(
     });
     let _mux = serve_mux(dir, plan, port);
 
-    tokio::select! {
-        _ = sigint.recv() => {}
-        _ = sigterm.recv() => {}
-        status = &mut exited => {
-            log(&format!("QEMU exited ({}); the guest powered off", status.ok().and_then(Result::ok).unwrap_or_default()));
-            let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
-            return Ok(());
+    let mut watch = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = watch.tick() => {
+                if let Some(d) = &mut daemons {
+                    d.check();
+                }
+            }
+            status = &mut exited => {
+                log(&format!("QEMU exited ({}); the guest powered off", status.ok().and_then(Result::ok).unwrap_or_default()));
+                let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
+                return Ok(());
+            }
         }
     }
     log("shutting the guest down (ACPI power button)");
@@ -235,6 +267,21 @@ async fn supervise(
     let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
     log("stopped");
     Ok(())
+}
+
+/// What `vm start` shows about file sharing.
+fn sharing(chosen: &share::Chosen) -> String {
+    match (&chosen.virtiofsd, &chosen.not_virtiofs) {
+        (Some(v), _) => format!(
+            "sharing files over virtiofs (virtiofsd {} at {}); environments get their project through ID-mapped mounts",
+            v.version,
+            v.path.display()
+        ),
+        (None, Some(why)) => format!(
+            "sharing files over 9p, not virtiofs: {why}. Environments remap file ownership through FUSE (slower file work)"
+        ),
+        (None, None) => "sharing files over 9p (mountType: 9p); environments remap file ownership through FUSE (slower file work)".to_string(),
+    }
 }
 
 /// Serves `mux.sock` (see [`ssh::mux`]) until dropped; without it the CLI

@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 
 use super::Accel;
 use crate::vm::layout;
+use crate::vm::share::ShareType;
 
-/// One host directory shared with the guest over 9p.
+/// One host directory shared with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MountSpec {
     pub tag: String,
     pub host_path: PathBuf,
     pub readonly: bool,
+    /// `mounts[].virtiofs.queueSize` (virtiofs only).
+    pub queue_size: u32,
 }
 
 /// Everything the command line depends on. Paths must be absolute.
@@ -43,6 +46,9 @@ pub(crate) struct QemuSpec {
     /// From [`crate::vm::cidata::instance_mac_address`], shared with network-config.
     pub mac: String,
     pub mounts: Vec<MountSpec>,
+    /// How the mounts are shared; virtiofs also shares the guest's memory
+    /// with the daemons.
+    pub share: ShareType,
 }
 
 impl QemuSpec {
@@ -98,6 +104,15 @@ pub(crate) fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
     let mut a = Args(extra_args.to_vec());
 
     a.push(&["-m", &(spec.memory_bytes >> 20).to_string()]);
+    if spec.share == ShareType::Virtiofs {
+        // virtiofsd reads and writes the guest's buffers in place.
+        let shm = format!(
+            "memory-backend-memfd,id=virtiofs-shm,size={},share=on",
+            spec.memory_bytes
+        );
+        a.push(&["-object", &shm]);
+        a.push(&["-numa", "node,memdev=virtiofs-shm"]);
+    }
     let cpu = match (&spec.cpu_type, spec.accel) {
         (Some(c), _) => c.clone(),
         (None, Accel::Tcg) => "max".to_string(),
@@ -232,16 +247,33 @@ pub(crate) fn cmdline(spec: &QemuSpec, extra_args: &[String]) -> Vec<String> {
         "virtconsole,chardev=char-serial-virtio,id=console0",
     ]);
 
-    for m in &spec.mounts {
-        let mut v = format!(
-            "local,mount_tag={},path={},security_model=none",
-            m.tag,
-            esc(&m.host_path)
-        );
-        if m.readonly {
-            v.push_str(",readonly=on");
+    for (i, m) in spec.mounts.iter().enumerate() {
+        match spec.share {
+            ShareType::NineP => {
+                let mut v = format!(
+                    "local,mount_tag={},path={},security_model=none",
+                    m.tag,
+                    esc(&m.host_path)
+                );
+                if m.readonly {
+                    v.push_str(",readonly=on");
+                }
+                a.push(&["-virtfs", &v]);
+            }
+            ShareType::Virtiofs => {
+                // Read-only is virtiofsd's to enforce (and the guest's fstab).
+                let sock = file(&layout::virtiofsd_sock(i));
+                a.push(&[
+                    "-chardev",
+                    &format!("socket,id=char-virtiofs-{i},path={sock}"),
+                ]);
+                let dev = format!(
+                    "vhost-user-fs-pci,queue-size={},chardev=char-virtiofs-{i},tag={}",
+                    m.queue_size, m.tag
+                );
+                a.push(&["-device", &dev]);
+            }
         }
-        a.push(&["-virtfs", &v]);
     }
 
     let qmp = format!(
@@ -280,7 +312,9 @@ mod tests {
                 tag: "lima-abc".into(),
                 host_path: PathBuf::from("/home/u,x"),
                 readonly: true,
+                queue_size: 1024,
             }],
+            share: ShareType::NineP,
         }
     }
 
@@ -350,6 +384,25 @@ mod tests {
         let a = joined(&cmdline(&s, &[]));
         assert!(a.contains("-cpu host -machine virt,accel=hvf"), "{a}");
         assert!(a.contains("-device pci-serial,chardev=char-serial-pci"));
+    }
+
+    #[test]
+    fn virtiofs_shares_memory_and_connects_each_mount_to_its_daemon() {
+        let mut s = spec();
+        s.share = ShareType::Virtiofs;
+        s.mounts.push(MountSpec {
+            tag: "lima-def".into(),
+            host_path: PathBuf::from("/srv"),
+            readonly: false,
+            queue_size: 512,
+        });
+        let args = cmdline(&s, &[]);
+        let a = joined(&args);
+        assert!(a.starts_with("-m 4096 -object memory-backend-memfd,id=virtiofs-shm,size=4294967296,share=on -numa node,memdev=virtiofs-shm -cpu host"), "{a}");
+        assert!(!a.contains("-virtfs"), "{a}");
+        assert!(a.contains("-chardev socket,id=char-virtiofs-0,path=/l/default/virtiofsd-0.sock -device vhost-user-fs-pci,queue-size=1024,chardev=char-virtiofs-0,tag=lima-abc"), "{a}");
+        assert!(a.contains("-chardev socket,id=char-virtiofs-1,path=/l/default/virtiofsd-1.sock -device vhost-user-fs-pci,queue-size=512,chardev=char-virtiofs-1,tag=lima-def"), "{a}");
+        assert!(pos(&args, "char-virtiofs-1") < pos(&args, "char-qmp"));
     }
 
     #[test]

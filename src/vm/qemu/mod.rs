@@ -8,6 +8,7 @@ mod cmdline;
 #[cfg(test)]
 mod firmware;
 pub(crate) mod stuck;
+pub(crate) mod virtiofsd;
 
 use crate::vm::layout;
 use std::fs::OpenOptions;
@@ -551,7 +552,9 @@ mod tests {
                 tag: "m0".into(),
                 host_path: dir.join("share"),
                 readonly: true,
+                queue_size: 1024,
             }],
+            share: crate::vm::share::ShareType::NineP,
         }
         .with_instance_files()
         .unwrap()
