@@ -71,6 +71,9 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The `param:` that makes eth0 optional in netplan (Lima's name).
+const NETPLAN_OPTIONAL: &str = "internal_netplanOptional";
+
 /// netplan v2: eth0 matched by MAC, DHCP, route metric 200 like Lima.
 pub(super) fn network_config(input: &CidataInput) -> String {
     let mut eth0 = vec![
@@ -86,6 +89,13 @@ pub(super) fn network_config(input: &CidataInput) -> String {
         ),
         ("dhcp-identifier", "mac".into()),
     ];
+    // Lima's template for Ubuntu 26.04 sets this param: the NIC's first-boot
+    // rename fails there (the bootcmd renames it instead), and a required
+    // NIC would hold the boot in systemd-networkd-wait-online for 120 s.
+    // Only then: other distributions read it as "not required for online".
+    if input.params.get(NETPLAN_OPTIONAL).map(String::as_str) == Some("true") {
+        eth0.push(("optional", Yaml::Bool(true)));
+    }
     if !input.dns.is_empty() {
         let addresses = input.dns.iter().map(|a| a.as_str().into()).collect();
         eth0.push((
@@ -148,10 +158,18 @@ mod tests {
         assert_eq!(eth0["set-name"].as_str(), Some("eth0"));
         assert_eq!(eth0["dhcp4-overrides"]["route-metric"], Value::from(200));
         assert_eq!(eth0["dhcp-identifier"].as_str(), Some("mac"));
+        assert!(eth0.get("optional").is_none());
         assert_eq!(
             eth0["nameservers"]["addresses"][0].as_str(),
             Some(SLIRP_DNS)
         );
+
+        let mut optional = input.clone();
+        optional
+            .params
+            .insert(NETPLAN_OPTIONAL.into(), "true".into());
+        let v: Value = serde_yaml::from_str(&network_config(&optional)).unwrap();
+        assert_eq!(v["ethernets"]["eth0"]["optional"], Value::from(true));
 
         let mut no_dns = input.clone();
         no_dns.dns.clear();

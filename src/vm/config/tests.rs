@@ -496,7 +496,7 @@ fn the_embedded_instance_config_is_valid_and_as_intended() {
         .collect();
     assert_eq!(arches, ["x86_64", "aarch64"]);
     for img in &y.images {
-        assert!(img.file.location.contains("ubuntu-24.04-server-cloudimg"));
+        assert!(img.file.location.contains("ubuntu-26.04-server-cloudimg"));
         assert!(img.file.digest.as_deref().unwrap().starts_with("sha256:"));
     }
     assert_eq!(y.mounts[0].location, "/home/alice");
