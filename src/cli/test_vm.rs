@@ -37,6 +37,9 @@ pub(super) fn run(lima_home: &Path, args: &TestVmArgs, out: &Output) -> Result<E
         steps.run("a command in an environment", || {
             environment(lima_home, &name)
         })?;
+        steps.run("file sharing daemons", || {
+            virtiofsd_health(lima_home, &name)
+        })?;
         steps.run("stop", || {
             let _lock = InstanceLock::acquire(lima_home, &name)?;
             lifecycle::stop(lima_home, &name, lifecycle::STOP_TIMEOUT)?;
@@ -96,10 +99,13 @@ fn ssh_uname(lima_home: &Path, name: &str) -> Result<String> {
     Ok(text)
 }
 
-/// What the environment step runs: who it is, and whether the sandboxes
+/// What the environment step runs: who it is, how its project is shared
+/// (and whether a file made there is its own), and whether the sandboxes
 /// coding agents make for their tools (user namespaces, bubblewrap) work.
 const ENV_PROBE: &str = r#"
 id -un
+awk -v p="$PWD" '$5 == p { for (i = 7; $i != "-"; i++); print "share=" $(i + 1) " " $6 }' /proc/self/mountinfo
+touch owned && [ "$(stat -c %u owned)" = "$(id -u)" ] && echo owned=yes
 unshare -rm true 2>&1 && echo userns=ok
 if command -v bwrap >/dev/null; then
     bwrap --ro-bind / / --dev /dev --proc /proc --unshare-all true 2>&1 && echo bubblewrap=ok
@@ -150,6 +156,7 @@ fn environment(lima_home: &Path, name: &str) -> Result<String> {
         bail!("`delete` of the throwaway environment failed");
     }
     let user = stdout.lines().next().unwrap_or_default();
+    let share = sharing(&stdout)?;
     if !stdout.contains("userns=ok") {
         bail!(
             "user namespaces do not work in the environment (the sandboxes coding agents run their tools in will fail): {stdout}"
@@ -162,7 +169,56 @@ fn environment(lima_home: &Path, name: &str) -> Result<String> {
     } else {
         bail!("bubblewrap fails in the environment: {stdout}");
     };
-    Ok(format!("as {user}; user namespaces work; {bwrap}"))
+    Ok(format!("as {user}; {share}; user namespaces work; {bwrap}"))
+}
+
+/// How the environment got its project, from the probe's `share=` line:
+/// on virtiofs it must be an ID-mapped mount, and a file made there must
+/// be the environment's.
+fn sharing(probe: &str) -> Result<String> {
+    let line = probe
+        .lines()
+        .find_map(|l| l.strip_prefix("share="))
+        .unwrap_or_default();
+    let (fstype, options) = line.split_once(' ').unwrap_or((line, ""));
+    let idmapped = options.split(',').any(|o| o == "idmapped");
+    let how = match fstype {
+        "virtiofs" if idmapped => "project shared over virtiofs through an ID-mapped mount",
+        "virtiofs" => bail!(
+            "the project is on virtiofs but not ID-mapped into the environment (mount options {options}); the guest's kernel must be Linux 6.12 or newer and virtiofsd 1.13 or newer"
+        ),
+        "fuse.bindfs" => {
+            "project remapped through bindfs (9p share: slower file work; install virtiofsd 1.13 or newer for virtiofs)"
+        }
+        _ => bail!("the project is mounted as {line:?}, not through virtiofs or bindfs"),
+    };
+    if !probe.lines().any(|l| l == "owned=yes") {
+        bail!("a file made in the environment is not its own ({how})");
+    }
+    Ok(how.to_string())
+}
+
+/// Whether the host agent logged a virtiofsd close to its descriptor
+/// limit (the guest then gets "too many open files" there) in this run.
+fn virtiofsd_health(lima_home: &Path, name: &str) -> Result<String> {
+    let dir = lima_home.join(name);
+    let log = std::fs::read_to_string(dir.join(layout::HOST_AGENT_STDERR_LOG)).unwrap_or_default();
+    // This run's part of the log: since the agent's last start.
+    let run = log.rsplit("host agent for").next().unwrap_or_default();
+    if let Some(line) = run
+        .lines()
+        .find(|l| l.contains(crate::vm::hostagent::virtiofs::EXHAUSTED))
+    {
+        bail!("{line}");
+    }
+    let daemons = run
+        .lines()
+        .filter(|l| l.contains("virtiofsd ") && l.contains(" shares "))
+        .count();
+    Ok(match daemons {
+        0 => "no virtiofsd (9p share)".to_string(),
+        n => format!("{n} virtiofsd running, none short of file descriptors"),
+    })
 }
 
 #[derive(Default)]
