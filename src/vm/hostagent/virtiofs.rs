@@ -155,6 +155,10 @@ impl Drop for Daemons {
             let _ = d.child.kill();
             let _ = d.child.wait();
             let _ = std::fs::remove_file(&d.socket);
+            // virtiofsd's lock file beside its socket.
+            let mut pid_file = d.socket.clone().into_os_string();
+            pid_file.push(".pid");
+            let _ = std::fs::remove_file(pid_file);
         }
     }
 }
