@@ -104,7 +104,7 @@ fn ssh_uname(lima_home: &Path, name: &str) -> Result<String> {
 /// coding agents make for their tools (user namespaces, bubblewrap) work.
 const ENV_PROBE: &str = r#"
 id -un
-awk -v p="$PWD" '$5 == p { for (i = 7; $i != "-"; i++); print "share=" $(i + 1) " " $6 }' /proc/self/mountinfo
+awk -v p="$PWD" '$5 == p { for (i = 7; $i != "-"; i++); print "share=" $(i + 1) " " $(i + 2) " " $6 }' /proc/self/mountinfo
 touch owned && [ "$(stat -c %u owned)" = "$(id -u)" ] && echo owned=yes
 unshare -rm true 2>&1 && echo userns=ok
 if command -v bwrap >/dev/null; then
@@ -180,14 +180,20 @@ fn sharing(probe: &str) -> Result<String> {
         .lines()
         .find_map(|l| l.strip_prefix("share="))
         .unwrap_or_default();
-    let (fstype, options) = line.split_once(' ').unwrap_or((line, ""));
+    let mut words = line.split(' ');
+    let (fstype, source, options) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
     let idmapped = options.split(',').any(|o| o == "idmapped");
-    let how = match fstype {
-        "virtiofs" if idmapped => "project shared over virtiofs through an ID-mapped mount",
-        "virtiofs" => bail!(
+    let how = match (fstype, source) {
+        ("virtiofs", _) if idmapped => "project shared over virtiofs through an ID-mapped mount",
+        ("virtiofs", _) => bail!(
             "the project is on virtiofs but not ID-mapped into the environment (mount options {options}); the guest's kernel must be Linux 6.12 or newer and virtiofsd 1.13 or newer"
         ),
-        "fuse.bindfs" => {
+        // bindfs's mounts are "fuse" or "fuse.bindfs", from "bindfs".
+        (_, "bindfs") => {
             "project remapped through bindfs (9p share: slower file work; install virtiofsd 1.13 or newer for virtiofs)"
         }
         _ => bail!("the project is mounted as {line:?}, not through virtiofs or bindfs"),
@@ -259,5 +265,33 @@ impl Steps {
 
     fn total(&self) -> Duration {
         self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtiofs_must_be_id_mapped_and_the_file_the_environments() {
+        let probe = |line: &str, owned: bool| {
+            format!(
+                "app-1\nshare={line}\n{}userns=ok\n",
+                if owned { "owned=yes\n" } else { "" }
+            )
+        };
+        let ok = sharing(&probe("virtiofs lima-ab rw,relatime,idmapped", true)).unwrap();
+        assert!(ok.contains("ID-mapped"), "{ok}");
+        let not_mapped = sharing(&probe("virtiofs lima-ab rw,relatime", true)).unwrap_err();
+        assert!(
+            not_mapped.to_string().contains("not ID-mapped"),
+            "{not_mapped}"
+        );
+        for bindfs in ["fuse bindfs rw,nosuid", "fuse.bindfs bindfs rw"] {
+            assert!(sharing(&probe(bindfs, true)).unwrap().contains("bindfs"));
+        }
+        assert!(sharing(&probe("9p lima-ab rw", true)).is_err());
+        let not_owned = sharing(&probe("virtiofs lima-ab rw,idmapped", false)).unwrap_err();
+        assert!(not_owned.to_string().contains("not its own"), "{not_owned}");
     }
 }

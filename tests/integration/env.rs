@@ -43,10 +43,30 @@ fn tree_hash(dir: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+/// On the default share (virtiofs, with the project ID-mapped into each
+/// environment: CI installs virtiofsd).
 #[test]
 #[ignore = "boots a VM: run through tests/run"]
 fn environments_end_to_end() {
-    let vm = VmHome::new();
+    environments(VmHome::new(), Share::Virtiofs);
+}
+
+/// The fallback: a 9p instance, where the environments remap ownership
+/// through FUSE (bindfs).
+#[test]
+#[ignore = "boots a VM: run through tests/run"]
+fn environments_end_to_end_on_9p() {
+    let config = format!("{}\nmountType: 9p\n", guest_override());
+    environments(VmHome::with_override(&config), Share::NineP);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Share {
+    Virtiofs,
+    NineP,
+}
+
+fn environments(vm: VmHome, share: Share) {
     let u = user();
     // Only the user's home is mounted in the guest.
     let projects = TestDir::new_in(&u.home);
@@ -83,6 +103,9 @@ fn environments_end_to_end() {
     });
     checks.run_after("guard_idempotent", FIRST, || check_guard_idempotent(&vm));
     checks.run_after("piped_stdin", FIRST, || check_piped_stdin(&vm, &a));
+    checks.run_after("file_sharing", FIRST, || {
+        check_file_sharing(&vm, &projects, &a, share)
+    });
     checks.run_after("files_owned_by_host_user", FIRST, || {
         check_files_owned_by_host_user(&vm, &a)
     });
@@ -207,7 +230,26 @@ fn environments_end_to_end() {
     checks.run_after("without_python", &["delete_all"], || {
         check_without_python(&vm, &projects)
     });
-    checks.run("stop", || vm.ok(&["vm", "stop", "--force"]));
+    checks.run("stop", || {
+        vm.ok(&["vm", "stop", "--force"]);
+        // On virtiofs the share's daemons go with QEMU.
+        let dir = vm.path().join("llima-box");
+        let left = || {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", &format!("virtiofsd --socket-path {}", dir.display())])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        for _ in 0..50 {
+            if left().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(left(), "", "virtiofsd still runs after the VM stopped");
+        assert!(!dir.join("virtiofsd-0.sock").exists());
+    });
 
     checks.finish();
 }
@@ -422,6 +464,77 @@ fn check_piped_stdin(vm: &VmHome, a: &Path) {
         text(&out).0.split_whitespace().next().unwrap(),
         hex::encode(Sha256::digest(&data))
     );
+}
+
+/// How the project reaches the environment: on virtiofs an ID-mapped bind
+/// (no FUSE process), where a chown to anyone else fails and a tree of
+/// 100,000 files, more than virtiofsd's descriptor limit, lists whole; on
+/// 9p a bindfs remap, where a chown does nothing.
+fn check_file_sharing(vm: &VmHome, projects: &TestDir, a: &Path, share: Share) {
+    const HOW: &str = r#"awk -v p="$PWD" '$5 == p { for (i = 7; $i != "-"; i++); print $(i + 1), $(i + 2), $6 }' /proc/self/mountinfo
+touch owned && stat -c 'owner=%u' owned && echo "me=$(id -u)"
+chown 0 owned 2>&1; echo "chown=$?"
+"#;
+    let out = vm.shell_ok(a, &["sh", "-c", HOW]);
+    let first = out.lines().next().unwrap_or_default();
+    let me = field(&out, "me");
+    assert_eq!(field(&out, "owner"), me, "{out}");
+    match share {
+        Share::Virtiofs => {
+            assert!(
+                first.starts_with("virtiofs ") && first.contains("idmapped"),
+                "not an ID-mapped virtiofs mount: {out}"
+            );
+            assert_ne!(
+                field(&out, "chown"),
+                "0",
+                "chown to root went through: {out}"
+            );
+            assert!(out.contains("Value too large"), "{out}");
+        }
+        Share::NineP => {
+            // bindfs's mounts are "fuse" or "fuse.bindfs", from "bindfs".
+            assert_eq!(first.split(' ').nth(1), Some("bindfs"), "not bindfs: {out}");
+            assert_eq!(field(&out, "chown"), "0", "{out}");
+        }
+    }
+    let meta = std::fs::metadata(a.join("owned")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user().uid, user().gid));
+    std::fs::remove_file(a.join("owned")).unwrap();
+    if share == Share::NineP {
+        return;
+    }
+
+    // Made on the host (fast), then every file looked up and stat'ed in
+    // the environment: each is an inode the guest caches and virtiofsd
+    // holds a descriptor for until the guest forgets it.
+    let tree = projects.mkdir("alpha/big");
+    for d in 0..100 {
+        let dir = tree.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..1000 {
+            std::fs::File::create(dir.join(format!("f{f}"))).unwrap();
+        }
+    }
+    chown_r(&tree);
+    let listed = vm.shell_ok(
+        a,
+        &[
+            "sh",
+            "-c",
+            "find big -type f -printf '%u\\n' | sort | uniq -c; touch big/d0/new && echo made",
+        ],
+    );
+    let name = field(
+        &vm.shell_ok(a, &["sh", "-c", "echo name=$(id -un)"]),
+        "name",
+    );
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        ["100000", name.as_str(), "made"],
+        "{listed}"
+    );
+    std::fs::remove_dir_all(&tree).unwrap();
 }
 
 /// Files made in the environment are the host user's on the host.
