@@ -192,8 +192,8 @@ fn sharing(probe: &str) -> Result<String> {
         ("virtiofs", _) => bail!(
             "the project is on virtiofs but not ID-mapped into the environment (mount options {options}); the guest's kernel must be Linux 6.12 or newer and virtiofsd 1.13 or newer"
         ),
-        // bindfs's mounts are "fuse" or "fuse.bindfs", from "bindfs".
-        (_, "bindfs") => {
+        // bindfs (FUSE, "fuse" or "fuse.bindfs") serving the raw share.
+        (t, s) if t.starts_with("fuse") && s.starts_with(llima_box_proto::paths::STAGE_DIR) => {
             "project remapped through bindfs (9p share: slower file work; install virtiofsd 1.13 or newer for virtiofs)"
         }
         _ => bail!("the project is mounted as {line:?}, not through virtiofs or bindfs"),
@@ -287,10 +287,14 @@ mod tests {
             not_mapped.to_string().contains("not ID-mapped"),
             "{not_mapped}"
         );
-        for bindfs in ["fuse bindfs rw,nosuid", "fuse.bindfs bindfs rw"] {
+        for bindfs in [
+            "fuse /run/llima-box/stage/raw/0 rw,nosuid",
+            "fuse.bindfs /run/llima-box/stage/raw/1 rw",
+        ] {
             assert!(sharing(&probe(bindfs, true)).unwrap().contains("bindfs"));
         }
         assert!(sharing(&probe("9p lima-ab rw", true)).is_err());
+        assert!(sharing(&probe("fuse sshfs rw", true)).is_err());
         let not_owned = sharing(&probe("virtiofs lima-ab rw,idmapped", false)).unwrap_err();
         assert!(not_owned.to_string().contains("not its own"), "{not_owned}");
     }
