@@ -1,6 +1,7 @@
 //! llima-box's guest agent: everything environments need in the VM. A root
 //! service that the host reaches through the admin user's SSH connection,
-//! on one unix socket, answers `version`, `list` and `delete` and installs
+//! on one unix socket, answers `version`, `list`, `delete`, `configure` and
+//! `connect` (a published port's connection) and installs
 //! the guard (`guard`); `admin-server` runs the admin's `vm shell`
 //! commands; each environment's holder is `env-holder`, which builds the
 //! environment's namespaces and becomes, in them, the commands' spawn
@@ -17,6 +18,7 @@ mod delete;
 mod ensure;
 mod env_run;
 mod env_server;
+mod forward;
 mod guard;
 mod holder;
 mod list;

@@ -111,6 +111,9 @@ fn connection(mut stream: UnixStream, version: &str) -> std::io::Result<()> {
                 }
             };
             let reply = match message::decode_request(&frame) {
+                Ok(Request::Connect { name, port }) => {
+                    return crate::forward::serve(stream, &decoder.into_rest(), &name, port);
+                }
                 Ok(request) => handle(request, version),
                 Err(e) => Reply::Error {
                     message: format!(
@@ -146,5 +149,6 @@ fn handle(request: Request, version: &str) -> Reply {
                 message: format!("cannot delete environment {name}: {e}"),
             },
         },
+        Request::Connect { .. } => unreachable!("connections are served by the caller"),
     }
 }

@@ -68,6 +68,12 @@ impl Decoder {
         Ok(Some(Frame { kind, payload }))
     }
 
+    /// The bytes after the last whole frame: where a stream stops carrying
+    /// frames, they belong to what follows.
+    pub fn into_rest(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// At the end of the stream: an error when a frame was cut short.
     pub fn finish(&self) -> Result<(), FrameError> {
         if self.buf.is_empty() {
@@ -133,6 +139,16 @@ mod tests {
                 assert_eq!(got, frames, "split at {i} and {j}");
             }
         }
+    }
+
+    #[test]
+    fn what_follows_the_last_frame_is_handed_back() {
+        let mut d = Decoder::new();
+        let mut bytes = encode(b'R', b"{}");
+        bytes.extend_from_slice(b"raw");
+        d.push(&bytes);
+        assert_eq!(d.next_frame().unwrap().unwrap().payload, b"{}");
+        assert_eq!(d.into_rest(), b"raw");
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum Request {
         name: String,
         settings: crate::settings::Settings,
     },
+    /// Connects to `port` on the loopback of the running environment
+    /// `name` (its own network namespace). After a [`Reply::Connected`]
+    /// the stream carries that connection's bytes both ways, no frames.
+    Connect { name: String, port: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +54,8 @@ pub enum Reply {
         existed: bool,
         running: bool,
     },
+    /// From here on the stream is the connection [`Request::Connect`] asked for.
+    Connected,
     /// The request failed; `message` says what and why, for a person.
     Error {
         message: String,
@@ -138,6 +144,7 @@ mod tests {
                 existed: true,
                 running: false,
             },
+            Reply::Connected,
             Reply::Error {
                 message: "no".into(),
             },
@@ -159,7 +166,11 @@ mod tests {
                 ..Default::default()
             },
         };
-        for r in [Request::Version, Request::List, delete, configure] {
+        let connect = Request::Connect {
+            name: "app-1a2b3c4d".into(),
+            port: 8000,
+        };
+        for r in [Request::Version, Request::List, delete, configure, connect] {
             let mut d = Decoder::new();
             d.push(&encode_request(&r));
             assert_eq!(
