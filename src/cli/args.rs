@@ -44,7 +44,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Open a shell (or run one command) in a project's environment.
     #[command(
-        after_help = "Examples:\n  llima-box shell\n  llima-box shell ~/src/app -- cargo test\n  echo hi | llima-box shell . -- cat"
+        after_help = "Examples:\n  llima-box shell\n  llima-box shell ~/src/app -- cargo test\n  llima-box shell --publish 3000:8080 -- npm run dev\n  echo hi | llima-box shell . -- cat"
     )]
     Shell(ShellArgs),
 
@@ -68,6 +68,10 @@ pub(crate) enum Command {
     /// A project's own settings: its environment's limits and git writes.
     #[command(subcommand)]
     Project(ProjectCommand),
+
+    /// Ports of a project's environment on the host's 127.0.0.1.
+    #[command(subcommand)]
+    Port(PortCommand),
 
     /// Self-test of the VM lifecycle: create, start, SSH exec, stop.
     #[command(name = "test-vm", after_help = "Example:\n  llima-box test-vm")]
@@ -105,6 +109,10 @@ pub(crate) struct ShellArgs {
     /// the VM's files, or is reached through a symlink.
     #[arg(long)]
     pub force: bool,
+    /// Make ENV_PORT of the environment reachable on the host's 127.0.0.1
+    /// (on HOST_PORT, else a free port) while this shell runs.
+    #[arg(long, value_name = "ENV_PORT[:HOST_PORT]")]
+    pub publish: Vec<String>,
     /// Command and arguments to run instead of a login shell.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -188,6 +196,49 @@ pub(crate) struct ProjectSetArgs {
     /// Back to the defaults (before the other options).
     #[arg(long)]
     pub reset: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PortCommand {
+    /// Make a port of the environment (on its own loopback) reachable on
+    /// the host's 127.0.0.1, until `unpublish` or `delete`; kept across VM
+    /// restarts. Prints 127.0.0.1:HOST_PORT -> ENV_PORT.
+    #[command(
+        after_help = "Examples:\n  llima-box port publish 3000          # a free host port\n  llima-box port publish ~/src/app 3000:8080"
+    )]
+    Publish(PortPublishArgs),
+    /// The project's published ports (every project's with --all).
+    #[command(after_help = "Examples:\n  llima-box port list\n  llima-box port list --all --json")]
+    List(PortListArgs),
+    /// Stop publishing a port of the environment.
+    #[command(after_help = "Example:\n  llima-box port unpublish 3000")]
+    Unpublish(PortUnpublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PortPublishArgs {
+    /// Project directory (default: the current directory) and
+    /// ENV_PORT[:HOST_PORT].
+    #[arg(num_args = 1..=2, value_names = ["PATH", "ENV_PORT[:HOST_PORT]"], required = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PortListArgs {
+    /// Project directory (default: the current directory).
+    pub path: Option<PathBuf>,
+    /// Every project's ports.
+    #[arg(long, conflicts_with = "path")]
+    pub all: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PortUnpublishArgs {
+    /// Project directory (default: the current directory) and ENV_PORT.
+    #[arg(num_args = 1..=2, value_names = ["PATH", "ENV_PORT"], required = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

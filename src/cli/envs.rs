@@ -11,6 +11,7 @@ use super::Output;
 use super::args::{DeleteArgs, JsonArg, YesArg};
 use super::output::printable;
 use super::vm_shell::block_on;
+use crate::env::ports::{self, Published};
 use crate::env::{self, EnvInfo, Guest};
 use crate::timeouts;
 
@@ -48,15 +49,18 @@ pub(super) fn list(
             return Ok(ExitCode::SUCCESS);
         };
         let envs = list_in(&guest).await?;
+        let published = ports::load(&lima_home.join(instance))?;
         let mut stdout = std::io::stdout().lock();
         if args.json {
             for e in &envs {
-                writeln!(stdout, "{}", serde_json::to_string(e)?)?;
+                let mut v = serde_json::to_value(e)?;
+                v["ports"] = serde_json::to_value(ports_of(&published, &e.name))?;
+                writeln!(stdout, "{v}")?;
             }
         } else if envs.is_empty() {
             out.info("no environments; `llima-box shell` in a project directory creates one");
         } else {
-            write!(stdout, "{}", table(&envs))?;
+            write!(stdout, "{}", table(&envs, &published))?;
         }
         Ok(ExitCode::SUCCESS)
     })?
@@ -84,26 +88,40 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn table(envs: &[EnvInfo]) -> String {
+fn ports_of<'a>(published: &'a [Published], env: &'a str) -> Vec<&'a Published> {
+    published.iter().filter(|p| p.env == env).collect()
+}
+
+fn table(envs: &[EnvInfo], published: &[Published]) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
         "STATE".into(),
         "CREATED".into(),
         "LAST USED".into(),
         "HOME".into(),
+        "PORTS".into(),
         "PROJECT".into(),
     ]];
     for e in envs {
+        // host port -> environment port, as `port list` prints them.
+        let ports: Vec<String> = ports_of(published, &e.name)
+            .iter()
+            .map(|p| format!("{}->{}", p.host_port, p.env_port))
+            .collect();
         rows.push([
             e.name.clone(),
             state(e).into(),
             printable(&e.created),
             printable(&e.last_used),
             human_bytes(e.home_bytes),
+            match ports.is_empty() {
+                true => "-".into(),
+                false => ports.join(","),
+            },
             printable(&e.project),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut text = String::new();
@@ -113,7 +131,7 @@ fn table(envs: &[EnvInfo]) -> String {
             .zip(&widths)
             .enumerate()
             .map(|(i, (c, w))| match i {
-                5 => c.clone(),
+                6 => c.clone(),
                 _ => format!("{c:<w$}"),
             })
             .collect();
@@ -164,6 +182,8 @@ pub(super) fn delete(
         let envs = list_in(&guest).await?;
         let Some(e) = envs.iter().find(|e| e.name == name) else {
             out.info(&format!("no environment {name}; nothing to delete"));
+            // Ports published before its first shell go all the same.
+            super::ports::forget(lima_home, instance, &name, out)?;
             return Ok(ExitCode::SUCCESS);
         };
         let question = format!(
@@ -176,6 +196,7 @@ pub(super) fn delete(
         }
         delete_in(&guest, &name).await?;
         out.info(&format!("deleted environment {name}"));
+        super::ports::forget(lima_home, instance, &name, out)?;
         Ok(ExitCode::SUCCESS)
     })?
 }
@@ -207,7 +228,10 @@ pub(super) fn delete_all(
         let mut failed = 0;
         for e in &envs {
             match delete_in(&guest, &e.name).await {
-                Ok(()) => out.info(&format!("deleted environment {}", e.name)),
+                Ok(()) => {
+                    out.info(&format!("deleted environment {}", e.name));
+                    super::ports::forget(lima_home, instance, &e.name, out)?;
+                }
                 Err(err) => {
                     failed += 1;
                     out.error(&err);
@@ -248,7 +272,7 @@ mod tests {
             processes: 0,
             home_bytes: 0,
         };
-        let t = table(&[e]);
+        let t = table(&[e], &[]);
         assert!(
             !t.trim_end().chars().any(|c| c.is_control() && c != '\n'),
             "{t:?}"

@@ -5,6 +5,7 @@ pub(crate) mod args;
 mod docs;
 mod envs;
 mod output;
+mod ports;
 mod progress;
 mod project;
 mod prompt;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use args::{Cli, Command, ProjectCommand, VmCommand};
+use args::{Cli, Command, PortCommand, ProjectCommand, VmCommand};
 pub(crate) use output::Output;
 
 use crate::vm::{dirs, trust};
@@ -89,6 +90,18 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         Command::Project(ProjectCommand::Set(args)) => {
             refuse_root()?;
             project::set(&trusted_home(Some(instance))?, instance, &args, out)
+        }
+        Command::Port(PortCommand::Publish(args)) => {
+            refuse_root()?;
+            ports::publish(&trusted_home(Some(instance))?, instance, &args.args, out)
+        }
+        Command::Port(PortCommand::List(args)) => {
+            refuse_root()?;
+            ports::list(&trusted_home(Some(instance))?, instance, &args)
+        }
+        Command::Port(PortCommand::Unpublish(args)) => {
+            refuse_root()?;
+            ports::unpublish(&trusted_home(Some(instance))?, instance, &args.args, out)
         }
         Command::DeleteAll(args) => {
             refuse_root()?;

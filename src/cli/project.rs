@@ -16,7 +16,7 @@ use crate::timeouts;
 
 /// The project named by `path` (default: the current directory) and its
 /// environment's name.
-fn project(path: Option<&Path>) -> Result<(PathBuf, String)> {
+pub(super) fn project(path: Option<&Path>) -> Result<(PathBuf, String)> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => std::env::current_dir().context("cannot read the current directory")?,

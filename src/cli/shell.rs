@@ -55,6 +55,8 @@ pub(super) fn run(
         }
         Err(e) => return Err(e.into()),
     };
+    // The VM runs now: the host agent can listen for them.
+    let _published = super::ports::ShellPorts::publish(&dir, &project, &args.publish, out)?;
     out.debug(&format!(
         "ssh {}@{}: spawn server {}, else: {}",
         opts.user, opts.addr, prepared.spawn.socket, prepared.script

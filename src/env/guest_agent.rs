@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Error;
-use crate::ssh::Session;
+use crate::ssh::{Session, SocketStream};
 
 /// The agent built by build.rs for this binary's architecture; empty where
 /// none could be built (a non-Linux build host).
@@ -197,10 +197,44 @@ impl GuestAgentBinary {
 
 /// One request to the agent on its own stream.
 pub(crate) async fn request(session: &Session, req: &Request) -> Result<Reply, Error> {
-    let mut stream = session
+    let mut stream = open(session).await?;
+    let (reply, _) = exchange(&mut stream, req).await?;
+    let _ = stream.shutdown().await;
+    Ok(reply)
+}
+
+/// A connection to `port` on the loopback of the running environment
+/// `name`, through the agent, and the bytes of it that came with the
+/// agent's reply.
+pub(crate) async fn connect_port(
+    session: &Session,
+    name: &str,
+    port: u16,
+) -> Result<(SocketStream, Vec<u8>), Error> {
+    let mut stream = open(session).await?;
+    let req = Request::Connect {
+        name: name.to_owned(),
+        port,
+    };
+    match exchange(&mut stream, &req).await? {
+        (Reply::Connected, early) => Ok((stream, early)),
+        (Reply::Error { message }, _) => Err(Error::GuestAgentFailed(message)),
+        (other, _) => Err(Error::GuestAgentProtocol(format!(
+            "unexpected reply to connect: {other:?}"
+        ))),
+    }
+}
+
+async fn open(session: &Session) -> Result<SocketStream, Error> {
+    session
         .open_socket_stream(AGENT_SOCKET)
         .await
-        .map_err(|e| Error::GuestAgentUnreachable(e.to_string()))?;
+        .map_err(|e| Error::GuestAgentUnreachable(e.to_string()))
+}
+
+/// Sends `req` and reads one reply; what followed it on the stream comes
+/// back with it.
+async fn exchange(stream: &mut SocketStream, req: &Request) -> Result<(Reply, Vec<u8>), Error> {
     let io = |e: std::io::Error| Error::GuestAgentUnreachable(e.to_string());
     stream
         .write_all(&message::encode_request(req))
@@ -213,9 +247,9 @@ pub(crate) async fn request(session: &Session, req: &Request) -> Result<Reply, E
             .next_frame()
             .map_err(|e| Error::GuestAgentProtocol(e.to_string()))?
         {
-            let _ = stream.shutdown().await;
-            return message::decode_reply(&frame)
-                .map_err(|e| Error::GuestAgentProtocol(e.to_string()));
+            let reply = message::decode_reply(&frame)
+                .map_err(|e| Error::GuestAgentProtocol(e.to_string()))?;
+            return Ok((reply, decoder.into_rest()));
         }
         let n = stream.read(&mut buf).await.map_err(io)?;
         if n == 0 {

@@ -7,6 +7,7 @@ pub(crate) mod exec;
 mod git_watch;
 pub(crate) mod guest_agent;
 pub(crate) mod naming;
+pub(crate) mod ports;
 pub(crate) mod selection;
 mod service;
 pub(crate) mod settings;
@@ -73,6 +74,25 @@ pub(crate) enum Error {
     },
     #[error("cannot pass the command on: {0}")]
     Command(String),
+    #[error("cannot read or write the published ports in {}: {source}", path.display())]
+    Ports {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid port {0}")]
+    PortSpec(String),
+    #[error(
+        "host port {host_port} is already published for port {env_port} of {project}; pick another host port or leave it out to get a free one"
+    )]
+    PortTaken {
+        host_port: u16,
+        project: String,
+        env_port: u16,
+    },
+    #[error(
+        "cannot listen on 127.0.0.1:{port}: {source}; another program has it (see `ss -ltnp`), pick another host port or leave it out to get a free one"
+    )]
+    PortBusy { port: u16, source: std::io::Error },
     #[error(transparent)]
     Access(Box<crate::vm::access::AccessError>),
     #[error("cannot connect to the VM: {0}")]

@@ -17,6 +17,10 @@ use russh::{Channel, ChannelOpenFailure};
 use super::keys::{KeyPair, PublicKey, fingerprint};
 use super::{Error, agent_forward};
 
+/// A byte stream to a unix socket in the guest (see
+/// [`Session::open_socket_stream`]).
+pub(crate) type SocketStream = russh::ChannelStream<Msg>;
+
 /// How the guest's host key is verified.
 #[derive(Clone, Debug)]
 pub enum HostKeyPolicy {
@@ -121,7 +125,7 @@ impl Session {
 
     /// A byte stream to the unix socket `path` in the guest, connected by
     /// sshd as the login user.
-    pub async fn open_socket_stream(&self, path: &str) -> Result<russh::ChannelStream<Msg>, Error> {
+    pub async fn open_socket_stream(&self, path: &str) -> Result<SocketStream, Error> {
         Ok(self.open_streamlocal(path).await?.into_stream())
     }
 
@@ -172,7 +176,7 @@ impl Session {
     }
 
     /// Whether the connection is gone (sshd restarted, guest rebooted).
-    pub(super) fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
 }

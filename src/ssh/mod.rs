@@ -16,6 +16,7 @@ mod quote;
 pub(crate) mod spawn;
 mod terminal;
 
+pub(crate) use connect::SocketStream;
 pub use connect::{ConnectOptions, HostKeyPolicy, Session};
 pub use error::Error;
 pub use exec::RemoteExit;

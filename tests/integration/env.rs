@@ -137,6 +137,9 @@ fn environments(vm: VmHome, share: Share) {
     checks.run_after("loopback_private", FIRST, || {
         check_loopback_private(&vm, &a, &b)
     });
+    let published = checks.run_after("published_ports", FIRST, || {
+        check_published_ports(&vm, &a, &b)
+    });
     checks.run_after("limits", FIRST, || check_limits(&vm, &a, &b));
     checks.run_after("project_settings", FIRST, || {
         check_project_settings(&vm, &projects)
@@ -210,11 +213,32 @@ fn environments(vm: VmHome, share: Share) {
             assert_eq!(vm.list().len(), total(), "environments lost in the restart");
         },
     );
+    let host_a = || published.expect("published_ports passed");
+    checks.run_after(
+        "ports_after_restart",
+        &["restart", "published_ports"],
+        || {
+            // The table outlived the VM: the new host agent listens again and
+            // reaches the environment's new namespace.
+            vm.shell_ok(&a, &["bash", "-c", LISTEN, "sh", "a-after-restart"]);
+            assert_eq!(fetch(host_a()), "a-after-restart");
+            vm.shell_ok(&a, &["pkill", "-f", "llb-listen.py"]);
+        },
+    );
 
     // Deleting last: the checks above count and use the environments.
     let uid_a = checks.run_after("delete", &["first_shell", "nasty_names"], || {
         check_delete(&vm, &a, name_a(), total())
     });
+    checks.run_after(
+        "ports_closed_on_delete",
+        &["delete", "published_ports"],
+        || {
+            assert_eq!(port_rows(&vm, &a).len(), 0);
+            let closed = std::net::TcpStream::connect(("127.0.0.1", host_a()));
+            assert!(closed.is_err(), "127.0.0.1:{} still open", host_a());
+        },
+    );
     checks.run_after("uid_not_reused", &["delete"], || {
         check_uid_not_reused(&vm, &projects, uid_a.as_deref().expect("delete passed"))
     });
@@ -1333,6 +1357,183 @@ fn check_loopback_private(vm: &VmHome, a: &Path, b: &Path) {
         assert_ne!(field(&other, key), SECRET, "A reached B's {key}:\n{other}");
         assert!(!field(&other, key).is_empty(), "{other}");
     }
+}
+
+/// Everything read from 127.0.0.1:`port` until the far end closes, once
+/// something answers (the server in the environment may still start).
+fn fetch(port: u16) -> String {
+    use std::io::Read;
+    let mut got = String::new();
+    for _ in 0..30 {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("127.0.0.1:{port}: {e}"));
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        got.clear();
+        tcp.read_to_string(&mut got).unwrap();
+        if !got.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    got
+}
+
+/// `port list --json` for `project`.
+fn port_rows(vm: &VmHome, project: &Path) -> Vec<serde_json::Value> {
+    vm.ok(&["port", "list", project.to_str().unwrap(), "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A port nobody listens on now.
+fn unused_port() -> u16 {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A and B serve different content on the same port of their own
+/// loopbacks; each is published on its own host port and serves its own.
+/// Colliding or busy host ports are refused and leave the table as it
+/// was. Returns A's host port.
+fn check_published_ports(vm: &VmHome, a: &Path, b: &Path) -> u16 {
+    let (pa, pb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    vm.shell_ok(a, &["bash", "-c", LISTEN, "sh", "a-published"]);
+    vm.shell_ok(b, &["bash", "-c", LISTEN, "sh", "b-published"]);
+    // A on a free port the host picks.
+    let out = vm.ok(&["port", "publish", pa, "47011"]);
+    let host_a: u16 = out
+        .trim()
+        .strip_prefix("127.0.0.1:")
+        .and_then(|r| r.strip_suffix(" -> 47011"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("publish printed {out:?}"));
+    assert_eq!(
+        vm.ok(&["port", "publish", pa, "47011"]),
+        out,
+        "not idempotent"
+    );
+
+    // B: A's host port, then one another program has, are refused.
+    let taken = vm.run(&["port", "publish", pb, &format!("47011:{host_a}")]);
+    assert!(!taken.status.success());
+    assert!(
+        text(&taken).1.contains("already published"),
+        "{:?}",
+        text(&taken)
+    );
+    let busy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let refused = vm.run(&["port", "publish", pb, &format!("47011:{busy_port}")]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).1.contains(&format!("127.0.0.1:{busy_port}")),
+        "{:?}",
+        text(&refused)
+    );
+    assert_eq!(port_rows(vm, b).len(), 0, "a refused publish left a row");
+
+    let host_b = unused_port();
+    assert_eq!(
+        vm.ok(&["port", "publish", pb, &format!("47011:{host_b}")])
+            .trim(),
+        format!("127.0.0.1:{host_b} -> 47011")
+    );
+    assert_eq!(fetch(host_a), "a-published");
+    assert_eq!(fetch(host_b), "b-published");
+
+    let rows = port_rows(vm, a);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["hostPort"], host_a);
+    assert_eq!(rows[0]["envPort"], 47011);
+    assert_eq!(rows[0]["project"], pa);
+    let listed = vm.list();
+    let of_b = listed.iter().find(|e| e["project"] == pb).unwrap();
+    assert_eq!(of_b["ports"][0]["hostPort"], host_b, "{of_b}");
+
+    vm.ok(&["port", "unpublish", pb, "47011"]);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", host_b)).is_err());
+    assert!(!vm.run(&["port", "unpublish", pb, "47011"]).status.success());
+    for p in [a, b] {
+        vm.shell_ok(p, &["pkill", "-f", "llb-listen.py"]);
+    }
+    check_shell_publish(vm, a, host_a);
+    host_a
+}
+
+/// Serves "once" on 127.0.0.1:47012 to one client, then exits.
+const SERVE_ONCE: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 47012))
+s.listen(1)
+c, _ = s.accept()
+c.sendall(b"once")
+c.close()
+"#;
+
+/// `shell --publish`: the port is there while the shell runs and gone
+/// after it, also when the shell is killed; A's own row stays.
+fn check_shell_publish(vm: &VmHome, a: &Path, host_a: u16) {
+    let pa = a.to_str().unwrap();
+    let host_s = unused_port();
+    let spec = format!("47012:{host_s}");
+    let mut shell = vm
+        .cmd(&[
+            "shell",
+            pa,
+            "--publish",
+            &spec,
+            "--",
+            "python3",
+            "-c",
+            SERVE_ONCE,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(fetch(host_s), "once");
+    assert!(wait_timeout(&mut shell, Duration::from_secs(120)).success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut shell.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{host_s} -> 47012")),
+        "{stderr}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", host_s)).is_err());
+    let ports = |rows: Vec<serde_json::Value>| -> Vec<u64> {
+        let mut p: Vec<u64> = rows
+            .iter()
+            .map(|r| r["envPort"].as_u64().unwrap())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(ports(port_rows(vm, a)), [47011]);
+
+    // Killed: its row is gone all the same.
+    let mut killed = vm
+        .cmd(&["shell", pa, "--publish", "47013", "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if ports(port_rows(vm, a)).contains(&47013) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ports(port_rows(vm, a)), [47011, 47013]);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(ports(port_rows(vm, a)), [47011]);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", host_a)).is_ok());
+    vm.shell_ok(a, &["sh", "-c", "pkill -f 'sleep 600'; true"]);
 }
 
 /// What the guard installed, as the admin sees it.

@@ -5,6 +5,7 @@
 pub(crate) mod api;
 pub(crate) mod events;
 mod plan;
+pub(crate) mod ports;
 mod readiness;
 mod run;
 pub(crate) mod ssh_config;

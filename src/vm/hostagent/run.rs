@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use super::events::{self, Status};
-use super::{HostAgentError, api, plan, readiness, virtiofs};
+use super::{HostAgentError, api, plan, ports, readiness, virtiofs};
 use crate::ssh;
 use crate::timeouts;
 use crate::vm::cidata;
@@ -144,15 +144,27 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
             path: dir.join(layout::HOST_AGENT_SOCK),
             source,
         })?;
-    let server = tokio::spawn(api::serve(
+    let login = guest_login(&plan, port)
+        .inspect_err(|e| log(&format!("cannot log in to the guest: {e}")))
+        .ok();
+    // Published ports listen from the start (they are the user's while the
+    // VM runs); connections wait for the guest.
+    let forwarder = login
+        .clone()
+        .map(|opts| ports::Forwarder::new(dir.clone(), opts));
+    if let Some(f) = &forwarder {
+        let _ = f.sync().await;
+    }
+    let server = tokio::spawn(api::serve_with(
         listener,
         store::Info {
             ssh_local_port: port,
             ..Default::default()
         },
+        forwarder,
     ));
 
-    let result = supervise(&dir, &plan, port, &iid.to_string(), exe, &chosen).await;
+    let result = supervise(&dir, &plan, port, &iid.to_string(), exe, &chosen, login).await;
     server.abort();
     result
 }
@@ -165,6 +177,7 @@ async fn supervise(
     iid: &str,
     exe: qemu::QemuExe,
     chosen: &share::Chosen,
+    login: Option<ssh::ConnectOptions>,
 ) -> Result<(), HostAgentError> {
     // Both read before QEMU starts: a bad value must fail the start, not
     // the shutdown.
@@ -234,7 +247,7 @@ async fn supervise(
         ssh_local_port: port,
         ..Default::default()
     });
-    let _mux = serve_mux(dir, plan, port);
+    let _mux = serve_mux(dir, login);
 
     let mut watch = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -284,28 +297,33 @@ fn sharing(chosen: &share::Chosen) -> String {
     }
 }
 
+/// How the host agent logs in to the guest as the admin.
+fn guest_login(plan: &plan::Plan, port: u16) -> Result<ssh::ConnectOptions, String> {
+    let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim())
+        .map_err(|e| format!("cannot parse the pinned host key: {e}"))?;
+    let key = ssh::keys::ensure_user_key(&plan.lima_home).map_err(|e| e.to_string())?;
+    Ok(ssh::ConnectOptions {
+        addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+        user: plan.user.clone(),
+        key,
+        host_key: ssh::HostKeyPolicy::Pinned(host_key),
+        deadline: Duration::from_secs(10),
+        agent_forwarding: None,
+    })
+}
+
 /// Serves `mux.sock` (see [`ssh::mux`]) until dropped; without it the CLI
 /// connects directly, so a failure here is only logged.
-fn serve_mux(dir: &Path, plan: &plan::Plan, port: u16) -> Option<AbortOnDrop> {
+fn serve_mux(dir: &Path, login: Option<ssh::ConnectOptions>) -> Option<AbortOnDrop> {
     let path = dir.join(layout::MUX_SOCK);
-    let served = || -> Result<AbortOnDrop, String> {
-        let host_key = ssh::PublicKey::from_openssh(plan.host_key_public.trim())
-            .map_err(|e| format!("cannot parse the pinned host key: {e}"))?;
-        let key = ssh::keys::ensure_user_key(&plan.lima_home).map_err(|e| e.to_string())?;
-        let listener = ssh::mux::bind(&path).map_err(|e| e.to_string())?;
-        let opts = ssh::ConnectOptions {
-            addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
-            user: plan.user.clone(),
-            key,
-            host_key: ssh::HostKeyPolicy::Pinned(host_key),
-            deadline: Duration::from_secs(10),
-            agent_forwarding: None,
-        };
-        Ok(AbortOnDrop(tokio::spawn(ssh::mux::serve(listener, opts))))
-    };
-    served()
-        .inspect_err(|e| log(&format!("not serving {}: {e}", path.display())))
-        .ok()
+    let opts = login?;
+    match ssh::mux::bind(&path) {
+        Ok(listener) => Some(AbortOnDrop(tokio::spawn(ssh::mux::serve(listener, opts)))),
+        Err(e) => {
+            log(&format!("not serving {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

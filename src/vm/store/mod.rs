@@ -13,6 +13,7 @@ pub(crate) use format::{Globals, list_json, table};
 pub use instance::{DiskLayout, Status, inspect};
 pub(crate) use instance::{Instance, inspect_for_list};
 pub(crate) use pidfile::{PidFileError, write_pid_file};
+pub(crate) use unix_http::{HOSTAGENT_HOST, UnixHttpError, post_json};
 pub use unix_http::{Info, hostagent_info};
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 GET over a unix socket: enough to ask a host agent
-//! (Lima's or ours) `GET /v1/info` on `ha.sock`. Blocking std I/O with one
-//! overall deadline, so a wedged agent cannot hang `list`.
+//! A minimal HTTP/1.1 client over a unix socket: enough to ask a host agent
+//! (Lima's or ours) `GET /v1/info` on `ha.sock`, and ours `POST /v1/ports`.
+//! Blocking std I/O with one overall deadline, so a wedged agent cannot
+//! hang `list`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -82,7 +83,27 @@ pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
     path: &str,
     timeout: Duration,
 ) -> Result<T, UnixHttpError> {
-    let resp = get(sock, host, path, timeout)?;
+    json(sock, host, "GET", path, timeout)
+}
+
+/// `POST path` without a body, expecting a 2xx JSON body.
+pub(crate) fn post_json<T: serde::de::DeserializeOwned>(
+    sock: &Path,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<T, UnixHttpError> {
+    json(sock, host, "POST", path, timeout)
+}
+
+fn json<T: serde::de::DeserializeOwned>(
+    sock: &Path,
+    host: &str,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<T, UnixHttpError> {
+    let resp = request(sock, host, method, path, timeout)?;
     if !(200..300).contains(&resp.status) {
         #[derive(Deserialize)]
         struct ErrorBody {
@@ -105,10 +126,11 @@ pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// One `GET` on a fresh connection, all of it within `timeout`.
-pub(crate) fn get(
+/// One request on a fresh connection, all of it within `timeout`.
+pub(crate) fn request(
     sock: &Path,
     host: &str,
+    method: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<Response, UnixHttpError> {
@@ -143,7 +165,7 @@ pub(crate) fn get(
         .set_write_timeout(Some(remaining().ok_or_else(timed_out)?))
         .map_err(io_err)?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).map_err(io_err)?;
 
@@ -327,9 +349,10 @@ mod tests {
         let sock = dir.path().join(layout::HOST_AGENT_SOCK);
         let _listener = UnixListener::bind(&sock).unwrap(); // never accepts
         let start = Instant::now();
-        let err = get(
+        let err = request(
             &sock,
             HOSTAGENT_HOST,
+            "GET",
             "/v1/info",
             Duration::from_millis(300),
         )

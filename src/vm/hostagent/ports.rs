@@ -1,0 +1,180 @@
+//! Published ports (see `env::ports`): the host agent listens on
+//! 127.0.0.1 for each row of the instance's table and carries every
+//! connection to the guest agent, which connects inside the environment's
+//! network namespace. `sync` makes the listeners match the table; the CLI
+//! asks for it through `ha.sock` after each change.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::AbortHandle;
+
+use crate::env::guest_agent;
+use crate::env::ports::{self, Published};
+use crate::ssh::{ConnectOptions, Session};
+use crate::vm::layout;
+use crate::vm::store::{self, UnixHttpError};
+
+const BUF: usize = 256 << 10;
+
+/// Asks the instance's running host agent to make its listeners match the
+/// table; `None` when no host agent runs (the VM is stopped: it listens
+/// for the table when it starts).
+pub(crate) fn ask_sync(instance_dir: &Path) -> Result<Option<Vec<Listening>>, UnixHttpError> {
+    let sock = instance_dir.join(layout::HOST_AGENT_SOCK);
+    match store::post_json(
+        &sock,
+        store::HOSTAGENT_HOST,
+        super::api::PORTS_PATH,
+        Duration::from_secs(10),
+    ) {
+        Ok(listening) => Ok(Some(listening)),
+        Err(UnixHttpError::Connect { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `sync` says of one row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Listening {
+    pub host_port: u16,
+    /// Why it does not listen; `None` when it does.
+    pub error: Option<String>,
+}
+
+pub(super) struct Forwarder {
+    dir: PathBuf,
+    opts: ConnectOptions,
+    session: Mutex<Option<Arc<Session>>>,
+    listeners: Mutex<HashMap<u16, (Published, AbortHandle)>>,
+}
+
+impl Forwarder {
+    pub(super) fn new(dir: PathBuf, opts: ConnectOptions) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            dir,
+            opts,
+            session: Mutex::new(None),
+            listeners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Listens for every row of the table and stops listening for rows
+    /// gone or changed.
+    pub(super) async fn sync(self: &Arc<Self>) -> Result<Vec<Listening>, String> {
+        let rows = ports::load(&self.dir).map_err(|e| e.to_string())?;
+        let mut listeners = self.listeners.lock().await;
+        listeners.retain(|port, (row, task)| {
+            let keep = rows.contains(row);
+            if !keep {
+                task.abort();
+                super::run::log(&format!("stopped forwarding 127.0.0.1:{port}"));
+            }
+            keep
+        });
+        let mut out = Vec::new();
+        for row in rows {
+            let error = match listeners.contains_key(&row.host_port) {
+                true => None,
+                false => match self.listen(&row).await {
+                    Ok(task) => {
+                        listeners.insert(row.host_port, (row.clone(), task));
+                        None
+                    }
+                    Err(e) => Some(e),
+                },
+            };
+            if let Some(e) = &error {
+                super::run::log(&format!("cannot publish port {}: {e}", row.host_port));
+            }
+            out.push(Listening {
+                host_port: row.host_port,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn listen(self: &Arc<Self>, row: &Published) -> Result<AbortHandle, String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, row.host_port));
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        super::run::log(&format!(
+            "forwarding {addr} to port {} of environment {}",
+            row.env_port, row.env
+        ));
+        let me = self.clone();
+        let row = row.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    // Out of descriptors, most likely: let some finish.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(me.clone().carry(tcp, row.clone()));
+            }
+        });
+        Ok(task.abort_handle())
+    }
+
+    /// One connection: to the environment's port through the guest agent,
+    /// then bytes both ways until both sides end.
+    async fn carry(self: Arc<Self>, mut tcp: TcpStream, row: Published) {
+        let connected = match self.session(false).await {
+            Ok(s) => match guest_agent::connect_port(&s, &row.env, row.env_port).await {
+                // A held connection the guest dropped (sshd restarted, a
+                // reboot): once more on a new one.
+                Err(_) if s.is_closed() => match self.session(true).await {
+                    Ok(s) => guest_agent::connect_port(&s, &row.env, row.env_port)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                },
+                other => other.map_err(|e| e.to_string()),
+            },
+            Err(e) => Err(e),
+        };
+        let (mut stream, early) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                super::run::log(&format!(
+                    "a connection to 127.0.0.1:{} was not forwarded: {e}",
+                    row.host_port
+                ));
+                return;
+            }
+        };
+        if tcp.write_all(&early).await.is_ok() {
+            // Larger buffers than the default 8 KiB: each write is an SSH
+            // packet, and fewer of them cost the emulated guest less.
+            let _ = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, BUF, BUF).await;
+        }
+    }
+
+    /// The connection to the guest that forwards share; a new one when
+    /// `fresh` or when the held one has ended.
+    async fn session(&self, fresh: bool) -> Result<Arc<Session>, String> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(
+            Session::connect(self.opts.clone())
+                .await
+                .map_err(|e| format!("cannot connect to the VM: {e}"))?,
+        );
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+}
