@@ -6,6 +6,7 @@
 pub(crate) mod exec;
 mod git_watch;
 pub(crate) mod guest_agent;
+mod host_file;
 pub(crate) mod naming;
 pub(crate) mod ports;
 pub(crate) mod selection;

@@ -4,7 +4,6 @@
 //! VM restarts and nothing inside an environment can change it; the host
 //! agent listens for every row (see `vm::hostagent::ports`).
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -97,17 +96,7 @@ pub(crate) fn update<T>(
     let mut rows = load(instance_dir)?;
     let out = change(&mut rows)?;
     // Written even when unchanged, so that rows of ended shells go.
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    let json = serde_json::to_vec_pretty(&rows).expect("rows serialise");
-    f.write_all(&json).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    super::host_file::write_json(&path, &rows).map_err(err)?;
     Ok(out)
 }
 

@@ -4,8 +4,7 @@
 //! the environment (a new one of the project gets them) and go with the
 //! VM's instance.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub(crate) use llima_box_proto::settings::Settings;
@@ -51,17 +50,7 @@ pub(crate) fn save(instance_dir: &Path, name: &str, settings: &Settings) -> Resu
         .recursive(true)
         .create(dir)
         .map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    let json = serde_json::to_vec_pretty(settings).expect("settings serialise");
-    f.write_all(&json).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)
+    super::host_file::write_json(&path, settings).map_err(err)
 }
 
 /// `SIZE` as bytes: a number with an optional K, M, G or T (powers of
