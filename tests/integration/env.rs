@@ -1360,13 +1360,21 @@ fn check_loopback_private(vm: &VmHome, a: &Path, b: &Path) {
 }
 
 /// Everything read from 127.0.0.1:`port` until the far end closes, once
-/// something answers (the server in the environment may still start).
+/// something answers (a shell may still be publishing it, the server in
+/// the environment may still start).
 fn fetch(port: u16) -> String {
     use std::io::Read;
     let mut got = String::new();
-    for _ in 0..30 {
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("127.0.0.1:{port}: {e}"));
+    for i in 0..60 {
+        let mut tcp = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(tcp) => tcp,
+            Err(e) if i < 59 => {
+                eprintln!("127.0.0.1:{port}: {e}; again");
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => panic!("127.0.0.1:{port}: {e}"),
+        };
         tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         got.clear();
         tcp.read_to_string(&mut got).unwrap();
@@ -1533,7 +1541,8 @@ fn check_shell_publish(vm: &VmHome, a: &Path, host_a: u16) {
     killed.wait().unwrap();
     assert_eq!(ports(port_rows(vm, a)), [47011]);
     assert!(std::net::TcpStream::connect(("127.0.0.1", host_a)).is_ok());
-    vm.shell_ok(a, &["sh", "-c", "pkill -f 'sleep 600'; true"]);
+    // A pattern that does not match this shell's own command line.
+    vm.shell_ok(a, &["sh", "-c", "pkill -f 'sleep 6[0]0'; true"]);
 }
 
 /// What the guard installed, as the admin sees it.
