@@ -51,10 +51,25 @@ impl Output {
 
     pub(crate) fn error(&self, err: &anyhow::Error) {
         eprintln!("{} {err}", self.paint("31;1", "error:"));
-        for cause in err.chain().skip(1) {
+        for cause in causes(err) {
             eprintln!("  {} {cause}", self.paint("2", "caused by:"));
         }
     }
+}
+
+/// What `err` has to say below its own message; a cause whose parent's
+/// message already quotes it is not said twice.
+fn causes(err: &anyhow::Error) -> Vec<String> {
+    let mut said = err.to_string();
+    let mut out = Vec::new();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            out.push(text.clone());
+        }
+        said = text;
+    }
+    out
 }
 
 /// `s` with control characters escaped (`\n`, `\u{1b}`): project paths and
@@ -70,4 +85,21 @@ pub(crate) fn printable(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoted = anyhow::Error::new(crate::env::Error::Ports {
+            path: "/x/ports.json".into(),
+            source: io(),
+        });
+        assert_eq!(causes(&quoted), Vec::<String>::new());
+        let with_context = anyhow::Error::new(io()).context("cannot start");
+        assert_eq!(causes(&with_context), ["no such file"]);
+    }
 }
