@@ -97,7 +97,7 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         }
         Command::Port(PortCommand::List(args)) => {
             refuse_root()?;
-            ports::list(&trusted_home(Some(instance))?, instance, &args)
+            ports::list(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Port(PortCommand::Unpublish(args)) => {
             refuse_root()?;

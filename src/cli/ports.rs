@@ -207,7 +207,12 @@ impl Drop for ShellPorts {
     }
 }
 
-pub(super) fn list(lima_home: &Path, instance: &str, args: &PortListArgs) -> Result<ExitCode> {
+pub(super) fn list(
+    lima_home: &Path,
+    instance: &str,
+    args: &PortListArgs,
+    out: &Output,
+) -> Result<ExitCode> {
     let mut rows = ports::load(&lima_home.join(instance))?;
     if !args.all {
         let (_, name) = project(args.path.as_deref())?;
@@ -218,7 +223,9 @@ pub(super) fn list(lima_home: &Path, instance: &str, args: &PortListArgs) -> Res
         for r in &rows {
             writeln!(stdout, "{}", serde_json::to_string(r)?)?;
         }
-    } else if !rows.is_empty() {
+    } else if rows.is_empty() {
+        out.info("no published ports; `llima-box port publish ENV_PORT` publishes one");
+    } else {
         write!(stdout, "{}", table(&rows))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -252,12 +259,22 @@ pub(super) fn unpublish(
     };
     let (project, name) = project(path)?;
     let dir = lima_home.join(instance);
-    let gone = ports::update(&dir, |rows| Ok(ports::remove(rows, &name, Some(env_port))))?;
-    if gone.is_empty() {
-        bail!(
+    let not_published = || {
+        anyhow::anyhow!(
             "port {env_port} of {} is not published; `llima-box port list` shows what is",
             project.display()
-        );
+        )
+    };
+    // Looked up first: without a VM there is no table to change.
+    if !ports::load(&dir)?
+        .iter()
+        .any(|r| r.env == name && r.env_port == env_port)
+    {
+        return Err(not_published());
+    }
+    let gone = ports::update(&dir, |rows| Ok(ports::remove(rows, &name, Some(env_port))))?;
+    if gone.is_empty() {
+        return Err(not_published());
     }
     sync(&dir)?;
     for r in gone {
