@@ -13,6 +13,7 @@ mod exec;
 pub(crate) mod keys;
 pub(crate) mod mux;
 mod quote;
+mod shared;
 pub(crate) mod spawn;
 mod terminal;
 
@@ -23,5 +24,6 @@ pub use exec::RemoteExit;
 pub use keys::KeyPair;
 pub(crate) use keys::PublicKey;
 pub(crate) use quote::quote_argv;
+pub(crate) use shared::SharedSession;
 pub(crate) use spawn::Spawn;
 pub(crate) use terminal::stdin_is_tty;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::exec::Setup;
 
 pub(crate) use client::{Outcome, run_via_mux};
+pub(crate) use server::serve_shared;
 pub use server::{bind, serve};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
 use super::super::exec::{self, Control, Event, Setup};
-use super::super::{ConnectOptions, Error, RemoteExit, Session};
+use super::super::{ConnectOptions, Error, RemoteExit, Session, SharedSession};
 use super::wire::Conn;
 use super::{ToClient, ToHostAgent};
 
@@ -46,9 +46,14 @@ pub fn bind(path: &Path) -> Result<Listener, Error> {
 /// `opts` at once (a login costs seconds under emulation, which the first
 /// command should not pay) and again whenever a connection is found broken.
 pub async fn serve(listener: Listener, opts: ConnectOptions) {
+    serve_shared(listener, Arc::new(SharedSession::new(opts))).await
+}
+
+/// [`serve`], with `plain` as the connection for commands without agent
+/// forwarding (shared with other users of it in this process).
+pub(crate) async fn serve_shared(listener: Listener, plain: Arc<SharedSession>) {
     let held = Arc::new(Held {
-        opts,
-        plain: Mutex::new(None),
+        plain,
         with_agent: Mutex::new(AgentSessions::default()),
     });
     let early = held.clone();
@@ -76,8 +81,7 @@ pub async fn serve(listener: Listener, opts: ConnectOptions) {
 /// reaches that agent. Spawned commands reach their agent through a
 /// forward of their own, on the plain connection.
 struct Held {
-    opts: ConnectOptions,
-    plain: Mutex<Option<Arc<Session>>>,
+    plain: Arc<SharedSession>,
     with_agent: Mutex<AgentSessions>,
 }
 
@@ -95,13 +99,7 @@ impl Held {
     async fn session(&self, agent: Option<&PathBuf>, fresh: bool) -> Result<Arc<Session>, Error> {
         let usable = |s: &Arc<Session>| !fresh && !s.is_closed();
         let Some(agent) = agent else {
-            let mut slot = self.plain.lock().await;
-            if let Some(s) = slot.as_ref().filter(|s| usable(s)) {
-                return Ok(s.clone());
-            }
-            let s = Arc::new(Session::connect(self.opts.clone()).await?);
-            *slot = Some(s.clone());
-            return Ok(s);
+            return self.plain.get(fresh).await;
         };
         let mut held = self.with_agent.lock().await;
         // Connections of agents that are gone (their client logged out).
@@ -115,7 +113,7 @@ impl Held {
             _ => Arc::new(
                 Session::connect(ConnectOptions {
                     agent_forwarding: Some(agent.clone()),
-                    ..self.opts.clone()
+                    ..self.plain.opts().clone()
                 })
                 .await?,
             ),
@@ -127,7 +125,7 @@ impl Held {
     async fn spare(&self) -> Result<(), Error> {
         let mut held = self.with_agent.lock().await;
         if held.spare.is_none() {
-            held.spare = Some(Arc::new(Session::connect(self.opts.clone()).await?));
+            held.spare = Some(Arc::new(Session::connect(self.plain.opts().clone()).await?));
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use tokio::task::AbortHandle;
 
 use crate::env::guest_agent;
 use crate::env::ports::{self, Published};
-use crate::ssh::{ConnectOptions, Session};
+use crate::ssh::{SharedSession, SocketStream};
 use crate::vm::layout;
 use crate::vm::store::{self, UnixHttpError};
 
@@ -52,17 +52,16 @@ pub(crate) struct Listening {
 
 pub(super) struct Forwarder {
     dir: PathBuf,
-    opts: ConnectOptions,
-    session: Mutex<Option<Arc<Session>>>,
+    /// The host agent's connection to the guest, shared with `vm shell`.
+    guest: Arc<SharedSession>,
     listeners: Mutex<HashMap<u16, (Published, AbortHandle)>>,
 }
 
 impl Forwarder {
-    pub(super) fn new(dir: PathBuf, opts: ConnectOptions) -> Arc<Forwarder> {
+    pub(super) fn new(dir: PathBuf, guest: Arc<SharedSession>) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             dir,
-            opts,
-            session: Mutex::new(None),
+            guest,
             listeners: Mutex::new(HashMap::new()),
         })
     }
@@ -131,21 +130,7 @@ impl Forwarder {
     /// One connection: to the environment's port through the guest agent,
     /// then bytes both ways until both sides end.
     async fn carry(self: Arc<Self>, mut tcp: TcpStream, row: Published) {
-        let connected = match self.session(false).await {
-            Ok(s) => match guest_agent::connect_port(&s, &row.env, row.env_port).await {
-                // A held connection the guest dropped (sshd restarted, a
-                // reboot): once more on a new one.
-                Err(_) if s.is_closed() => match self.session(true).await {
-                    Ok(s) => guest_agent::connect_port(&s, &row.env, row.env_port)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                },
-                other => other.map_err(|e| e.to_string()),
-            },
-            Err(e) => Err(e),
-        };
-        let (mut stream, early) = match connected {
+        let (mut stream, early) = match self.connect(&row).await {
             Ok(c) => c,
             Err(e) => {
                 super::run::log(&format!(
@@ -162,19 +147,21 @@ impl Forwarder {
         }
     }
 
-    /// The connection to the guest that forwards share; a new one when
-    /// `fresh` or when the held one has ended.
-    async fn session(&self, fresh: bool) -> Result<Arc<Session>, String> {
-        let mut slot = self.session.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| !fresh && !s.is_closed()) {
-            return Ok(s.clone());
-        }
-        let s = Arc::new(
-            Session::connect(self.opts.clone())
+    /// A stream to the row's port through the guest agent.
+    async fn connect(&self, row: &Published) -> Result<(SocketStream, Vec<u8>), String> {
+        let mut fresh = false;
+        loop {
+            let s = self
+                .guest
+                .get(fresh)
                 .await
-                .map_err(|e| format!("cannot connect to the VM: {e}"))?,
-        );
-        *slot = Some(s.clone());
-        Ok(s)
+                .map_err(|e| format!("cannot connect to the VM: {e}"))?;
+            match guest_agent::connect_port(&s, &row.env, row.env_port).await {
+                // A held connection the guest dropped (sshd restarted, a
+                // reboot): once more on a new one.
+                Err(_) if s.is_closed() && !fresh => fresh = true,
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -144,14 +145,17 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
             path: dir.join(layout::HOST_AGENT_SOCK),
             source,
         })?;
-    let login = guest_login(&plan, port)
+    // One connection to the guest, made when first needed, for `vm shell`
+    // commands and published ports.
+    let guest = guest_login(&plan, port)
         .inspect_err(|e| log(&format!("cannot log in to the guest: {e}")))
-        .ok();
+        .ok()
+        .map(|opts| Arc::new(ssh::SharedSession::new(opts)));
     // Published ports listen from the start (they are the user's while the
     // VM runs); connections wait for the guest.
-    let forwarder = login
+    let forwarder = guest
         .clone()
-        .map(|opts| ports::Forwarder::new(dir.clone(), opts));
+        .map(|guest| ports::Forwarder::new(dir.clone(), guest));
     if let Some(f) = &forwarder {
         let _ = f.sync().await;
     }
@@ -164,7 +168,7 @@ async fn run(dir: &Path) -> Result<(), HostAgentError> {
         forwarder,
     ));
 
-    let result = supervise(&dir, &plan, port, &iid.to_string(), exe, &chosen, login).await;
+    let result = supervise(&dir, &plan, port, &iid.to_string(), exe, &chosen, guest).await;
     server.abort();
     result
 }
@@ -177,7 +181,7 @@ async fn supervise(
     iid: &str,
     exe: qemu::QemuExe,
     chosen: &share::Chosen,
-    login: Option<ssh::ConnectOptions>,
+    guest: Option<Arc<ssh::SharedSession>>,
 ) -> Result<(), HostAgentError> {
     // Both read before QEMU starts: a bad value must fail the start, not
     // the shutdown.
@@ -247,7 +251,7 @@ async fn supervise(
         ssh_local_port: port,
         ..Default::default()
     });
-    let _mux = serve_mux(dir, login);
+    let _mux = serve_mux(dir, guest);
 
     let mut watch = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -314,11 +318,13 @@ fn guest_login(plan: &plan::Plan, port: u16) -> Result<ssh::ConnectOptions, Stri
 
 /// Serves `mux.sock` (see [`ssh::mux`]) until dropped; without it the CLI
 /// connects directly, so a failure here is only logged.
-fn serve_mux(dir: &Path, login: Option<ssh::ConnectOptions>) -> Option<AbortOnDrop> {
+fn serve_mux(dir: &Path, guest: Option<Arc<ssh::SharedSession>>) -> Option<AbortOnDrop> {
     let path = dir.join(layout::MUX_SOCK);
-    let opts = login?;
+    let guest = guest?;
     match ssh::mux::bind(&path) {
-        Ok(listener) => Some(AbortOnDrop(tokio::spawn(ssh::mux::serve(listener, opts)))),
+        Ok(listener) => Some(AbortOnDrop(tokio::spawn(ssh::mux::serve_shared(
+            listener, guest,
+        )))),
         Err(e) => {
             log(&format!("not serving {}: {e}", path.display()));
             None
