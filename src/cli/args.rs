@@ -69,6 +69,10 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Project(ProjectCommand),
 
+    /// What a project's environment may reach on the network.
+    #[command(subcommand)]
+    Net(NetCommand),
+
     /// Ports of a project's environment on the host's 127.0.0.1.
     #[command(subcommand)]
     Port(PortCommand),
@@ -160,23 +164,34 @@ pub(crate) enum ProjectCommand {
     /// Change a project's settings. They are kept on the host, outside the
     /// project, and apply to its environment at once when it runs.
     #[command(
-        after_help = "Examples:\n  llima-box project set --memory 4G --tasks 2000\n  llima-box project set ~/src/app --git-writes allow\n  llima-box project set --reset"
+        after_help = "Examples:\n  llima-box project set --memory 4G --tasks 2000\n  llima-box project set ~/src/app --git-writes allow\n  llima-box project set --default --memory 2G   # for every project without its own\n  llima-box project set --reset"
     )]
     Set(ProjectSetArgs),
 }
 
+/// A project, or with `--default` the defaults of those without settings
+/// of their own.
 #[derive(Debug, Args)]
-pub(crate) struct ProjectShowArgs {
+pub(crate) struct TargetArg {
     /// Project directory (default: the current directory).
     pub path: Option<PathBuf>,
+    /// The defaults of projects without settings of their own instead.
+    #[arg(long, conflicts_with = "path")]
+    pub default: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectShowArgs {
+    #[command(flatten)]
+    pub target: TargetArg,
     #[command(flatten)]
     pub json: JsonArg,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ProjectSetArgs {
-    /// Project directory (default: the current directory).
-    pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArg,
     /// Memory limit, its tmpfs included (e.g. 2G; default: half the VM's).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
@@ -193,7 +208,60 @@ pub(crate) struct ProjectSetArgs {
     /// runs, are writable inside (default: deny).
     #[arg(long, value_name = "allow|deny", value_parser = ["allow", "deny"])]
     pub git_writes: Option<String>,
-    /// Back to the defaults (before the other options).
+    /// Back to the defaults (before the other options); the network
+    /// policy stays (see `net set`).
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NetCommand {
+    /// Show a project's network policy.
+    #[command(
+        after_help = "Examples:\n  llima-box net show\n  llima-box net show ~/src/app --json"
+    )]
+    Show(ProjectShowArgs),
+    /// Change a project's network policy. It is kept on the host, outside
+    /// the project, and applies at once, also to a running environment.
+    #[command(
+        after_help = "Examples:\n  llima-box net set --allow-host-port 5432   # a database on the host\n  llima-box net set ~/src/app --mode none\n  llima-box net set --default --mode none    # for every project without its own\n  llima-box net set --reset"
+    )]
+    Set(NetSetArgs),
+    /// The connection attempts the guest's firewall refused to a project's
+    /// environment since the VM started (the guest's kernel log keeps them).
+    #[command(
+        after_help = "Examples:\n  llima-box net log\n  llima-box net log ~/src/app --follow\n  llima-box net log --json"
+    )]
+    Log(NetLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NetLogArgs {
+    /// Project directory (default: the current directory).
+    pub path: Option<PathBuf>,
+    /// Keep printing refusals as they happen (until Ctrl-C).
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NetSetArgs {
+    #[command(flatten)]
+    pub target: TargetArg,
+    /// open: public addresses (the host, link-local, LAN ranges and other
+    /// environments stay closed); none: loopback only. Default: open.
+    #[arg(long, value_parser = ["open", "restricted", "none"])]
+    pub mode: Option<String>,
+    /// Let this environment alone reach PORT of the host's 127.0.0.1, at
+    /// host.lima.internal (192.168.5.2) (not in `none` mode). Repeatable.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub allow_host_port: Vec<u16>,
+    /// Close an allowed host port again. Repeatable.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub remove_host_port: Vec<u16>,
+    /// Back to the default policy (before the other options).
     #[arg(long)]
     pub reset: bool,
 }

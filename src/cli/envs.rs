@@ -100,6 +100,7 @@ fn table(envs: &[EnvInfo], published: &[Published]) -> String {
         "LAST USED".into(),
         "HOME".into(),
         "PORTS".into(),
+        "DENIED".into(),
         "PROJECT".into(),
     ]];
     for e in envs {
@@ -118,10 +119,11 @@ fn table(envs: &[EnvInfo], published: &[Published]) -> String {
                 true => "-".into(),
                 false => ports.join(","),
             },
+            e.denied.to_string(),
             printable(&e.project),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut text = String::new();
@@ -131,7 +133,7 @@ fn table(envs: &[EnvInfo], published: &[Published]) -> String {
             .zip(&widths)
             .enumerate()
             .map(|(i, (c, w))| match i {
-                6 => c.clone(),
+                7 => c.clone(),
                 _ => format!("{c:<w$}"),
             })
             .collect();
@@ -271,8 +273,10 @@ mod tests {
             active: false,
             processes: 0,
             home_bytes: 0,
+            denied: 12,
         };
         let t = table(&[e], &[]);
+        assert!(t.contains("  -      12      /home"), "{t}");
         assert!(
             !t.trim_end().chars().any(|c| c.is_control() && c != '\n'),
             "{t:?}"

@@ -4,6 +4,7 @@
 pub(crate) mod args;
 mod docs;
 mod envs;
+mod net;
 mod output;
 mod ports;
 mod progress;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use args::{Cli, Command, PortCommand, ProjectCommand, VmCommand};
+use args::{Cli, Command, NetCommand, PortCommand, ProjectCommand, VmCommand};
 pub(crate) use output::Output;
 
 use crate::vm::{dirs, trust};
@@ -90,6 +91,18 @@ fn run(cli: Cli, out: &Output) -> Result<ExitCode> {
         Command::Project(ProjectCommand::Set(args)) => {
             refuse_root()?;
             project::set(&trusted_home(Some(instance))?, instance, &args, out)
+        }
+        Command::Net(NetCommand::Show(args)) => {
+            refuse_root()?;
+            net::show(&trusted_home(Some(instance))?, instance, &args)
+        }
+        Command::Net(NetCommand::Log(args)) => {
+            refuse_root()?;
+            net::log(&trusted_home(Some(instance))?, instance, &args, out)
+        }
+        Command::Net(NetCommand::Set(args)) => {
+            refuse_root()?;
+            net::set(&trusted_home(Some(instance))?, instance, &args, out)
         }
         Command::Port(PortCommand::Publish(args)) => {
             refuse_root()?;

@@ -343,6 +343,27 @@ pub(crate) async fn configure(
     }
 }
 
+/// The refusals logged for the environment `name` after the kernel log
+/// record `after`, and the `after` for the next call (see
+/// [`Request::NetLog`]).
+pub(crate) async fn net_log(
+    session: &Session,
+    name: &str,
+    after: u64,
+) -> Result<(Vec<llima_box_proto::net::Denial>, u64), Error> {
+    let req = Request::NetLog {
+        name: name.to_owned(),
+        after,
+    };
+    match request(session, &req).await? {
+        Reply::NetLog { denials, next } => Ok((denials, next)),
+        Reply::Error { message } => Err(Error::GuestAgentFailed(message)),
+        other => Err(Error::GuestAgentProtocol(format!(
+            "unexpected reply to net-log: {other:?}"
+        ))),
+    }
+}
+
 /// Deletes the environment `name` (nothing to do when there is none).
 pub(crate) async fn delete(session: &Session, name: &str) -> Result<(), Error> {
     let req = Request::Delete {

@@ -57,6 +57,20 @@ impl Guest {
         guest_agent::configure(&self.session, name, settings).await
     }
 
+    /// The refused connection attempts of the environment `name` logged
+    /// after `after` (0: all the guest's log holds), and the `after` for
+    /// the next call.
+    pub(crate) async fn net_log(
+        &self,
+        name: &str,
+        after: u64,
+    ) -> Result<(Vec<llima_box_proto::net::Denial>, u64), Error> {
+        if after == 0 {
+            guest_agent::ensure(&self.session, &GuestAgentBinary::load()?).await?;
+        }
+        guest_agent::net_log(&self.session, name, after).await
+    }
+
     /// Deletes `name` through the guest agent, which [`Guest::list`]
     /// (always called first) has made current.
     pub(crate) async fn delete(&self, name: &str) -> Result<(), Error> {
@@ -154,7 +168,7 @@ impl Prepared {
     ) -> Result<Prepared, Error> {
         let name = super::env_name_of(project);
         let req = ExecRequest {
-            settings: settings::load(instance_dir, &name)?.unwrap_or_default(),
+            settings: settings::load(instance_dir, &name)?.0,
             name,
             cwd: guest_project.to_string(),
             // Always: it creates the environment on first use and starts

@@ -2,7 +2,8 @@
 //! instance directory (`projects/NAME.json`, private to the user), never
 //! in the project, where the agent inside could widen them. They outlive
 //! the environment (a new one of the project gets them) and go with the
-//! VM's instance.
+//! VM's instance. A project without a file of its own has the defaults,
+//! which the user may set too (`_config/project-defaults.json`).
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,14 @@ fn file(instance_dir: &Path, name: &str) -> PathBuf {
     instance_dir.join("projects").join(format!("{name}.json"))
 }
 
-/// The settings of the environment `name`; `None` when it has none.
-pub(crate) fn load(instance_dir: &Path, name: &str) -> Result<Option<Settings>, Error> {
-    let path = file(instance_dir, name);
+/// The defaults of projects without settings of their own, set with
+/// `--default`: `_config/project-defaults.json`, beside Lima's defaults.
+fn defaults_file(lima_home: &Path) -> PathBuf {
+    crate::vm::dirs::config_dir(lima_home).join("project-defaults.json")
+}
+
+/// The settings in `path`; `None` when there is no such file.
+fn read(path: PathBuf) -> Result<Option<Settings>, Error> {
     let text = match std::fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -31,14 +37,14 @@ pub(crate) fn load(instance_dir: &Path, name: &str) -> Result<Option<Settings>, 
         })
 }
 
-/// Saves `settings` for `name` (the defaults: removes the file).
-pub(crate) fn save(instance_dir: &Path, name: &str, settings: &Settings) -> Result<(), Error> {
-    let path = file(instance_dir, name);
+/// Writes `settings` to `path` (private to the user), or removes the file
+/// when they are `fallback`, what its absence means.
+fn write(path: PathBuf, settings: &Settings, fallback: &Settings) -> Result<(), Error> {
     let err = |source| Error::Settings {
         path: path.clone(),
         source,
     };
-    if *settings == Settings::default() {
+    if settings == fallback {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
             _ => Ok(()),
@@ -51,6 +57,40 @@ pub(crate) fn save(instance_dir: &Path, name: &str, settings: &Settings) -> Resu
         .create(dir)
         .map_err(err)?;
     super::host_file::write_json(&path, settings).map_err(err)
+}
+
+/// The defaults of projects without settings of their own (the built-in
+/// ones unless set).
+pub(crate) fn load_defaults(lima_home: &Path) -> Result<Settings, Error> {
+    Ok(read(defaults_file(lima_home))?.unwrap_or_default())
+}
+
+/// Saves `settings` as the defaults of projects without their own.
+pub(crate) fn save_defaults(lima_home: &Path, settings: &Settings) -> Result<(), Error> {
+    write(defaults_file(lima_home), settings, &Settings::default())
+}
+
+/// The settings of the environment `name` of the instance in
+/// `instance_dir` (which is in `$LIMA_HOME`): its own, else the defaults;
+/// and whether they are its own.
+pub(crate) fn load(instance_dir: &Path, name: &str) -> Result<(Settings, bool), Error> {
+    match read(file(instance_dir, name))? {
+        Some(own) => Ok((own, true)),
+        None => Ok((load_defaults(lima_home_of(instance_dir))?, false)),
+    }
+}
+
+fn lima_home_of(instance_dir: &Path) -> &Path {
+    instance_dir
+        .parent()
+        .expect("an instance directory is in $LIMA_HOME")
+}
+
+/// Saves `settings` for `name`; settings equal to the defaults remove the
+/// project's own, so that it follows the defaults again.
+pub(crate) fn save(instance_dir: &Path, name: &str, settings: &Settings) -> Result<(), Error> {
+    let defaults = load_defaults(lima_home_of(instance_dir))?;
+    write(file(instance_dir, name), settings, &defaults)
 }
 
 /// `SIZE` as bytes: a number with an optional K, M, G or T (powers of
@@ -92,25 +132,47 @@ mod tests {
 
     #[test]
     fn saved_settings_load_back_privately_and_defaults_remove_the_file() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(load(d.path(), "app-1").unwrap(), None);
+        let home = tempfile::tempdir().unwrap();
+        let d = home.path().join("default");
+        assert_eq!(load(&d, "app-1").unwrap(), (Settings::default(), false));
         let s = Settings {
             memory_max: Some(1 << 30),
             git_writes: true,
             ..Default::default()
         };
-        save(d.path(), "app-1", &s).unwrap();
-        assert_eq!(load(d.path(), "app-1").unwrap(), Some(s));
-        let f = file(d.path(), "app-1");
+        save(&d, "app-1", &s).unwrap();
+        assert_eq!(load(&d, "app-1").unwrap(), (s, true));
+        let f = file(&d, "app-1");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        save(d.path(), "app-1", &Settings::default()).unwrap();
+        save(&d, "app-1", &Settings::default()).unwrap();
         assert!(!f.exists());
-        assert_eq!(load(d.path(), "app-1").unwrap(), None);
+        assert_eq!(load(&d, "app-1").unwrap(), (Settings::default(), false));
         std::fs::write(&f, "{oops").unwrap();
-        assert!(load(d.path(), "app-1").is_err());
+        assert!(load(&d, "app-1").is_err());
+    }
+
+    #[test]
+    fn projects_without_their_own_settings_follow_the_defaults() {
+        let home = tempfile::tempdir().unwrap();
+        let d = home.path().join("default");
+        let defaults = Settings {
+            tasks_max: Some(800),
+            ..Default::default()
+        };
+        save_defaults(home.path(), &defaults).unwrap();
+        assert!(defaults_file(home.path()).exists());
+        assert_eq!(load(&d, "app-1").unwrap(), (defaults.clone(), false));
+        // The built-in defaults are a project's own once the defaults differ.
+        save(&d, "app-1", &Settings::default()).unwrap();
+        assert_eq!(load(&d, "app-1").unwrap(), (Settings::default(), true));
+        // Equal to the defaults: it follows them again.
+        save(&d, "app-1", &defaults).unwrap();
+        assert_eq!(load(&d, "app-1").unwrap(), (defaults, false));
+        save_defaults(home.path(), &Settings::default()).unwrap();
+        assert!(!defaults_file(home.path()).exists());
     }
 }

@@ -140,9 +140,15 @@ fn environments(vm: VmHome, share: Share) {
     let published = checks.run_after("published_ports", FIRST, || {
         check_published_ports(&vm, &a, &b)
     });
+    checks.run_after("net_policy", FIRST, || {
+        check_net_policy(&vm, &a, &b, &canary)
+    });
     checks.run_after("limits", FIRST, || check_limits(&vm, &a, &b));
     checks.run_after("project_settings", FIRST, || {
         check_project_settings(&vm, &projects)
+    });
+    checks.run_after("project_defaults", FIRST, || {
+        check_project_defaults(&vm, &projects, &canary)
     });
     checks.run_after("exec_bits_and_git", FIRST, || {
         check_exec_bits_and_git(&vm, &projects, &a)
@@ -211,6 +217,17 @@ fn environments(vm: VmHome, share: Share) {
             // before the environment runs again.
             check_network_escape(&vm, &a, &canary);
             assert_eq!(vm.list().len(), total(), "environments lost in the restart");
+        },
+    );
+    checks.run_after(
+        "net_policy_after_restart",
+        &["restart", "net_policy"],
+        || {
+            // B's policy outlived the VM: its new namespace reaches the host
+            // port it was allowed (A, without one, does not: see `restart`).
+            let in_b = probe_network(&vm, &b, &canary);
+            assert!(field(&in_b, "tcp").contains(&canary.secret), "{in_b}");
+            vm.ok(&["net", "set", b.to_str().unwrap(), "--reset"]);
         },
     );
     let host_a = || published.expect("published_ports passed");
@@ -362,6 +379,40 @@ fn check_project_settings(vm: &VmHome, projects: &TestDir) {
         "{reset}"
     );
     // Out again, so that the other checks count the environments they made.
+    vm.ok(&["delete", path, "-y"]);
+}
+
+/// Defaults set with `--default` are what a new project gets, limits and
+/// network policy; a project given a setting of its own keeps the rest of
+/// them, also once the defaults go back to the built-in ones.
+fn check_project_defaults(vm: &VmHome, projects: &TestDir, canary: &Canary) {
+    let p = projects.mkdir("defaulted");
+    let path = p.to_str().unwrap();
+    vm.ok(&["project", "set", "--default", "--tasks", "333"]);
+    vm.ok(&["net", "set", "--default", "--mode", "none"]);
+    let shown = |what: &str| -> serde_json::Value {
+        serde_json::from_str(&vm.ok(&[what, "show", path, "--json"])).unwrap()
+    };
+    assert_eq!(shown("project")["own"], false);
+    assert_eq!(shown("net")["mode"], "none");
+    let pids = ["cat", "/sys/fs/cgroup/pids.max"];
+    assert_eq!(vm.shell_ok(&p, &pids), "333\n");
+    let probe = probe_network(vm, &p, canary);
+    assert!(udp_blocked(&probe, "192.0.2.1:53"), "{probe}");
+
+    vm.ok(&["project", "set", path, "--tasks", "400"]);
+    vm.ok(&["project", "set", "--default", "--reset"]);
+    vm.ok(&["net", "set", "--default", "--reset"]);
+    let own = shown("project");
+    assert_eq!(
+        (own["own"].clone(), own["tasksMax"].clone()),
+        (true.into(), 400.into())
+    );
+    assert_eq!(shown("net")["mode"], "none");
+    let defaults: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["project", "show", "--default", "--json"])).unwrap();
+    assert_eq!(defaults, serde_json::json!({"default": true}));
+    assert_eq!(vm.shell_ok(&p, &pids), "400\n");
     vm.ok(&["delete", path, "-y"]);
 }
 
@@ -1232,6 +1283,184 @@ fn check_network_escape(vm: &VmHome, a: &Path, canary: &Canary) {
     }
 }
 
+/// [`NETWORK_ESCAPE`] from inside the environment of `project`.
+fn probe_network(vm: &VmHome, project: &Path, canary: &Canary) -> String {
+    let port = canary.port.to_string();
+    vm.shell_ok(project, &["bash", "-c", NETWORK_ESCAPE, "sh", &port])
+}
+
+/// Whether the probe's datagram to `addr` was refused by the firewall.
+fn udp_blocked(probe: &str, addr: &str) -> bool {
+    let r = field(probe, &format!("udp {addr}"));
+    assert!(!r.is_empty(), "no result for {addr}:\n{probe}");
+    r == "EPERM" || r == "prohibited"
+}
+
+/// The rules of the environments' own policies, as the admin sees them.
+fn policy_rules(vm: &VmHome) -> String {
+    vm.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "sudo",
+        "-n",
+        "iptables",
+        "-w",
+        "-S",
+        "LLIMA-BOX-POL",
+    ])
+}
+
+/// A project's network policy, from the host, applies at once to its
+/// running environment and to no other: an allowed host port reaches the
+/// host's loopback canary from A, not from B; `none` leaves A nothing (DNS
+/// neither) while B goes on; `--reset` brings the default back and leaves
+/// no rule behind. Ends with B allowed the canary's port (for the restart).
+fn check_net_policy(vm: &VmHome, a: &Path, b: &Path, canary: &Canary) {
+    let (pa, pb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let port = canary.port.to_string();
+    assert_eq!(policy_rules(vm), "-N LLIMA-BOX-POL\n");
+
+    vm.ok(&["net", "set", pa, "--allow-host-port", &port]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["net", "show", pa, "--json"])).unwrap();
+    assert_eq!(shown["mode"], "open", "{shown}");
+    assert_eq!(
+        shown["hostPorts"],
+        serde_json::json!([canary.port]),
+        "{shown}"
+    );
+    let in_a = probe_network(vm, a, canary);
+    assert!(field(&in_a, "tcp").contains(&canary.secret), "{in_a}");
+    // That port only, and public addresses as before.
+    assert!(udp_blocked(&in_a, "192.168.5.2:9"), "{in_a}");
+    assert!(!udp_blocked(&in_a, "192.0.2.1:53"), "{in_a}");
+    let in_b = probe_network(vm, b, canary);
+    assert!(
+        !in_b.contains(&canary.secret),
+        "B reached A's host port:\n{in_b}"
+    );
+
+    vm.ok(&["net", "set", pa, "--mode", "none"]);
+    let in_a = probe_network(vm, a, canary);
+    assert!(!in_a.contains(&canary.secret), "{in_a}");
+    for addr in ["192.0.2.1:53", "192.168.5.3:53", "192.168.5.2:9"] {
+        assert!(udp_blocked(&in_a, addr), "{addr} in none mode:\n{in_a}");
+    }
+    // Its own loopback still works.
+    let lo = vm.shell_ok(a, &["bash", "-c", LOOPBACK_ECHO]);
+    assert_eq!(lo.trim(), "lo-ok", "{lo}");
+    let in_b = probe_network(vm, b, canary);
+    assert!(
+        !udp_blocked(&in_b, "192.0.2.1:53"),
+        "A's policy reached B:\n{in_b}"
+    );
+    check_net_log(vm, pa, pb, canary);
+
+    let said = vm.run(&["net", "set", pa, "--mode", "restricted"]);
+    assert!(!said.status.success());
+    assert!(text(&said).1.contains("not available"), "{:?}", text(&said));
+
+    vm.ok(&["net", "set", pa, "--reset"]);
+    let in_a = probe_network(vm, a, canary);
+    assert!(!in_a.contains(&canary.secret), "{in_a}");
+    assert!(!udp_blocked(&in_a, "192.0.2.1:53"), "{in_a}");
+    assert_eq!(policy_rules(vm), "-N LLIMA-BOX-POL\n");
+
+    vm.ok(&["net", "set", pb, "--allow-host-port", &port]);
+}
+
+/// `net log --json` of the project `path`.
+fn net_log(vm: &VmHome, path: &str) -> Vec<serde_json::Value> {
+    let out = vm.ok(&["net", "log", path, "--json"]);
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The refusals of A (in `none` mode, probed) are logged for A, with what
+/// they were for, and counted by `list`; B's log has none of them;
+/// `--follow` prints one made after it started.
+fn check_net_log(vm: &VmHome, pa: &str, pb: &str, canary: &Canary) {
+    let a_log = net_log(vm, pa);
+    let has = |log: &[serde_json::Value], proto: &str, dest: &str, port: u16| {
+        log.iter()
+            .any(|d| d["proto"] == proto && d["dest"] == dest && d["port"] == port)
+    };
+    assert!(has(&a_log, "UDP", "192.0.2.1", 53), "{a_log:?}");
+    assert!(has(&a_log, "TCP", "192.168.5.2", canary.port), "{a_log:?}");
+    assert!(
+        a_log[0]["time"].as_str().unwrap().ends_with('Z'),
+        "{a_log:?}"
+    );
+    let b_log = net_log(vm, pb);
+    assert!(!has(&b_log, "UDP", "192.0.2.1", 53), "{b_log:?}");
+    let listed = vm
+        .list()
+        .into_iter()
+        .find(|e| e["project"] == pa)
+        .expect("A is listed");
+    assert!(
+        listed["denied"].as_u64().unwrap() >= a_log.len() as u64,
+        "{listed} vs {} logged",
+        a_log.len()
+    );
+
+    let mut follow = vm
+        .cmd(&["net", "log", pa, "--follow", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = Duration::from_secs(120);
+    // What was logged before comes first; then a new refusal.
+    rx.recv_timeout(wait)
+        .expect("net log --follow printed nothing");
+    vm.shell_ok(
+        Path::new(pa),
+        &["bash", "-c", "echo x >/dev/udp/192.0.2.77/4242; true"],
+    );
+    let found = loop {
+        match rx.recv_timeout(wait) {
+            Ok(l) if l.contains("192.0.2.77") => break Some(l),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let found = found.expect("net log --follow did not print the new refusal");
+    assert!(found.contains("4242") && found.contains("UDP"), "{found}");
+}
+
+/// A TCP server and client on the environment's own loopback.
+const LOOPBACK_ECHO: &str = r#"
+python3 - <<'PY'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+c = socket.create_connection(s.getsockname(), timeout=10)
+conn, _ = s.accept()
+conn.sendall(b"lo-ok")
+print(c.recv(16).decode())
+PY
+"#;
+
 /// Starts threads until the kernel refuses one (at most 6000), holding
 /// them: prints `threads=N`.
 const THREADS: &str = r#"
@@ -1731,8 +1960,14 @@ fn check_guard_idempotent(vm: &VmHome) {
     let state = || vm.ok(&["vm", "shell", "--", "sh", "-c", GUARD_STATE]);
     let before = state();
     assert!(before.contains("\nAllowUsers "), "{before}");
-    assert!(before.contains("-d 192.168.5.2/32 -j REJECT"), "{before}");
-    assert!(before.contains("-d fec0::/10 -j REJECT"), "{before}");
+    assert!(
+        before.contains("-d 192.168.5.2/32 -j LLIMA-BOX-DENY"),
+        "{before}"
+    );
+    assert!(
+        before.contains("-d fec0::/10 -j LLIMA-BOX-DENY"),
+        "{before}"
+    );
     // The environments' namespaces: forwarded through the chain, with NAT.
     assert!(
         before.contains("-A LLIMA-BOX-FWD -i lbx+ -j LLIMA-BOX-ENV"),

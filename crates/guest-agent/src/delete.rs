@@ -19,6 +19,8 @@ pub enum DeleteError {
     Name(String),
     #[error("processes of uid {uid} are still running after being killed for {secs} s")]
     Survivors { uid: u32, secs: u64 },
+    #[error("cannot remove the environment's network policy: {0}")]
+    Policy(#[from] crate::guard::GuardError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -54,7 +56,7 @@ pub fn delete(name: &str) -> Result<bool, DeleteError> {
 
 /// Kills everything of the environment (or spare) `name` recorded in
 /// `dir`, whose unit is `unit` (or the one recorded), then removes its
-/// user, home, spawn socket and records.
+/// user, its network policy, home, spawn socket and records.
 pub fn teardown(dir: &Path, unit: &str, name: &str, socket: &Path) -> Result<(), DeleteError> {
     // Killing the namespace's first process kills every process in it.
     if let Some(pid) = list::holder_pid(dir) {
@@ -64,6 +66,9 @@ pub fn teardown(dir: &Path, unit: &str, name: &str, socket: &Path) -> Result<(),
     stop_units(dir, unit);
     if let Some(uid) = accounts::local_uid(name).filter(|u| is_env_uid(*u)) {
         kill_all_of(uid)?;
+        if let Some(link) = crate::ensure::net::link(uid) {
+            crate::guard::policy::forget(&link.veth)?;
+        }
         accounts::remove_account(name).map_err(io("cannot remove the user"))?;
     }
     remove_tree(&Path::new(HOMES_DIR).join(name))?;

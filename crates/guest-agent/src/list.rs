@@ -22,6 +22,8 @@ pub fn list() -> std::io::Result<Vec<EnvInfo>> {
     let mut envs = vec![];
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     let procs = processes();
+    // Without the kernel's log (not readable), no counts.
+    let logged = crate::netlog::read(0).map(|(l, _)| l).unwrap_or_default();
     let entries = match fs::read_dir(ENVS_DIR) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(envs),
@@ -40,7 +42,9 @@ pub fn list() -> std::io::Result<Vec<EnvInfo>> {
             continue;
         };
         let uid = accounts::uid_of(&passwd, &name);
-        envs.push(info(&name, &dir, project, uid, &procs));
+        let mut env = info(&name, &dir, project, uid, &procs);
+        env.denied = uid.map_or(0, |u| crate::netlog::count_of(&logged, u));
+        envs.push(env);
     }
     envs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(envs)
@@ -65,6 +69,7 @@ fn info(name: &str, dir: &Path, project: String, uid: Option<u32>, procs: &[Proc
         active: processes > 0,
         processes,
         home_bytes: apparent_size(&Path::new(HOMES_DIR).join(name)),
+        denied: 0,
     }
 }
 

@@ -1,7 +1,7 @@
 //! llima-box's guest agent: everything environments need in the VM. A root
 //! service that the host reaches through the admin user's SSH connection,
-//! on one unix socket, answers `version`, `list`, `delete`, `configure` and
-//! `connect` (a published port's connection) and installs
+//! on one unix socket, answers `version`, `list`, `delete`, `configure`,
+//! `net-log` and `connect` (a published port's connection) and installs
 //! the guard (`guard`); `admin-server` runs the admin's `vm shell`
 //! commands; each environment's holder is `env-holder`, which builds the
 //! environment's namespaces and becomes, in them, the commands' spawn
@@ -23,6 +23,7 @@ mod guard;
 mod holder;
 mod list;
 mod lock;
+mod netlog;
 mod pool;
 mod protect_git;
 mod server;

@@ -149,6 +149,10 @@ fn handle(request: Request, version: &str) -> Reply {
                 message: format!("cannot delete environment {name}: {e}"),
             },
         },
+        Request::NetLog { name, after } => match crate::netlog::of_env(&name, after) {
+            Ok((denials, next)) => Reply::NetLog { denials, next },
+            Err(message) => Reply::Error { message },
+        },
         Request::Connect { .. } => unreachable!("connections are served by the caller"),
     }
 }

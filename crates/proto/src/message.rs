@@ -34,6 +34,10 @@ pub enum Request {
     /// `name` (its own network namespace). After a [`Reply::Connected`]
     /// the stream carries that connection's bytes both ways, no frames.
     Connect { name: String, port: u16 },
+    /// The connection attempts the firewall refused to the environment
+    /// `name`, logged after the kernel log record `after` (0: all that the
+    /// log still holds).
+    NetLog { name: String, after: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +60,11 @@ pub enum Reply {
     },
     /// From here on the stream is the connection [`Request::Connect`] asked for.
     Connected,
+    /// `next`: the `after` that asks for what is logged from now on.
+    NetLog {
+        denials: Vec<crate::net::Denial>,
+        next: u64,
+    },
     /// The request failed; `message` says what and why, for a person.
     Error {
         message: String,
@@ -78,6 +87,9 @@ pub struct EnvInfo {
     pub active: bool,
     pub processes: u32,
     pub home_bytes: u64,
+    /// Refused connection attempts in the kernel's log (see [`Request::NetLog`]).
+    #[serde(default)]
+    pub denied: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +141,7 @@ mod tests {
             active: false,
             processes: 0,
             home_bytes: 4096,
+            denied: 3,
         }
     }
 
@@ -145,6 +158,15 @@ mod tests {
                 running: false,
             },
             Reply::Connected,
+            Reply::NetLog {
+                denials: vec![crate::net::Denial {
+                    time: "2026-12-01T06:00:00Z".into(),
+                    proto: "TCP".into(),
+                    dest: "192.168.5.2".into(),
+                    port: Some(5432),
+                }],
+                next: 77,
+            },
             Reply::Error {
                 message: "no".into(),
             },
@@ -170,7 +192,18 @@ mod tests {
             name: "app-1a2b3c4d".into(),
             port: 8000,
         };
-        for r in [Request::Version, Request::List, delete, configure, connect] {
+        let log = Request::NetLog {
+            name: "app-1a2b3c4d".into(),
+            after: 12,
+        };
+        for r in [
+            Request::Version,
+            Request::List,
+            delete,
+            configure,
+            connect,
+            log,
+        ] {
             let mut d = Decoder::new();
             d.push(&encode_request(&r));
             assert_eq!(

@@ -1,10 +1,12 @@
 //! A project's own settings for its environment, kept on the host (never in
 //! the project, where the agent could widen them) and carried to the guest
 //! agent, which records them with the environment and applies them at each
-//! start: resource limits, and whether the git metadata the host executes
-//! is writable inside.
+//! start: resource limits, whether the git metadata the host executes
+//! is writable inside, and the network policy.
 
 use serde::{Deserialize, Serialize};
+
+use crate::net::NetPolicy;
 
 /// Bounds of systemd's `CPUWeight=` and `IOWeight=`.
 pub const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=10000;
@@ -29,11 +31,14 @@ pub struct Settings {
     /// The repositories' config and hooks writable inside.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub git_writes: bool,
+    #[serde(default, skip_serializing_if = "NetPolicy::is_default")]
+    pub net: NetPolicy,
 }
 
 impl Settings {
     /// What is out of bounds, said for a person.
     pub fn check(&self) -> Result<(), String> {
+        self.net.check()?;
         if let Some(m) = self.memory_max.filter(|m| *m < MIN_MEMORY) {
             return Err(format!(
                 "a memory limit of {m} bytes is below the {} MiB an environment needs",
@@ -91,6 +96,7 @@ mod tests {
             cpu_weight: Some(50),
             io_weight: None,
             git_writes: true,
+            ..Default::default()
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
@@ -133,6 +139,7 @@ mod tests {
             cpu_weight: Some(1),
             io_weight: Some(10000),
             git_writes: false,
+            ..Default::default()
         };
         assert!(ok.check().is_ok());
     }

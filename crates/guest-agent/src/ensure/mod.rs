@@ -3,7 +3,7 @@
 //! is not alive (first use, after a VM reboot, after it died), the holder.
 //! The caller holds the environment's lock.
 
-mod net;
+pub mod net;
 mod start;
 
 use std::fs;
@@ -154,7 +154,7 @@ pub fn ensure(req: &Request) -> Result<u32, EnsureError> {
         Err(e) => return Err(io("cannot read the environment's records")(e)),
     }
     if let Some(settings) = &req.settings {
-        record_settings(&dir, settings)?;
+        record_settings(&dir, &req.name, settings)?;
     }
     // The host ids may change (another host user); the latest caller's are used.
     fs::write(
@@ -193,7 +193,16 @@ pub fn recorded_settings(dir: &Path) -> Settings {
         .unwrap_or_default()
 }
 
-fn record_settings(dir: &Path, settings: &Settings) -> Result<(), EnsureError> {
+/// Records `settings` in `dir`, the records of the environment `name`. A
+/// changed network policy reaches the firewall first: a failure there
+/// leaves the record as it was, so the next try changes it again.
+fn record_settings(dir: &Path, name: &str, settings: &Settings) -> Result<(), EnsureError> {
+    if recorded_settings(dir).net != settings.net {
+        // No user yet: its holder's first start applies it.
+        if let Some(uid) = accounts::local_uid(name).filter(|u| is_env_uid(*u)) {
+            net::set_policy(uid, &settings.net)?;
+        }
+    }
     let tmp = dir.join(format!("{SETTINGS}.new"));
     let json = serde_json::to_vec(settings).expect("settings serialise");
     fs::write(&tmp, json)
@@ -220,7 +229,7 @@ pub fn configure(name: &str, settings: &Settings) -> Result<(bool, bool), Ensure
         Err(e) => return Err(io("cannot read the environment's records")(e)),
     };
     let before = recorded_settings(&dir);
-    record_settings(&dir, settings)?;
+    record_settings(&dir, name, settings)?;
     let Some(pid) = list::holder_pid(&dir) else {
         return Ok((true, false));
     };

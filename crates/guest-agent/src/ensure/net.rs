@@ -2,7 +2,8 @@
 //! the guest's (`lbxN` in the guest, `eth0` inside), a /31 of the
 //! environments' network per uid (so two environments never share one, in
 //! either uid range), and a default route through the guest, whose
-//! firewall (`guard`) decides what passes. Interfaces and routes are the
+//! firewall (`guard`) decides what passes, the environment's own policy
+//! first. Interfaces and routes are the
 //! kernel's netlink business; `ip` speaks it, so the agent hands it a batch.
 
 use std::net::Ipv4Addr;
@@ -10,7 +11,9 @@ use std::process::Command;
 
 use llima_box_proto::paths::{ENV_UIDS, LEGACY_ENV_UIDS};
 
-use crate::guard::VETH_PREFIX;
+use llima_box_proto::net::NetPolicy;
+
+use crate::guard::{GuardError, VETH_PREFIX, policy};
 use crate::tools;
 
 /// The guest's side of an environment's pair, its address (the
@@ -44,6 +47,8 @@ pub fn link(uid: u32) -> Option<Link> {
 pub enum NetError {
     #[error("uid {0} is not an environment user's")]
     NotEnvUid(u32),
+    #[error("cannot apply the environment's network policy: {0}")]
+    Policy(#[from] GuardError),
     #[error("cannot give the environment of uid {uid} its network ({what}): {detail}")]
     Ip {
         uid: u32,
@@ -53,10 +58,15 @@ pub enum NetError {
 }
 
 /// Joins the network namespace of `holder` (the environment user `uid`'s)
-/// to the guest's. A pair left by a holder that died goes first.
-pub fn connect(holder: u32, uid: u32) -> Result<(), NetError> {
+/// to the guest's, under `policy`. A pair left by a holder that died goes
+/// first.
+pub fn connect(holder: u32, uid: u32, policy: &NetPolicy) -> Result<(), NetError> {
     let l = link(uid).ok_or(NetError::NotEnvUid(uid))?;
     let err = |what| move |detail| NetError::Ip { uid, what, detail };
+    // Before the pair exists, so that nothing passes without it.
+    if !policy.is_default() {
+        policy::apply(&l.veth, policy)?;
+    }
     if std::path::Path::new("/sys/class/net")
         .join(&l.veth)
         .exists()
@@ -82,6 +92,13 @@ pub fn connect(holder: u32, uid: u32) -> Result<(), NetError> {
         g = l.gateway
     );
     batch(&inside, Some(&ns)).map_err(err("inside"))
+}
+
+/// Gives the environment user `uid` `policy` in the guest's firewall (it
+/// takes effect whether its holder runs or not).
+pub fn set_policy(uid: u32, policy: &NetPolicy) -> Result<(), NetError> {
+    let l = link(uid).ok_or(NetError::NotEnvUid(uid))?;
+    Ok(policy::apply(&l.veth, policy)?)
 }
 
 /// Runs `ip -batch -` on `commands`, in the network namespace `netns` when

@@ -61,7 +61,7 @@ pub fn limit_properties(settings: &Settings, total_kib: u64) -> Vec<String> {
         tasks_max: Some(settings.tasks_max.unwrap_or(TASKS_MAX)),
         cpu_weight: Some(settings.cpu_weight.unwrap_or(DEFAULT_WEIGHT)),
         io_weight: Some(settings.io_weight.unwrap_or(DEFAULT_WEIGHT)),
-        git_writes: false,
+        ..Default::default()
     }
     .unit_properties()
 }
@@ -183,7 +183,7 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
                 .ok_or_else(|| failed("it reported ready but has no namespace process".into()))?;
             // Before it counts as running: no command runs without its network.
             let uid = crate::accounts::local_uid(name).unwrap_or_default();
-            super::net::connect(pid, uid)?;
+            super::net::connect(pid, uid, &super::recorded_settings(dir).net)?;
             let record =
                 list::identity(pid).ok_or_else(|| failed("its namespace process ended".into()))?;
             fs::write(dir.join("holder"), record).map_err(io("cannot record the holder"))?;

@@ -10,7 +10,8 @@
 //!   other, DNS to their resolvers excepted, whether from their network
 //!   namespaces (forwarded) or from an environment user's process in the
 //!   guest's (OUTPUT); and anything to the guest's own services. Their
-//!   traffic leaves with NAT.
+//!   traffic leaves with NAT. A project's own network policy narrows or
+//!   widens this for its environment alone ([`policy`]).
 //!
 //! Rejected rather than dropped so that tools fail at once, as
 //! "administratively prohibited" (which tells them apart from other
@@ -18,6 +19,8 @@
 //! [`ensure`] runs before any holder starts, and at most once per boot,
 //! agent and admin unless forced. The firewall and sshd are the system's:
 //! the agent asks their tools, as an administrator would.
+
+pub mod policy;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -36,6 +39,14 @@ const CHAIN: &str = "LLIMA-BOX-ENV";
 const FORWARD: &str = "LLIMA-BOX-FWD";
 const INPUT: &str = "LLIMA-BOX-IN";
 const NAT: &str = "LLIMA-BOX-NAT";
+/// Jumps to the environments' own policies (see [`policy`]).
+const POLICIES: &str = "LLIMA-BOX-POL";
+/// Logs, then refuses.
+pub const DENY: &str = "LLIMA-BOX-DENY";
+/// What starts each refusal's line in the kernel's log.
+pub const LOG_PREFIX: &str = "llima-box deny: ";
+const LOG_RATE: &str = "20/second";
+const LOG_BURST: u32 = 100;
 /// The guest's side of each environment's veth pair is `lbxN`.
 pub const VETH_PREFIX: &str = "lbx";
 /// The environments' addresses (shared address space, clear of LANs): a
@@ -127,11 +138,20 @@ pub fn guest_nameservers() -> (Vec<String>, bool) {
 /// `ip6tables-restore`: declaring a chain flushes it, so applying them
 /// again replaces them in one transaction.
 fn rules(nameservers: &[String], v6: bool) -> String {
-    let mut r = format!("*filter\n:{CHAIN} - [0:0]\n");
     let (suffix, reject) = match v6 {
         false => ("/32", "icmp-admin-prohibited"),
         true => ("/128", "icmp6-adm-prohibited"),
     };
+    // Every refusal goes through DENY, which logs it for `net log` (a
+    // flood, beyond the limit, is refused unlogged). TCP to the guest
+    // itself is reset as a closed port would be.
+    let mut r = format!(
+        "*filter\n:{CHAIN} - [0:0]\n:{DENY} - [0:0]\n\
+         -A {DENY} -m limit --limit {LOG_RATE} --limit-burst {LOG_BURST} \
+         -j LOG --log-prefix \"{LOG_PREFIX}\" --log-uid\n\
+         -A {DENY} -p tcp -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
+         -A {DENY} -j REJECT --reject-with {reject}\n"
+    );
     let family = |ns: &&String| {
         ns.parse::<std::net::IpAddr>()
             .is_ok_and(|a| a.is_ipv6() == v6)
@@ -141,9 +161,7 @@ fn rules(nameservers: &[String], v6: bool) -> String {
             r += &format!("-A {CHAIN} -d {ns}{suffix} -p {proto} --dport 53 -j RETURN\n");
         }
     }
-    r += &format!(
-        "-A {CHAIN} -p tcp --dport 22 -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n"
-    );
+    r += &format!("-A {CHAIN} -p tcp --dport 22 -m addrtype --dst-type LOCAL -j {DENY}\n");
     let gateway = format!("{SLIRP_GATEWAY}/32");
     let closed: &[&str] = match v6 {
         false => &[
@@ -158,7 +176,7 @@ fn rules(nameservers: &[String], v6: bool) -> String {
         true => &["fe80::/10", "fc00::/7", "fec0::/10"],
     };
     for d in closed {
-        r += &format!("-A {CHAIN} -d {d} -j REJECT --reject-with {reject}\n");
+        r += &format!("-A {CHAIN} -d {d} -j {DENY}\n");
     }
     if !v6 {
         // The environments' namespaces: what they send out of their veth
@@ -167,12 +185,13 @@ fn rules(nameservers: &[String], v6: bool) -> String {
         let v = format!("{VETH_PREFIX}+");
         r += &format!(
             ":{FORWARD} - [0:0]\n\
+             -A {FORWARD} -i {v} -j {POLICIES}\n\
              -A {FORWARD} -i {v} -j {CHAIN}\n\
              -A {FORWARD} -i {v} -j ACCEPT\n\
              -A {FORWARD} -o {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
              :{INPUT} - [0:0]\n\
              -A {INPUT} -i {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
-             -A {INPUT} -i {v} -j REJECT --reject-with {reject}\n\
+             -A {INPUT} -i {v} -j {DENY}\n\
              COMMIT\n\
              *nat\n\
              :{NAT} - [0:0]\n\
@@ -269,6 +288,11 @@ fn firewall() -> Result<(), GuardError> {
     // The resolvers environments use stay reachable, and so does QEMU's.
     let mut allowed = vec![SLIRP_DNS.to_owned()];
     allowed.extend(ns.into_iter().filter(|n| n != SLIRP_DNS));
+    // Created once per boot, never declared by the rules: loading them
+    // again keeps each environment's own policy.
+    if !policy::exists(POLICIES) {
+        policy::iptables(&["-N", POLICIES])?;
+    }
     restore("iptables", &rules(&allowed, false))?;
     for (table, builtin, chain) in [
         ("filter", "FORWARD", FORWARD),
@@ -288,23 +312,13 @@ fn firewall() -> Result<(), GuardError> {
 /// Replaces `tool`'s chains with `rules`, then sends the environment
 /// users' own traffic through the chain ahead of every other OUTPUT rule.
 fn restore(tool: &'static str, rules: &str) -> Result<(), GuardError> {
-    let restore = match tool {
-        "iptables" => "iptables-restore",
-        _ => "ip6tables-restore",
-    };
-    let applied = tools::run(Command::new(restore).args(["-w", "--noflush"]), Some(rules));
-    match applied {
-        Ok(()) => {}
-        Err(Failure::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(GuardError::NoTool(restore));
-        }
-        Err(e) => {
-            return Err(GuardError::Rules {
-                what: restore.to_owned(),
-                detail: e.to_string(),
-            });
-        }
-    }
+    load(
+        match tool {
+            "iptables" => "iptables-restore",
+            _ => "ip6tables-restore",
+        },
+        rules,
+    )?;
     for range in [&ENV_UIDS, &LEGACY_ENV_UIDS] {
         let owner = format!("{}-{}", range.start(), range.end());
         jump(
@@ -313,6 +327,22 @@ fn restore(tool: &'static str, rules: &str) -> Result<(), GuardError> {
         )?;
     }
     Ok(())
+}
+
+/// Loads `rules` with `restore` (`iptables-restore` or `ip6tables-restore`)
+/// without flushing what they do not declare.
+fn load(restore: &'static str, rules: &str) -> Result<(), GuardError> {
+    let applied = tools::run(Command::new(restore).args(["-w", "--noflush"]), Some(rules));
+    match applied {
+        Ok(()) => Ok(()),
+        Err(Failure::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(GuardError::NoTool(restore))
+        }
+        Err(e) => Err(GuardError::Rules {
+            what: restore.to_owned(),
+            detail: e.to_string(),
+        }),
+    }
 }
 
 /// Inserts the rule `spec` (a built-in chain, then the match) first in its
@@ -389,7 +419,17 @@ mod tests {
     #[test]
     fn rules_close_the_host_lan_and_other_environments() {
         let r4 = rules(&v(&["192.168.5.3", "fd00::3", "bad;-j ACCEPT"]), false);
-        assert!(r4.starts_with("*filter\n:LLIMA-BOX-ENV - [0:0]\n"), "{r4}");
+        assert!(
+            r4.starts_with("*filter\n:LLIMA-BOX-ENV - [0:0]\n:LLIMA-BOX-DENY - [0:0]\n"),
+            "{r4}"
+        );
+        // Refusals are logged (at a bounded rate), then rejected.
+        assert!(r4.contains(
+            "-A LLIMA-BOX-DENY -m limit --limit 20/second --limit-burst 100 \
+             -j LOG --log-prefix \"llima-box deny: \" --log-uid\n"
+        ));
+        assert!(r4.contains("-A LLIMA-BOX-DENY -j REJECT --reject-with icmp-admin-prohibited\n"));
+        assert!(r4.contains("-A LLIMA-BOX-IN -i lbx+ -j LLIMA-BOX-DENY\n"));
         assert!(r4.contains("-A LLIMA-BOX-ENV -d 192.168.5.3/32 -p udp --dport 53 -j RETURN\n"));
         assert!(!r4.contains("fd00") && !r4.contains("bad"), "{r4}");
         for d in [
@@ -399,15 +439,17 @@ mod tests {
             "100.64.0.0/10",
         ] {
             assert!(
-                r4.contains(&format!(
-                    "-d {d} -j REJECT --reject-with icmp-admin-prohibited\n"
-                )),
+                r4.contains(&format!("-d {d} -j LLIMA-BOX-DENY\n")),
                 "{d}: {r4}"
             );
         }
         // DNS is let through before the private ranges close.
         assert!(r4.find("--dport 53").unwrap() < r4.find("192.168.0.0/16").unwrap());
-        assert!(r4.contains("-A LLIMA-BOX-FWD -i lbx+ -j LLIMA-BOX-ENV\n"));
+        // Each environment's own policy comes first.
+        assert!(r4.contains(
+            "-A LLIMA-BOX-FWD -i lbx+ -j LLIMA-BOX-POL\n-A LLIMA-BOX-FWD -i lbx+ -j LLIMA-BOX-ENV\n"
+        ));
+        assert!(!r4.contains(":LLIMA-BOX-POL"), "{r4}");
         assert!(r4.contains("*nat\n:LLIMA-BOX-NAT - [0:0]\n"));
         assert_eq!(r4.matches("COMMIT\n").count(), 2);
         assert!(r4.ends_with("COMMIT\n"));
@@ -416,7 +458,8 @@ mod tests {
             r6.contains("-d fd00::3/128 -p tcp --dport 53 -j RETURN\n"),
             "{r6}"
         );
-        assert!(r6.contains("-d fec0::/10 -j REJECT --reject-with icmp6-adm-prohibited\n"));
+        assert!(r6.contains("-d fec0::/10 -j LLIMA-BOX-DENY\n"));
+        assert!(r6.contains("-A LLIMA-BOX-DENY -j REJECT --reject-with icmp6-adm-prohibited\n"));
         assert!(!r6.contains("nat") && !r6.contains("192.168"), "{r6}");
         assert_eq!(r6.matches("COMMIT\n").count(), 1);
     }
