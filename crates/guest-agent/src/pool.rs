@@ -194,9 +194,14 @@ fn own_socket(spare: &str) -> std::path::PathBuf {
 
 /// A new spare, running: its name and its own socket.
 fn make(admin: u32, version: &str, ids: &str) -> Result<(String, std::path::PathBuf), EnsureError> {
+    // A claimed spare's environment keeps its unit, named after the spare:
+    // a new spare of that name would stop it when it clears leftovers.
     let spare = loop {
-        let name = format!("spare-{}", random() % 32768);
-        if accounts::local_uid(&name).is_none() && !Path::new(SPARES_DIR).join(&name).exists() {
+        let name = format!("spare-{:08x}", random());
+        if accounts::local_uid(&name).is_none()
+            && !Path::new(SPARES_DIR).join(&name).exists()
+            && !ensure::unit_active(&unit_of(&name))
+        {
             break name;
         }
     };

@@ -19,7 +19,7 @@ use crate::accounts::{self, AddError};
 use crate::guard::GuardError;
 use crate::{list, tools};
 
-pub use start::start_holder;
+pub use start::{start_holder, unit_active};
 
 /// The last uid given out (see [`accounts::add_env_user`]).
 pub const LAST_UID: &str = "/var/lib/llima-box/last-uid";

@@ -217,7 +217,7 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
     }
 }
 
-fn unit_active(unit: &str) -> bool {
+pub fn unit_active(unit: &str) -> bool {
     tools::quiet(Command::new("systemctl").args([
         "is-active",
         "--quiet",
