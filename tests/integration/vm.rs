@@ -20,10 +20,11 @@ fn pid_of(v: &Value, key: &str) -> u32 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}")) as u32
 }
 
-fn kill9(pid: u32) {
+/// `kill -SIGNAL pid`, e.g. `signal("KILL", pid)`.
+fn signal(signal: &str, pid: u32) {
     assert!(
         Command::new("kill")
-            .args(["-9", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .unwrap()
             .success()
@@ -145,7 +146,7 @@ fn lifecycle_end_to_end() {
         // kill -9 of QEMU: the agent notices, the status is truthful, and
         // the next start recovers.
         let st = home.status(name);
-        kill9(pid_of(&st, "driverPID"));
+        signal("KILL", pid_of(&st, "driverPID"));
         wait_until(
             "the agent to notice QEMU died",
             Duration::from_secs(30),
@@ -163,7 +164,23 @@ fn lifecycle_end_to_end() {
         // state is checked.
         let st = home.status(name);
         let orphan = pid_of(&st, "driverPID");
-        kill9(pid_of(&st, "hostAgentPID"));
+        let agent = pid_of(&st, "hostAgentPID");
+        // Its virtiofsd daemons are orphaned too. Each removes its socket
+        // as it exits: one slow to go would take the next start's socket
+        // with it, so they are frozen here and the start must end them.
+        let out = Command::new("pgrep")
+            .args(["-P", &agent.to_string(), "virtiofsd"])
+            .output()
+            .unwrap();
+        let daemons: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert!(!daemons.is_empty(), "no virtiofsd under the host agent");
+        for d in &daemons {
+            signal("STOP", *d);
+        }
+        signal("KILL", agent);
         wait_until("the agent to die", Duration::from_secs(10), || {
             home.status(name)["status"] == "Broken"
         });
@@ -178,6 +195,9 @@ fn lifecycle_end_to_end() {
         // The next start kills the orphan and boots afresh.
         home.ok(&["--instance", name, "vm", "start"]);
         assert!(gone(orphan), "the orphaned QEMU {orphan} still runs");
+        for d in daemons {
+            assert!(gone(d), "the orphaned virtiofsd {d} still runs");
+        }
         let st = home.status(name);
         assert_eq!(st["status"], "Running", "{st}");
     });

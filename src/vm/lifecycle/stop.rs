@@ -8,6 +8,7 @@ use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
 use super::LifecycleError;
 use crate::vm::layout;
+use crate::vm::qemu::virtiofsd;
 use crate::vm::store::{self, Instance, Status};
 
 /// How long a graceful stop may take: the agent gives the guest a grace
@@ -50,6 +51,11 @@ pub(crate) fn stop(lima_home: &Path, name: &str, timeout: Duration) -> Result<()
 /// and `ssh.config` stay.
 pub(crate) fn force_stop(inst: &Instance) -> Result<(), LifecycleError> {
     for pid in [inst.driver_pid, inst.host_agent_pid].into_iter().flatten() {
+        signal(pid, Signal::KILL);
+        wait_gone(pid, Duration::from_secs(5));
+    }
+    // The agent's virtiofsd daemons are in their own process group.
+    for pid in virtiofsd::daemons_of(&inst.dir) {
         signal(pid, Signal::KILL);
         wait_gone(pid, Duration::from_secs(5));
     }

@@ -2,6 +2,7 @@
 //! mount, as Lima runs it): finding a suitable one, its command line, and
 //! noticing when it runs out of file descriptors.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::vm::layout;
@@ -185,6 +186,40 @@ pub(crate) fn socket(instance_dir: &Path, index: usize) -> PathBuf {
     instance_dir.join(layout::virtiofsd_sock(index))
 }
 
+/// The daemons still serving sockets of `instance_dir`, from /proc: a
+/// killed host agent leaves them behind, and each removes its socket path
+/// as it exits, which would take the next start's socket with it.
+pub(crate) fn daemons_of(instance_dir: &Path) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| serves(&c, instance_dir))
+        })
+        .collect()
+}
+
+/// Whether a NUL-separated command line is a daemon of ours for a socket
+/// in `instance_dir`.
+fn serves(cmdline: &[u8], instance_dir: &Path) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    let is_virtiofsd = args.next().is_some_and(|exe| exe.ends_with(b"virtiofsd"));
+    let mut args = args.skip_while(|a| *a != b"--socket-path");
+    is_virtiofsd
+        && args.next().is_some()
+        && args.next().is_some_and(|sock| {
+            let sock = Path::new(std::ffi::OsStr::from_bytes(sock));
+            sock.parent() == Some(instance_dir)
+                && sock
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("virtiofsd-") && n.ends_with(".sock"))
+        })
+}
+
 /// The daemon's arguments for one mount. Unprivileged with no sandbox of
 /// its own (a namespace sandbox needs user namespaces, which Ubuntu hosts
 /// restrict; it can do only what the user can). `--cache never` lets the
@@ -250,6 +285,25 @@ pub(crate) fn nearly_exhausted(open: u64, limit: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_daemons_of_an_instance() {
+        let dir = Path::new("/l/d");
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        let ours = args(&socket(dir, 1), Path::new("/home/u"), false, 10);
+        let mut cmd = vec!["/usr/local/bin/virtiofsd"];
+        cmd.extend(ours.iter().map(String::as_str));
+        assert!(serves(&line(&cmd), dir));
+        assert!(!serves(&line(&cmd), Path::new("/l/other")));
+        assert!(!serves(&line(&cmd), Path::new("/l")));
+        cmd[0] = "/usr/bin/qemu-system-x86_64";
+        assert!(!serves(&line(&cmd), dir));
+        assert!(!serves(
+            &line(&["virtiofsd", "--socket-path", "/l/d/qmp.sock"]),
+            dir
+        ));
+        assert!(!serves(&line(&["virtiofsd", "--socket-path"]), dir));
+    }
 
     #[test]
     fn takes_the_rust_daemon_from_1_13_and_names_what_it_rejects() {
