@@ -33,7 +33,7 @@ pub(crate) struct Published {
 impl Published {
     /// Whether it still stands: a shell's row goes with the shell, even
     /// one killed before it could remove it.
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         self.shell
             .is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }

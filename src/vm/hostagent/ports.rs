@@ -59,11 +59,32 @@ pub(super) struct Forwarder {
 
 impl Forwarder {
     pub(super) fn new(dir: PathBuf, guest: Arc<SharedSession>) -> Arc<Forwarder> {
-        Arc::new(Forwarder {
+        let me = Arc::new(Forwarder {
             dir,
             guest,
             listeners: Mutex::new(HashMap::new()),
-        })
+        });
+        tokio::spawn(me.clone().follow_shells());
+        me
+    }
+
+    /// Stops listening for a `shell --publish` that ended without taking
+    /// its rows away (it was killed), within a second: its host port must
+    /// not keep reaching the environment.
+    async fn follow_shells(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let ended = self
+                .listeners
+                .lock()
+                .await
+                .values()
+                .any(|(row, _)| !row.live());
+            if ended {
+                let _ = self.sync().await;
+            }
+        }
     }
 
     /// Listens for every row of the table and stops listening for rows
