@@ -105,6 +105,11 @@ impl Qmp {
         self.execute("system_powerdown", None).map(drop)
     }
 
+    /// The reset button: the guest starts again from its firmware.
+    pub(crate) fn system_reset(&mut self) -> Result<(), QmpError> {
+        self.execute("system_reset", None).map(drop)
+    }
+
     /// The run state, e.g. "running", "paused", "prelaunch", "shutdown".
     pub(crate) fn query_status(&mut self) -> Result<String, QmpError> {
         let ret = self.execute("query-status", None)?;

@@ -4,6 +4,7 @@
 
 pub(crate) mod api;
 pub(crate) mod events;
+mod panic_watch;
 mod plan;
 pub(crate) mod ports;
 mod readiness;
@@ -53,6 +54,10 @@ pub(crate) enum HostAgentError {
     NotReady { secs: u64, waiting_for: String },
     #[error("QEMU exited while the guest was booting ({status})")]
     GuestExited { status: String },
+    #[error(
+        "the guest's kernel panicked while booting, {times} times, the last one: {why}; its console is in serial.log (`llima-box vm logs --serial`). The image or its kernel options are at fault"
+    )]
+    GuestPanicked { why: String, times: u32 },
     #[error("interrupted while the guest was booting")]
     Interrupted,
     #[error(transparent)]

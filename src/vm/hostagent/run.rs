@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use super::events::{self, Status};
-use super::{HostAgentError, api, plan, ports, readiness, virtiofs};
+use super::{HostAgentError, api, panic_watch, plan, ports, readiness, virtiofs};
 use crate::ssh;
 use crate::timeouts;
 use crate::vm::cidata;
@@ -231,13 +231,36 @@ async fn supervise(
     });
 
     stage(port, "waiting for SSH and cloud-init");
-    let ready = tokio::select! {
-        r = readiness::wait(plan, port, iid, boot_timeout, |s| stage(port, s)) => r,
-        status = &mut exited => Err(HostAgentError::GuestExited {
-            status: status.ok().and_then(Result::ok).unwrap_or_default(),
-        }),
-        _ = sigint.recv() => Err(HostAgentError::Interrupted),
-        _ = sigterm.recv() => Err(HostAgentError::Interrupted),
+    let consoles = vec![
+        dir.join(layout::SERIAL_LOG),
+        dir.join(layout::SERIAL_VIRTIO_LOG),
+    ];
+    let readiness = readiness::wait(plan, port, iid, boot_timeout, |s| stage(port, s));
+    tokio::pin!(readiness);
+    let (mut panics, mut from) = (0, Vec::new());
+    let ready = loop {
+        tokio::select! {
+            r = &mut readiness => break r,
+            status = &mut exited => break Err(HostAgentError::GuestExited {
+                status: status.ok().and_then(Result::ok).unwrap_or_default(),
+            }),
+            why = panic_watch::wait(&consoles, &from, panic_watch::QUIET) => {
+                panics += 1;
+                if panics > panic_watch::RESETS {
+                    break Err(HostAgentError::GuestPanicked { why, times: panics });
+                }
+                let resets = panic_watch::RESETS;
+                stage(port, &format!(
+                    "the guest's kernel panicked while booting ({why}); resetting it ({panics} of {resets})"
+                ));
+                from = panic_watch::sizes(&consoles);
+                if let Err(e) = tokio::task::block_in_place(|| qmp.system_reset()) {
+                    break Err(HostAgentError::Qemu(e.into()));
+                }
+            }
+            _ = sigint.recv() => break Err(HostAgentError::Interrupted),
+            _ = sigterm.recv() => break Err(HostAgentError::Interrupted),
+        }
     };
     if let Err(e) = ready {
         kill(qemu_pid);
