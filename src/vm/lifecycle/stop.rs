@@ -50,12 +50,13 @@ pub(crate) fn stop(lima_home: &Path, name: &str, timeout: Duration) -> Result<()
 /// pid, socket and temporary file, as `limactl stop -f` does. Logs, disks
 /// and `ssh.config` stay.
 pub(crate) fn force_stop(inst: &Instance) -> Result<(), LifecycleError> {
-    for pid in [inst.driver_pid, inst.host_agent_pid].into_iter().flatten() {
-        signal(pid, Signal::KILL);
-        wait_gone(pid, Duration::from_secs(5));
-    }
     // The agent's virtiofsd daemons are in their own process group.
-    for pid in virtiofsd::daemons_of(&inst.dir) {
+    let daemons = virtiofsd::daemons_of(&inst.dir);
+    for pid in [inst.driver_pid, inst.host_agent_pid]
+        .into_iter()
+        .flatten()
+        .chain(daemons)
+    {
         signal(pid, Signal::KILL);
         wait_gone(pid, Duration::from_secs(5));
     }
