@@ -1776,14 +1776,11 @@ fn check_shell_publish(vm: &VmHome, a: &Path, host_a: u16) {
     killed.wait().unwrap();
     assert_eq!(ports(port_rows(vm, a)), [47011]);
     // The host agent stops listening by itself, with no later command.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", host_k)).is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "127.0.0.1:{host_k} still listens after its shell was killed"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        &format!("127.0.0.1:{host_k} to close after its shell was killed"),
+        Duration::from_secs(5),
+        || std::net::TcpStream::connect(("127.0.0.1", host_k)).is_err(),
+    );
     assert!(std::net::TcpStream::connect(("127.0.0.1", host_a)).is_ok());
     // A pattern that does not match this shell's own command line.
     vm.shell_ok(a, &["sh", "-c", "pkill -f 'sleep 6[0]0'; true"]);

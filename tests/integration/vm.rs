@@ -43,14 +43,6 @@ fn gone(pid: u32) -> bool {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 #[ignore = "boots VMs: run through tests/run"]
 fn lifecycle_end_to_end() {

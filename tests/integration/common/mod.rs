@@ -217,6 +217,18 @@ pub fn llima_box(lima_home: &Path) -> Command {
     cmd
 }
 
+/// Polls `f` until it holds; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Output as text, for assertions with useful failure messages.
 pub fn text(out: &Output) -> (String, String) {
     (
