@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use crate::env::guest_agent;
 use crate::env::ports::{self, Published};
@@ -54,7 +54,7 @@ pub(super) struct Forwarder {
     dir: PathBuf,
     /// The host agent's connection to the guest, shared with `vm shell`.
     guest: Arc<SharedSession>,
-    listeners: Mutex<HashMap<u16, (Published, AbortHandle)>>,
+    listeners: Mutex<HashMap<u16, (Published, JoinHandle<()>)>>,
 }
 
 impl Forwarder {
@@ -90,16 +90,23 @@ impl Forwarder {
     /// Listens for every row of the table and stops listening for rows
     /// gone or changed.
     pub(super) async fn sync(self: &Arc<Self>) -> Result<Vec<Listening>, String> {
-        let rows = ports::load(&self.dir).map_err(|e| e.to_string())?;
+        // The table is read under the lock: a sync that read it earlier
+        // must not bring back a row that a later one removed.
         let mut listeners = self.listeners.lock().await;
-        listeners.retain(|port, (row, task)| {
-            let keep = rows.contains(row);
-            if !keep {
-                task.abort();
-                super::run::log(&format!("stopped forwarding 127.0.0.1:{port}"));
-            }
-            keep
-        });
+        let rows = ports::load(&self.dir).map_err(|e| e.to_string())?;
+        let gone: Vec<u16> = listeners
+            .iter()
+            .filter(|(_, (row, _))| !rows.contains(row))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in gone {
+            let (_, task) = listeners.remove(&port).expect("listed above");
+            task.abort();
+            // Closed once the task is dropped: when sync returns, the
+            // port no longer accepts.
+            let _ = task.await;
+            super::run::log(&format!("stopped forwarding 127.0.0.1:{port}"));
+        }
         let mut out = Vec::new();
         for row in rows {
             let error = match listeners.contains_key(&row.host_port) {
@@ -123,7 +130,7 @@ impl Forwarder {
         Ok(out)
     }
 
-    async fn listen(self: &Arc<Self>, row: &Published) -> Result<AbortHandle, String> {
+    async fn listen(self: &Arc<Self>, row: &Published) -> Result<JoinHandle<()>, String> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, row.host_port));
         let listener = TcpListener::bind(addr)
             .await
@@ -145,7 +152,7 @@ impl Forwarder {
                 tokio::spawn(me.clone().carry(tcp, row.clone()));
             }
         });
-        Ok(task.abort_handle())
+        Ok(task)
     }
 
     /// One connection: to the environment's port through the guest agent,
