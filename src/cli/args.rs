@@ -164,7 +164,7 @@ pub(crate) enum ProjectCommand {
     /// Change a project's settings. They are kept on the host, outside the
     /// project, and apply to its environment at once when it runs.
     #[command(
-        after_help = "Examples:\n  llima-box project set --memory 4G --tasks 2000\n  llima-box project set ~/src/app --git-writes allow\n  llima-box project set --default --memory 2G   # for every project without its own\n  llima-box project set --reset"
+        after_help = "Examples:\n  llima-box project set --memory 4G --tasks 2000 --disk 20G\n  llima-box project set ~/src/app --git-writes allow\n  llima-box project set --default --memory 2G   # for every project without its own\n  llima-box project set --reset"
     )]
     Set(ProjectSetArgs),
 }
@@ -204,6 +204,10 @@ pub(crate) struct ProjectSetArgs {
     /// Share of disk IO against other environments, 1-10000 (default: 100).
     #[arg(long, value_name = "N")]
     pub io_weight: Option<u32>,
+    /// Limit on the home's disk use (e.g. 10G; default: a quarter of the
+    /// VM's disk). The project's own files are the host's, not counted.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     /// Whether the project's git config and hooks, which git on the host
     /// runs, are writable inside (default: deny).
     #[arg(long, value_name = "allow|deny", value_parser = ["allow", "deny"])]

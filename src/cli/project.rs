@@ -51,6 +51,13 @@ fn describe(s: &Settings) -> Vec<(&'static str, String)> {
             or_default(s.io_weight.map(|w| w.to_string()), "100"),
         ),
         (
+            "home disk",
+            or_default(
+                s.disk_max.map(|d| format!("{} MiB", d >> 20)),
+                "a quarter of the VM's disk",
+            ),
+        ),
+        (
             "git writes",
             match s.git_writes {
                 true => "allow".to_string(),
@@ -192,6 +199,9 @@ pub(super) fn set(
     }
     if let Some(m) = &args.memory {
         s.memory_max = Some(settings::parse_size(m).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(d) = &args.disk {
+        s.disk_max = Some(settings::parse_size(d).map_err(anyhow::Error::msg)?);
     }
     s.tasks_max = args.tasks.or(s.tasks_max);
     s.cpu_weight = args.cpu_weight.or(s.cpu_weight);

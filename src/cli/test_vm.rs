@@ -100,11 +100,13 @@ fn ssh_uname(lima_home: &Path, name: &str) -> Result<String> {
 }
 
 /// What the environment step runs: who it is, how its project is shared
-/// (and whether a file made there is its own), and whether the sandboxes
+/// (and whether a file made there is its own), whether its home's
+/// filesystem has quotas (its disk cap), and whether the sandboxes
 /// coding agents make for their tools (user namespaces, bubblewrap) work.
 const ENV_PROBE: &str = r#"
 id -un
 awk -v p="$PWD" '$5 == p { for (i = 7; $i != "-"; i++); print "share=" $(i + 1) " " $(i + 2) " " $6 }' /proc/self/mountinfo
+awk -v h="$HOME" '$5 == h { for (i = 7; $i != "-"; i++); print "home=" $(i + 3) }' /proc/self/mountinfo
 touch owned && [ "$(stat -c %u owned)" = "$(id -u)" ] && echo owned=yes
 unshare -rm true 2>&1 && echo userns=ok
 if command -v bwrap >/dev/null; then
@@ -169,7 +171,22 @@ fn environment(lima_home: &Path, name: &str) -> Result<String> {
     } else {
         bail!("bubblewrap fails in the environment: {stdout}");
     };
-    Ok(format!("as {user}; {share}; user namespaces work; {bwrap}"))
+    Ok(format!(
+        "as {user}; {share}; {}; user namespaces work; {bwrap}",
+        home_cap(&stdout)
+    ))
+}
+
+/// Whether the probe's home is on a filesystem with user quotas.
+fn home_cap(probe: &str) -> &'static str {
+    let capped = probe
+        .lines()
+        .filter_map(|l| l.strip_prefix("home="))
+        .any(|opts| opts.split(',').any(|o| o == "usrquota"));
+    match capped {
+        true => "home with a disk cap",
+        false => "home WITHOUT a disk cap (see the README's threat model)",
+    }
 }
 
 /// How the environment got its project, from the probe's `share=` line:
@@ -295,6 +312,13 @@ mod tests {
         }
         assert!(sharing(&probe("9p lima-ab rw", true)).is_err());
         assert!(sharing(&probe("fuse sshfs rw", true)).is_err());
+        assert_eq!(
+            home_cap("x\nhome=rw,quota,usrquota\n"),
+            "home with a disk cap"
+        );
+        for uncapped in ["home=rw,relatime\n", "home=rw,usrquotax\n", ""] {
+            assert!(home_cap(uncapped).contains("WITHOUT"), "{uncapped}");
+        }
         let not_owned = sharing(&probe("virtiofs lima-ab rw,idmapped", false)).unwrap_err();
         assert!(not_owned.to_string().contains("not its own"), "{not_owned}");
     }

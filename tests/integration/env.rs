@@ -341,27 +341,42 @@ fn check_git_metadata_read_only(vm: &VmHome, projects: &TestDir) {
 /// environment exists are its unit's from the start (it is made the long
 /// way, not from a spare, which has the defaults); changed while it runs,
 /// they apply at once, and so do git writes, allowed and denied again.
+/// The home's disk cap holds an agent that fills its home (before, it
+/// could fill the guest's disk).
 fn check_project_settings(vm: &VmHome, projects: &TestDir) {
     let p = projects.mkdir("tuned");
     git_init(&p);
     let path = p.to_str().unwrap();
-    vm.ok(&["project", "set", path, "--memory", "300M", "--tasks", "321"]);
+    vm.ok(&[
+        "project", "set", path, "--memory", "300M", "--tasks", "321", "--disk", "32M",
+    ]);
     let shown: serde_json::Value =
         serde_json::from_str(&vm.ok(&["project", "show", path, "--json"])).unwrap();
     assert_eq!(shown["tasksMax"], 321, "{shown}");
+    assert_eq!(shown["diskMax"], 32u64 << 20, "{shown}");
     const LIMITS: &[&str] = &[
         "cat",
         "/sys/fs/cgroup/memory.max",
         "/sys/fs/cgroup/pids.max",
     ];
     assert_eq!(vm.shell_ok(&p, LIMITS), "314572800\n321\n");
-    let said = vm.run(&["project", "set", path, "--tasks", "400"]);
+    const FILL: &[&str] = &[
+        "sh",
+        "-c",
+        "head -c 48M /dev/zero >$HOME/fill; echo rc=$?; rm -f $HOME/fill",
+    ];
+    let full = vm.shell(&p, FILL);
+    let (stdout, stderr) = text(&full);
+    assert_ne!(field(&stdout, "rc"), "0", "{stdout}\n{stderr}");
+    assert!(stderr.contains("Disk quota exceeded"), "{stderr}");
+    let said = vm.run(&["project", "set", path, "--tasks", "400", "--disk", "64M"]);
     assert!(
         text(&said).1.contains("applied to the running environment"),
         "{:?}",
         text(&said)
     );
     assert_eq!(vm.shell_ok(&p, LIMITS), "314572800\n400\n");
+    assert_eq!(field(&vm.shell_ok(&p, FILL), "rc"), "0");
     const WRITE: &[&str] = &[
         "sh",
         "-c",
@@ -837,6 +852,9 @@ fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) -> String {
         .to_string();
     let procs = vm.ok(&["vm", "shell", "--", "pgrep", "-c", "-U", &uid_a]);
     assert_ne!(procs.trim(), "0", "no process of {name_a} to kill");
+    // Its home's files are in the homes' filesystem, /home/NAME leads there.
+    let home = vm.ok(&["vm", "shell", "--", "readlink", &format!("/home/{name_a}")]);
+    assert_eq!(home.trim(), format!("/var/lib/llima-box/homes/{uid_a}"));
     vm.ok(&["delete", a.to_str().unwrap(), "-y"]);
     assert_eq!(tree_hash(a), before);
     let gone = vm.run(&[
@@ -847,7 +865,8 @@ fn check_delete(vm: &VmHome, a: &Path, name_a: &str, total: usize) -> String {
         "-c",
         &format!(
             "pgrep -U {uid_a}; getent passwd {name_a}; getent group {name_a}; \
-             grep -s '^{name_a}:' /etc/subuid; ls -d /home/{name_a} 2>/dev/null; true"
+             grep -s '^{name_a}:' /etc/subuid; ls -d /home/{name_a} 2>/dev/null; \
+             sudo -n ls -d /var/lib/llima-box/homes/{uid_a} 2>/dev/null; true"
         ),
     ]);
     assert_eq!(text(&gone).0, "", "left behind by delete");

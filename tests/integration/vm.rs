@@ -246,7 +246,7 @@ fn test_vm_self_test_passes() {
         "SSH exec `uname -a`: ok",
         "a command in an environment: ok",
         "project shared over virtiofs through an ID-mapped mount",
-        "user namespaces work; bubblewrap works",
+        "home with a disk cap; user namespaces work; bubblewrap works",
         "file sharing daemons: ok",
         "1 virtiofsd running, none short of file descriptors",
         "stop: ok",

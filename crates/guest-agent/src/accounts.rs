@@ -266,6 +266,8 @@ pub enum AddError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Home(#[from] crate::homes::HomesError),
 }
 
 fn add_io(what: &'static str) -> impl FnOnce(std::io::Error) -> AddError {
@@ -300,45 +302,8 @@ pub fn add_env_user(name: &str, last_uid: &Path) -> Result<u32, AddError> {
         rewrite(Path::new(file), |t| with_line(t, &line), true)
             .map_err(add_io("cannot add the user to the account files"))?;
     }
-    let home = Path::new(HOMES_DIR).join(name);
-    make_home(&home, id).map_err(add_io("cannot make the home"))?;
+    crate::homes::make(name, id)?;
     Ok(id)
-}
-
-/// `home` with a copy of `/etc/skel` in it, all owned by `id`.
-fn make_home(home: &Path, id: u32) -> std::io::Result<()> {
-    fs::create_dir(home)?;
-    fs::set_permissions(home, fs::Permissions::from_mode(0o700))?;
-    std::os::unix::fs::lchown(home, Some(id), Some(id))?;
-    copy_tree(Path::new("/etc/skel"), home, id)
-}
-
-/// Copies what is in `from` into `to` (directories, files and symlinks,
-/// as they are), owned by `id`; a missing `from` is an empty one.
-fn copy_tree(from: &Path, to: &Path, id: u32) -> std::io::Result<()> {
-    let entries = match fs::read_dir(from) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            fs::create_dir(&dst)?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o777))?;
-            copy_tree(&src, &dst, id)?;
-        } else if meta.file_type().is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-        } else if meta.is_file() {
-            fs::copy(&src, &dst)?;
-        } else {
-            continue;
-        }
-        std::os::unix::fs::lchown(&dst, Some(id), Some(id))?;
-    }
-    Ok(())
 }
 
 /// Removes the user `name`, its own group and its subordinate id ranges,
@@ -502,31 +467,6 @@ mod tests {
         assert!(shadow.starts_with("new-1a2b3c4d:!:20000:"), "{shadow}");
         assert_eq!(gshadow.split(':').count(), 4, "{gshadow}");
         assert_eq!(with_line("", "x"), "x\n");
-    }
-
-    #[test]
-    fn skel_is_copied_with_links_and_modes() {
-        let d = tempfile::tempdir().unwrap();
-        let (skel, home) = (d.path().join("skel"), d.path().join("home"));
-        fs::create_dir_all(skel.join(".config/sub")).unwrap();
-        fs::write(skel.join(".bashrc"), "rc").unwrap();
-        fs::write(skel.join(".config/sub/f"), "f").unwrap();
-        std::os::unix::fs::symlink("/nowhere", skel.join("link")).unwrap();
-        fs::create_dir(&home).unwrap();
-        let me = own_uid();
-        copy_tree(&skel, &home, me).unwrap();
-        assert_eq!(fs::read_to_string(home.join(".bashrc")).unwrap(), "rc");
-        assert_eq!(fs::read_to_string(home.join(".config/sub/f")).unwrap(), "f");
-        assert_eq!(
-            fs::read_link(home.join("link")).unwrap(),
-            Path::new("/nowhere")
-        );
-        copy_tree(&d.path().join("missing"), &home, me).unwrap();
-    }
-
-    fn own_uid() -> u32 {
-        // SAFETY: getuid has no failure and no memory effects.
-        unsafe { libc::getuid() }
     }
 
     #[test]

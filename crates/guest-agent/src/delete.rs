@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use llima_box_proto::names::valid_env_name;
-use llima_box_proto::paths::{ENV_UNIT_PREFIX, HOMES_DIR, SOCKETS_DIR, is_env_uid};
+use llima_box_proto::paths::{ENV_UNIT_PREFIX, SOCKETS_DIR, is_env_uid};
 
 use crate::{accounts, list, lock, tools};
 
@@ -21,6 +21,8 @@ pub enum DeleteError {
     Survivors { uid: u32, secs: u64 },
     #[error("cannot remove the environment's network policy: {0}")]
     Policy(#[from] crate::guard::GuardError),
+    #[error(transparent)]
+    Home(#[from] crate::homes::HomesError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -71,7 +73,7 @@ pub fn teardown(dir: &Path, unit: &str, name: &str, socket: &Path) -> Result<(),
         }
         accounts::remove_account(name).map_err(io("cannot remove the user"))?;
     }
-    remove_tree(&Path::new(HOMES_DIR).join(name))?;
+    crate::homes::remove(name)?;
     match fs::remove_file(socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io("cannot remove the spawn socket")(e));

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use llima_box_proto::message::EnvInfo;
 use llima_box_proto::names::valid_env_name;
-use llima_box_proto::paths::{ENVS_DIR, HOMES_DIR};
+use llima_box_proto::paths::ENVS_DIR;
 
 use llima_box_proto::time::rfc3339_secs;
 
@@ -68,7 +68,10 @@ fn info(name: &str, dir: &Path, project: String, uid: Option<u32>, procs: &[Proc
         running: holder.is_some(),
         active: processes > 0,
         processes,
-        home_bytes: apparent_size(&Path::new(HOMES_DIR).join(name)),
+        // A capped home's quota says at once what a walk would add up.
+        home_bytes: uid
+            .and_then(|u| crate::homes::usage(name, u))
+            .unwrap_or_else(|| apparent_size(&crate::homes::data_dir(name))),
         denied: 0,
     }
 }

@@ -21,6 +21,7 @@ mod env_server;
 mod forward;
 mod guard;
 mod holder;
+mod homes;
 mod list;
 mod lock;
 mod netlog;

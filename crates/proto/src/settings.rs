@@ -13,9 +13,12 @@ pub const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=10000;
 /// Below this an environment cannot start its spawn server and a shell.
 pub const MIN_MEMORY: u64 = 64 << 20;
 pub const MIN_TASKS: u32 = 16;
+/// Below this a home cannot hold its shell's startup files and history.
+pub const MIN_DISK: u64 = 16 << 20;
 
 /// Each `None` is the default (see the README): memory half the guest's,
-/// 4096 tasks, weight 100 for CPU and IO, git metadata read-only.
+/// 4096 tasks, weight 100 for CPU and IO, the home's disk use a quarter of
+/// the guest's disk, git metadata read-only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
@@ -28,6 +31,9 @@ pub struct Settings {
     pub cpu_weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_weight: Option<u32>,
+    /// Bytes the home may take on the guest's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_max: Option<u64>,
     /// The repositories' config and hooks writable inside.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub git_writes: bool,
@@ -48,6 +54,12 @@ impl Settings {
         if let Some(t) = self.tasks_max.filter(|t| *t < MIN_TASKS) {
             return Err(format!(
                 "a task limit of {t} is below the {MIN_TASKS} an environment needs"
+            ));
+        }
+        if let Some(d) = self.disk_max.filter(|d| *d < MIN_DISK) {
+            return Err(format!(
+                "a disk limit of {d} bytes is below the {} MiB a home needs",
+                MIN_DISK >> 20
             ));
         }
         for (what, w) in [("CPU", self.cpu_weight), ("IO", self.io_weight)] {
@@ -95,13 +107,14 @@ mod tests {
             tasks_max: Some(500),
             cpu_weight: Some(50),
             io_weight: None,
+            disk_max: Some(1 << 32),
             git_writes: true,
             ..Default::default()
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"memoryMax":1073741824,"tasksMax":500,"cpuWeight":50,"gitWrites":true}"#
+            r#"{"memoryMax":1073741824,"tasksMax":500,"cpuWeight":50,"diskMax":4294967296,"gitWrites":true}"#
         );
         assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
         assert_eq!(
@@ -129,6 +142,10 @@ mod tests {
                 io_weight: Some(10001),
                 ..Default::default()
             },
+            Settings {
+                disk_max: Some(MIN_DISK - 1),
+                ..Default::default()
+            },
         ];
         for s in bad {
             assert!(s.check().is_err(), "{s:?}");
@@ -138,6 +155,7 @@ mod tests {
             tasks_max: Some(MIN_TASKS),
             cpu_weight: Some(1),
             io_weight: Some(10000),
+            disk_max: Some(MIN_DISK),
             git_writes: false,
             ..Default::default()
         };

@@ -56,6 +56,8 @@ pub enum EnsureError {
     #[error("cannot create the environment's user: {0}")]
     User(#[from] AddError),
     #[error(transparent)]
+    Home(#[from] crate::homes::HomesError),
+    #[error(transparent)]
     Guard(#[from] GuardError),
     #[error(transparent)]
     Net(#[from] net::NetError),
@@ -230,6 +232,9 @@ pub fn configure(name: &str, settings: &Settings) -> Result<(bool, bool), Ensure
     };
     let before = recorded_settings(&dir);
     record_settings(&dir, name, settings)?;
+    if let Some(uid) = accounts::local_uid(name).filter(|u| is_env_uid(*u)) {
+        crate::homes::set_cap(name, uid, settings.disk_max)?;
+    }
     let Some(pid) = list::holder_pid(&dir) else {
         return Ok((true, false));
     };

@@ -127,6 +127,10 @@ fn unit_argv(
 pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u32, EnsureError> {
     // Nothing of the environment may run before the guard is up.
     guard::ensure(admin, false)?;
+    let settings = super::recorded_settings(dir);
+    if let Some(uid) = crate::accounts::local_uid(name) {
+        crate::homes::set_cap(name, uid, settings.disk_max)?;
+    }
     // Leftovers of a holder that died; a claimed spare's unit has the
     // spare's name.
     stop_units(dir, unit);
@@ -156,14 +160,7 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
         log: log_tail(dir),
     };
     let started = tools::run(
-        Command::new("systemd-run").args(unit_argv(
-            dir,
-            unit,
-            name,
-            admin,
-            total,
-            &super::recorded_settings(dir),
-        )),
+        Command::new("systemd-run").args(unit_argv(dir, unit, name, admin, total, &settings)),
         None,
     );
     started.map_err(|e| failed(format!("systemd-run: {e}")))?;
@@ -183,7 +180,7 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
                 .ok_or_else(|| failed("it reported ready but has no namespace process".into()))?;
             // Before it counts as running: no command runs without its network.
             let uid = crate::accounts::local_uid(name).unwrap_or_default();
-            super::net::connect(pid, uid, &super::recorded_settings(dir).net)?;
+            super::net::connect(pid, uid, &settings.net)?;
             let record =
                 list::identity(pid).ok_or_else(|| failed("its namespace process ended".into()))?;
             fs::write(dir.join("holder"), record).map_err(io("cannot record the holder"))?;

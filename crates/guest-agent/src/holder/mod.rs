@@ -130,6 +130,7 @@ pub fn run(args: &[String]) -> Result<u8, Error> {
             host_gid,
             project: project.as_deref(),
             shares: &shares,
+            home: &crate::homes::data_dir(name).to_string_lossy(),
             admin_home,
             scratch_kib,
             nameservers,

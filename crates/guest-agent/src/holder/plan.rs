@@ -51,6 +51,8 @@ pub struct Request<'a> {
     pub project: Option<&'a str>,
     /// The host's shares mounted in the guest.
     pub shares: &'a [Share],
+    /// Where the environment's home keeps its files (see `homes`).
+    pub home: &'a str,
     /// The guest account of the host user (the admin), hidden too.
     pub admin_home: Option<&'a str>,
     /// The size of the tmpfs of the scratch directories together.
@@ -195,7 +197,7 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
             idmap: req.shares.iter().any(|s| &s.target == root && s.idmap),
         });
     }
-    steps.push(bind(&home, stage("home")));
+    steps.push(bind(req.home, stage("home")));
     // Root's only way to a session's forwarded agent once /tmp is private.
     steps.push(Step::Bind {
         source: "/tmp".into(),
@@ -277,6 +279,7 @@ mod tests {
             host_gid: 100,
             project,
             shares,
+            home: "/var/lib/llima-box/homes/70001",
             admin_home: Some("/home/u.linux"),
             scratch_kib: 4096,
             nameservers: &[],
@@ -487,14 +490,25 @@ mod tests {
     #[test]
     fn the_home_is_stashed_before_hiding_and_bound_back_after() {
         let p = plan(&request(Some("/home/u/p"), &[]), |_| true);
-        let stash = position(&p.steps, &bind("/home/app", "/run/llima-box/stage/home"));
-        let hide = p
-            .steps
-            .iter()
-            .position(|s| matches!(s, Step::Tmpfs { target, .. } if target == "/home"))
-            .unwrap();
+        // Its files are where the request says (the homes' filesystem, in
+        // the state directory, hidden too), its view at /home/NAME.
+        let stash = position(
+            &p.steps,
+            &bind(
+                "/var/lib/llima-box/homes/70001",
+                "/run/llima-box/stage/home",
+            ),
+        );
+        let hide = |dir: &str| {
+            p.steps
+                .iter()
+                .position(|s| matches!(s, Step::Tmpfs { target, .. } if target == dir))
+                .unwrap()
+        };
         let back = position(&p.steps, &bind("/run/llima-box/stage/home", "/home/app"));
-        assert!(stash < hide && hide < back);
+        for dir in ["/home", STATE_DIR] {
+            assert!(stash < hide(dir) && hide(dir) < back, "{dir}");
+        }
         // The user's runtime directory is its own.
         assert!(p.steps.contains(&Step::Chown {
             path: "/run/user/70001".into(),
