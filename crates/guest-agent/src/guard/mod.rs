@@ -181,7 +181,11 @@ fn rules(nameservers: &[String], v6: bool) -> String {
     if !v6 {
         // The environments' namespaces: what they send out of their veth
         // goes through the same chain, then out with NAT; nothing of
-        // theirs reaches the guest's own services.
+        // theirs reaches the guest's own services. Multicast and broadcast
+        // to the guest are dropped unlogged: no connection follows them,
+        // and the guest's own (systemd-resolved's LLMNR probes on each new
+        // link) loops back in through the veth, where it would be counted
+        // as the environment's.
         let v = format!("{VETH_PREFIX}+");
         r += &format!(
             ":{FORWARD} - [0:0]\n\
@@ -191,6 +195,8 @@ fn rules(nameservers: &[String], v6: bool) -> String {
              -A {FORWARD} -o {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
              :{INPUT} - [0:0]\n\
              -A {INPUT} -i {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+             -A {INPUT} -i {v} -m addrtype --dst-type MULTICAST -j DROP\n\
+             -A {INPUT} -i {v} -m addrtype --dst-type BROADCAST -j DROP\n\
              -A {INPUT} -i {v} -j {DENY}\n\
              COMMIT\n\
              *nat\n\
@@ -429,7 +435,11 @@ mod tests {
              -j LOG --log-prefix \"llima-box deny: \" --log-uid\n"
         ));
         assert!(r4.contains("-A LLIMA-BOX-DENY -j REJECT --reject-with icmp-admin-prohibited\n"));
-        assert!(r4.contains("-A LLIMA-BOX-IN -i lbx+ -j LLIMA-BOX-DENY\n"));
+        assert!(r4.contains(
+            "-A LLIMA-BOX-IN -i lbx+ -m addrtype --dst-type MULTICAST -j DROP\n\
+             -A LLIMA-BOX-IN -i lbx+ -m addrtype --dst-type BROADCAST -j DROP\n\
+             -A LLIMA-BOX-IN -i lbx+ -j LLIMA-BOX-DENY\n"
+        ));
         assert!(r4.contains("-A LLIMA-BOX-ENV -d 192.168.5.3/32 -p udp --dport 53 -j RETURN\n"));
         assert!(!r4.contains("fd00") && !r4.contains("bad"), "{r4}");
         for d in [
