@@ -128,7 +128,8 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
     // Nothing of the environment may run before the guard is up.
     guard::ensure(admin, false)?;
     let settings = super::recorded_settings(dir);
-    if let Some(uid) = crate::accounts::local_uid(name) {
+    let uid = crate::accounts::local_uid(name);
+    if let Some(uid) = uid {
         crate::homes::set_cap(name, uid, settings.disk_max)?;
     }
     // Leftovers of a holder that died; a claimed spare's unit has the
@@ -179,8 +180,7 @@ pub fn start_holder(dir: &Path, unit: &str, name: &str, admin: u32) -> Result<u3
                 .and_then(list::first_child)
                 .ok_or_else(|| failed("it reported ready but has no namespace process".into()))?;
             // Before it counts as running: no command runs without its network.
-            let uid = crate::accounts::local_uid(name).unwrap_or_default();
-            super::net::connect(pid, uid, &settings.net)?;
+            super::net::connect(pid, uid.unwrap_or_default(), &settings.net)?;
             let record =
                 list::identity(pid).ok_or_else(|| failed("its namespace process ended".into()))?;
             fs::write(dir.join("holder"), record).map_err(io("cannot record the holder"))?;
