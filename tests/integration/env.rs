@@ -1873,15 +1873,18 @@ fn check_linked_project(vm: &VmHome, a: &Path) {
 /// through sshd the admin's login keyring and with it the admin's user
 /// keyring), no way back to a capability, and no setuid or setgid bit on
 /// a project file (before, `chmod 4755` in the project made one on the
-/// host).
+/// host, and later `openat2` creating a file with mode 4755 did).
 fn check_command_credentials(vm: &VmHome, a: &Path) {
     const SCRIPT: &str = r#"
 id -u
 grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status
 awk '{print "key-owner=" $6}' /proc/keys
-rm -f .setid-probe .setid-probe2
+rm -f .setid-probe .setid-probe2 .setid-probe3
 touch .setid-probe && chmod 4755 .setid-probe 2>/dev/null; echo chmod=$?
 install -m 2755 /dev/null .setid-probe2 2>/dev/null; echo install=$?
+perl -e 'my ($path, $how) = (".setid-probe3", pack("QQQ", 0101, 04755, 0));
+    my $r = syscall(437, -100, $path, $how, 24);
+    print "openat2=", ($r < 0 ? $! + 0 : "ok"), "\n"'
 "#;
     let out = vm.shell_ok(a, &["sh", "-c", SCRIPT]);
     assert!(out.contains("NoNewPrivs:\t1\n"), "{out}");
@@ -1896,8 +1899,8 @@ install -m 2755 /dev/null .setid-probe2 2>/dev/null; echo install=$?
         owners.iter().all(|o| *o == uid),
         "a key of another user: {out}"
     );
-    assert!(out.contains("chmod=1\ninstall=1\n"), "{out}");
-    for probe in [".setid-probe", ".setid-probe2"] {
+    assert!(out.contains("chmod=1\ninstall=1\nopenat2=1\n"), "{out}");
+    for probe in [".setid-probe", ".setid-probe2", ".setid-probe3"] {
         let path = a.join(probe);
         if let Ok(meta) = std::fs::metadata(&path) {
             assert_eq!(meta.mode() & 0o6000, 0, "{probe} on the host: {out}");

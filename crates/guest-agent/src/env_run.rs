@@ -18,6 +18,7 @@ use llima_box_proto::paths::{ENV_UNIT_PREFIX, HOMES_DIR, STAGE_DIR};
 use llima_box_proto::settings::Settings;
 
 use crate::ensure::{self, EnsureError};
+use crate::env_server::child::Prepared;
 use crate::env_server::{env_exec, within};
 use crate::{list, lock, pool};
 
@@ -204,6 +205,13 @@ fn enter(a: &Args) -> Result<u8, EnsureError> {
         .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
         .collect();
     join_namespaces(pid)?;
+    let prepared = match env_exec::prepare(a.name, a.cwd, agent.as_deref(), &vars, a.argv) {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("llima-box-guest-agent env-run: {why}");
+            return Ok(125);
+        }
+    };
     // The PID namespace takes effect for children only.
     // SAFETY: this process has one thread.
     match unsafe { libc::fork() } {
@@ -211,12 +219,12 @@ fn enter(a: &Args) -> Result<u8, EnsureError> {
             std::io::Error::last_os_error(),
         )),
         0 => {
-            let why = env_exec::exec(a.name, a.cwd, agent.as_deref(), &vars, a.argv);
+            let why = env_exec::exec(&prepared);
             eprintln!("llima-box-guest-agent env-run: {why}");
             // SAFETY: ends the child without the parent's exit handlers.
             unsafe { libc::_exit(125) }
         }
-        child => Ok(wait(child)),
+        child => Ok(wait(child, prepared)),
     }
 }
 
@@ -246,13 +254,24 @@ fn join_namespaces(pid: u32) -> Result<(), EnsureError> {
     Ok(())
 }
 
-/// Waits for the command and returns its status as a shell reports it.
-fn wait(child: libc::pid_t) -> u8 {
+/// Answers the command's `openat2` calls (see `env_server::supervisor`)
+/// until it ends, and returns its status as a shell reports it.
+fn wait(child: libc::pid_t, prepared: Prepared) -> u8 {
     // The terminal's signals reach the command; this process only waits.
     // SAFETY: setting dispositions has no memory effects.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    // Having joined a PID namespace, this process cannot start a thread:
+    // it supervises until the command's pidfd says it ended.
+    match crate::sys::pidfd_open(child) {
+        Ok(pidfd) => prepared.supervise_until(&pidfd),
+        // The listener closes unanswered: the command's openat2 calls
+        // fail (ENOSYS), none goes unchecked.
+        Err(e) => eprintln!(
+            "llima-box-guest-agent env-run: no system call supervisor for the command: {e}"
+        ),
     }
     crate::sys::wait_status(child)
 }

@@ -193,6 +193,20 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     })
 }
 
+/// A descriptor that becomes readable when process `pid` ends.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: a system call with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe {
+        use std::os::fd::FromRawFd;
+        OwnedFd::from_raw_fd(fd as libc::c_int)
+    })
+}
+
 pub fn detach(target: &str) -> io::Result<()> {
     let t = c(target)?;
     // SAFETY: a NUL-terminated path.

@@ -164,6 +164,18 @@ fn code(c: u32) -> Option<ExitStatus> {
     Some(ExitStatus::Code { code: c })
 }
 
+/// Perl: `openat2` (437 on x86_64 and aarch64) creating `o2-setid` with
+/// mode 4755 and `o2-plain` with 0644, then opening `.` with `O_PATH` as
+/// bubblewrap does; prints `openat2 WHAT=ok` or the errno.
+const OPENAT2: &str = r#"
+for (["setid", 0101, 04755, "o2-setid"], ["plain", 0101, 0644, "o2-plain"],
+     ["path", 010200000, 0, "."]) {
+    my ($what, $flags, $mode, $path) = @$_;
+    my $r = syscall(437, -100, $path, pack("QQQ", $flags, $mode, 0), 24);
+    print "openat2 $what=", ($r < 0 ? $! + 0 : "ok"), "\n";
+}
+"#;
+
 /// Pipes: stdin arrives, stdout and stderr stay apart, the status is the
 /// command's; the command runs as the user, unprivileged, in the project,
 /// with the environment's PATH rather than the client's.
@@ -178,7 +190,8 @@ fn runs_commands_with_pipes_as_the_user() {
                       awk '{print \"key-owner=\" $6}' /proc/keys; \
                       touch f && chmod 4755 f 2>/dev/null; echo chmod=$?; \
                       install -m 2755 f g 2>/dev/null; echo install=$?; \
-                      stat -c 'modes=%a %a' f g; exit 3";
+                      stat -c 'modes=%a %a' f g; perl o2.pl; exit 3";
+        std::fs::write(s.project.join("o2.pl"), OPENAT2).unwrap();
         let o = run(&s, &["sh", "-c", script], &s.project, None, b"hello\n");
         assert_eq!(o.exit, code(3), "{o:?}");
         assert_eq!(o.stderr, "oops\n");
@@ -198,6 +211,16 @@ fn runs_commands_with_pipes_as_the_user() {
         // No setuid or setgid bit from an environment.
         assert!(o.stdout.contains("chmod=1\ninstall=1\n"), "{o:?}");
         assert!(o.stdout.contains("modes=644 "), "{o:?}");
+        // Nor through openat2, which keeps its mode out of the filter's
+        // sight: its supervisor refuses the bits and passes the rest.
+        assert!(
+            o.stdout
+                .contains("openat2 setid=1\nopenat2 plain=ok\nopenat2 path=ok\n"),
+            "{o:?}"
+        );
+        assert!(!s.project.join("o2-setid").exists());
+        let plain = std::fs::metadata(s.project.join("o2-plain")).unwrap();
+        assert_eq!(plain.permissions().mode() & 0o7777, 0o644);
         // A session keyring of its own, the user's: not the server's.
         let owners: Vec<&str> = lines
             .iter()

@@ -10,6 +10,7 @@ use std::os::fd::RawFd;
 use llima_box_proto::paths::HOMES_DIR;
 
 use super::seccomp;
+use super::supervisor::{self, Channel};
 
 /// Where a command finds its forwarded agent: a tmpfs of its own mount
 /// namespace, so no other command of the environment sees the socket.
@@ -89,8 +90,9 @@ pub struct Prepared {
     groups: Vec<libc::gid_t>,
     /// The forwarded agent's socket to bind in.
     agent: Option<CString>,
-    /// The system call filter (see `seccomp`), if any.
-    filter: Option<Vec<libc::sock_filter>>,
+    /// The system call filter (see `seccomp`) and the channel to its
+    /// supervisor, if any.
+    filter: Option<(Vec<libc::sock_filter>, Channel)>,
     umask: Option<u32>,
 }
 
@@ -165,9 +167,37 @@ impl Prepared {
             gid: cmd.gid,
             groups: cmd.groups.to_vec(),
             agent: cmd.agent.map(c).transpose()?,
-            filter: cmd.sandboxed.then(seccomp::program),
+            filter: match cmd.sandboxed {
+                true => Some((
+                    seccomp::program(),
+                    Channel::new().map_err(|e| {
+                        format!("cannot make a channel to the system call supervisor: {e}")
+                    })?,
+                )),
+                false => None,
+            },
             umask: cmd.umask,
         })
+    }
+
+    /// In the parent, once the child is forked: starts the supervisor of
+    /// its system call filter, if it has one.
+    pub fn supervise(self) {
+        if let Some((_, channel)) = self.filter
+            && let Err(e) = channel.supervise()
+        {
+            // The listener closes with the channel: the command's openat2
+            // calls fail (ENOSYS), none goes unchecked.
+            eprintln!("llima-box-guest-agent: no system call supervisor for a command: {e}");
+        }
+    }
+
+    /// As `supervise`, on this thread until the child whose pidfd is
+    /// `child` ends: for a process that cannot start threads.
+    pub fn supervise_until(self, child: &std::os::fd::OwnedFd) {
+        if let Some((_, channel)) = self.filter {
+            channel.supervise_until(child);
+        }
     }
 
     /// In the forked child: sets it up and execs, or says why not on its
@@ -243,14 +273,22 @@ impl Prepared {
                     125,
                 );
             }
-            if let Some(filter) = &self.filter
-                && let Err(e) = seccomp::install(filter)
-            {
-                fail(
-                    &[b"llima-box: cannot install the system call filter: "],
-                    e,
-                    125,
-                );
+            if let Some((filter, channel)) = &self.filter {
+                let listener = match seccomp::install(filter) {
+                    Ok(fd) => fd,
+                    Err(e) => fail(
+                        &[b"llima-box: cannot install the system call filter: "],
+                        e,
+                        125,
+                    ),
+                };
+                if let Err(e) = supervisor::send(channel.child_end(), listener) {
+                    fail(
+                        &[b"llima-box: cannot reach the system call supervisor: "],
+                        e,
+                        125,
+                    );
+                }
             }
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             if let Some(mask) = self.umask {

@@ -8,29 +8,28 @@ use llima_box_proto::paths::is_env_uid;
 use super::child::{self, Command, Prepared, Stdio};
 use crate::accounts;
 
-/// Becomes the command; returns only why it could not.
-pub fn exec(
+/// The command, ready to fork: `exec` in the child, then
+/// `Prepared::supervise` in the parent.
+pub fn prepare(
     name: &str,
     cwd: &str,
     agent: Option<&str>,
     vars: &[(String, String)],
     argv: &[String],
-) -> String {
-    let (passwd, group) = match accounts::local_files() {
-        Ok(files) => files,
-        Err(e) => return format!("cannot read the accounts: {e}"),
-    };
+) -> Result<Prepared, String> {
+    let (passwd, group) =
+        accounts::local_files().map_err(|e| format!("cannot read the accounts: {e}"))?;
     let Some(user) = accounts::users(&passwd).find(|u| u.name == name) else {
-        return format!("no user {name} in this environment");
+        return Err(format!("no user {name} in this environment"));
     };
     if !is_env_uid(user.uid) {
-        return format!("{name} is not an environment's user");
+        return Err(format!("{name} is not an environment's user"));
     }
     // TERM, if any, is among the variables passed on.
     let env = child::user_env(name, user.uid, vars, None);
     let login = child::login_shell();
     let argv = if argv.is_empty() { &login[..] } else { argv };
-    let prepared = match Prepared::new(&Command {
+    Prepared::new(&Command {
         argv,
         env: &env,
         cwd,
@@ -40,10 +39,11 @@ pub fn exec(
         agent,
         sandboxed: true,
         umask: None,
-    }) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
+    })
+}
+
+/// In the forked child: becomes the command; returns only why it could not.
+pub fn exec(prepared: &Prepared) -> String {
     // As the server's commands inherit it from the server.
     if let Err(e) = super::drop_bounding_set() {
         return format!("cannot drop the capability bounding set: {e}");

@@ -20,6 +20,7 @@ mod pty;
 pub(crate) mod reaper;
 mod seccomp;
 pub(crate) mod session;
+mod supervisor;
 
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};

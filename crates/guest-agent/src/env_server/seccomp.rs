@@ -7,17 +7,18 @@
 //! Refused as if absent (ENOSYS, which callers fall back from): io_uring,
 //! whose operations a filter cannot read, and other system call ABIs
 //! (i386, x32), whose numbers differ. `openat2` keeps its mode in memory a
-//! filter cannot read too, but bubblewrap 0.11 and later open every bind
-//! source with it and do not fall back: it is allowed, so a file created
-//! through it may carry a setuid bit (closing that needs a supervisor
-//! that reads the call's `open_how`, seccomp's user notification).
+//! filter cannot read, and bubblewrap 0.11 and later open every bind
+//! source with it and do not fall back: the filter hands it to a
+//! supervisor (see `supervisor`).
+
+use std::os::fd::RawFd;
 
 use libc::sock_filter;
 
 /// The bits no command may set.
-const SET_ID: u32 = libc::S_ISUID | libc::S_ISGID;
+pub(super) const SET_ID: u32 = libc::S_ISUID | libc::S_ISGID;
 /// Flags with which `open` uses its mode.
-const CREATE: u32 = (libc::O_CREAT | libc::O_TMPFILE) as u32;
+pub(super) const CREATE: u32 = (libc::O_CREAT | libc::O_TMPFILE) as u32;
 
 #[cfg(target_arch = "x86_64")]
 const ARCH: u32 = 0xC000_003E;
@@ -116,6 +117,11 @@ pub fn program() -> Vec<sock_filter> {
             ret(errno(libc::ENOSYS)),
         ]);
     }
+    // The supervisor reads the call and answers for it.
+    p.extend([
+        jump(libc::BPF_JEQ, libc::SYS_openat2 as u32, 0, 1),
+        ret(libc::SECCOMP_RET_USER_NOTIF),
+    ]);
     for m in MODED {
         let mut body = Vec::new();
         if let Some(flags) = m.flags {
@@ -137,25 +143,27 @@ pub fn program() -> Vec<sock_filter> {
     p
 }
 
-/// Installs `program` in the calling thread (which has `no_new_privs`).
+/// Installs `program` in the calling thread (which has `no_new_privs`);
+/// returns the listener its supervisor answers `openat2` calls on.
 ///
 /// # Safety
 /// Only system calls: fit for a child forked from a threaded process.
-pub unsafe fn install(program: &[sock_filter]) -> Result<(), i32> {
+pub unsafe fn install(program: &[sock_filter]) -> Result<RawFd, i32> {
     let prog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr().cast_mut(),
     };
     // SAFETY: a valid program for the kernel to copy.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
             &prog as *const libc::sock_fprog,
         )
     };
-    if rc == 0 {
-        Ok(())
+    if fd >= 0 {
+        Ok(fd as RawFd)
     } else {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
@@ -221,6 +229,9 @@ mod tests {
         assert_eq!(run(libc::SYS_openat, [0, 0, tmpfile, 0o2700, 0, 0]), eperm);
         let regular = u64::from(libc::S_IFREG) | 0o4755;
         assert_eq!(run(libc::SYS_mknodat, [0, 0, regular, 0, 0, 0]), eperm);
+        // openat2 goes to the supervisor, whatever its arguments.
+        let notify = libc::SECCOMP_RET_USER_NOTIF;
+        assert_eq!(run(libc::SYS_openat2, [0, 0, 0, 24, 0, 0]), notify);
         // Everything else passes, whatever its arguments.
         assert_eq!(run(libc::SYS_read, [0, 0o7777, 0o7777, 0, 0, 0]), ALLOW);
         assert_eq!(run(libc::SYS_getpid, [0; 6]), ALLOW);
@@ -235,7 +246,6 @@ mod tests {
         assert_eq!(run(libc::SYS_open, [0, O_CREAT, 0o4755, 0, 0, 0]), eperm);
         assert_eq!(run(libc::SYS_open, [0, 0, 0o4755, 0, 0, 0]), ALLOW);
         let enosys = errno(libc::ENOSYS);
-        assert_eq!(run(libc::SYS_openat2, [0; 6]), ALLOW);
         assert_eq!(run(libc::SYS_io_uring_setup, [0; 6]), enosys);
         // x32 and i386 (chmod is 15 there) cannot go around the filter.
         let x32_chmod = i64::from(X32_BIT) + libc::SYS_fchmodat;

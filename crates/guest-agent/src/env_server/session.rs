@@ -555,6 +555,7 @@ impl Session {
             .reaper()
             .fork(|| unsafe { prepared.exec(&stdio) })
             .map_err(|e| failed("start the command", e))?;
+        prepared.supervise();
         drop(child_ends);
         self.pid = Some(pid);
         self.exit = Some(exit);
