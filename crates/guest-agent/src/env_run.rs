@@ -263,16 +263,7 @@ fn wait(child: libc::pid_t, prepared: Prepared) -> u8 {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    // Having joined a PID namespace, this process cannot start a thread:
-    // it supervises until the command's pidfd says it ended.
-    match crate::sys::pidfd_open(child) {
-        Ok(pidfd) => prepared.supervise_until(&pidfd),
-        // The listener closes unanswered: the command's openat2 calls
-        // fail (ENOSYS), none goes unchecked.
-        Err(e) => eprintln!(
-            "llima-box-guest-agent env-run: no system call supervisor for the command: {e}"
-        ),
-    }
+    prepared.supervise_until(child);
     crate::sys::wait_status(child)
 }
 

@@ -181,22 +181,20 @@ impl Prepared {
     }
 
     /// In the parent, once the child is forked: starts the supervisor of
-    /// its system call filter, if it has one.
+    /// its system call filter, if it has one, on a thread of its own.
     pub fn supervise(self) {
-        if let Some((_, channel)) = self.filter
-            && let Err(e) = channel.supervise()
-        {
-            // The listener closes with the channel: the command's openat2
-            // calls fail (ENOSYS), none goes unchecked.
-            eprintln!("llima-box-guest-agent: no system call supervisor for a command: {e}");
+        if let Some((_, channel)) = self.filter {
+            no_supervisor(channel.supervise());
         }
     }
 
-    /// As `supervise`, on this thread until the child whose pidfd is
-    /// `child` ends: for a process that cannot start threads.
-    pub fn supervise_until(self, child: &std::os::fd::OwnedFd) {
+    /// As `supervise`, on this thread until the child `child` ends: for a
+    /// process that cannot start threads (it joined a PID namespace).
+    pub fn supervise_until(self, child: libc::pid_t) {
         if let Some((_, channel)) = self.filter {
-            channel.supervise_until(child);
+            no_supervisor(
+                crate::sys::pidfd_open(child).map(|pidfd| channel.supervise_until(&pidfd)),
+            );
         }
     }
 
@@ -323,6 +321,15 @@ impl Prepared {
             write_all(&[b"llima-box: ", program, b": command not found\n"]);
             libc::_exit(127)
         }
+    }
+}
+
+/// Says so when a command's supervisor could not start: its listener
+/// then closes, and the kernel fails the command's openat2 calls (ENOSYS);
+/// none goes unchecked.
+fn no_supervisor(started: std::io::Result<()>) {
+    if let Err(e) = started {
+        eprintln!("llima-box-guest-agent: no system call supervisor for a command: {e}");
     }
 }
 

@@ -9,7 +9,7 @@ use super::child::{self, Command, Prepared, Stdio};
 use crate::accounts;
 
 /// The command, ready to fork: `exec` in the child, then
-/// `Prepared::supervise` in the parent.
+/// `Prepared::supervise_until` in the parent.
 pub fn prepare(
     name: &str,
     cwd: &str,
