@@ -41,6 +41,10 @@ pub(crate) enum LifecycleError {
         "the host agent of {name:?} did not stop within {secs} s; use `llima-box vm stop --force`"
     )]
     StopTimeout { name: String, secs: u64 },
+    #[error(
+        "process {pid} of instance {name:?} still runs {secs} s after SIGKILL (stuck in the kernel? see `ps -o pid,stat,wchan -p {pid}`); try again once it is gone"
+    )]
+    Unkillable { name: String, pid: u32, secs: u64 },
     #[error(transparent)]
     Timeout(#[from] crate::timeouts::TimeoutError),
     #[error(transparent)]

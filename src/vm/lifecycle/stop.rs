@@ -52,16 +52,35 @@ pub(crate) fn stop(lima_home: &Path, name: &str, timeout: Duration) -> Result<()
 pub(crate) fn force_stop(inst: &Instance) -> Result<(), LifecycleError> {
     // The agent's virtiofsd daemons are in their own process group.
     let daemons = virtiofsd::daemons_of(&inst.dir);
-    for pid in [inst.driver_pid, inst.host_agent_pid]
+    let pids: Vec<u32> = [inst.driver_pid, inst.host_agent_pid]
         .into_iter()
         .flatten()
         .chain(daemons)
-    {
+        .collect();
+    for &pid in &pids {
         signal(pid, Signal::KILL);
-        wait_gone(pid, Duration::from_secs(5));
+    }
+    // A killed QEMU holds its disk's lock and its forwarded ports until the
+    // kernel has torn its memory down, which takes seconds on a loaded
+    // host: a start that went ahead earlier would fail on them.
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    for &pid in &pids {
+        while alive(pid) {
+            if Instant::now() > deadline {
+                return Err(LifecycleError::Unkillable {
+                    name: inst.name.clone(),
+                    pid,
+                    secs: KILL_TIMEOUT.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     remove_temporary_files(&inst.dir)
 }
+
+/// How long processes killed by [`force_stop`] may take to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Removes an instance directory: refused for a protected instance, and
 /// without `force` unless it is Stopped.
@@ -100,13 +119,6 @@ fn signal(pid: u32, sig: Signal) {
     if let Some(pid) = Pid::from_raw(pid as i32) {
         // ESRCH means it is already gone, which is what we want.
         let _ = kill_process(pid, sig);
-    }
-}
-
-fn wait_gone(pid: u32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -344,7 +344,19 @@ pub(crate) fn connect_qmp(
                 }
                 host.sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // A QEMU that fails after creating the socket (a disk lock
+                // held by another process, say) closes it mid-handshake:
+                // its own words are worth more than the reset.
+                let grace = host.now() + Duration::from_secs(2);
+                while host.now() < grace {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(exited(status, log));
+                    }
+                    host.sleep(Duration::from_millis(50));
+                }
+                return Err(e.into());
+            }
         }
     }
 }
@@ -638,6 +650,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/disk"), "{err}");
+    }
+
+    /// A second QEMU on a disk that another one holds binds its QMP socket,
+    /// then fails on the disk's lock: the error must carry QEMU's words,
+    /// whether it is caught before, during or after the QMP handshake.
+    #[test]
+    fn real_qemu_on_a_locked_disk_reports_the_lock() {
+        use crate::vm::sys::RealSys;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = find_exe_from_env("x86_64").unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let start = |sub: &str| {
+            let d = dir.path().join(sub);
+            std::fs::create_dir(&d).unwrap();
+            let args: Vec<String> = [
+                "-S".to_string(),
+                "-display".into(),
+                "none".into(),
+                "-drive".into(),
+                format!("file={},format=raw,if=virtio", disk.display()),
+                "-pidfile".into(),
+                d.join(layout::QEMU_PID).display().to_string(),
+                "-qmp".into(),
+                format!(
+                    "unix:{},server=on,wait=off",
+                    d.join(layout::QMP_SOCK).display()
+                ),
+            ]
+            .into();
+            let log = d.join(layout::QEMU_LOG);
+            let mut child = spawn(&exe, &args, &log).unwrap();
+            let qmp = connect_qmp(&RealSys, &mut child, &d, Duration::from_secs(20), &log);
+            (child, qmp)
+        };
+        let (holder, held) = start("first");
+        let held = held.unwrap();
+        let (_second, err) = start("second");
+        let err = err.err().expect("the second QEMU must fail");
+        assert!(err.to_string().contains("\"write\" lock"), "{err}");
+        quit(holder, held);
     }
 
     /// Forces kvm: here it either runs the guest (progress within the
