@@ -15,6 +15,7 @@
 mod accounts;
 mod admin_server;
 mod delete;
+mod egress;
 mod ensure;
 mod env_run;
 mod env_server;

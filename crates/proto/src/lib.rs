@@ -5,6 +5,7 @@
 //! project's own settings and network policy, and where repositories are looked for in a
 //! project.
 
+pub mod domains;
 pub mod frame;
 pub mod git;
 pub mod message;
