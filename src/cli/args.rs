@@ -255,9 +255,22 @@ pub(crate) struct NetSetArgs {
     #[command(flatten)]
     pub target: TargetArg,
     /// open: public addresses (the host, link-local, LAN ranges and other
-    /// environments stay closed); none: loopback only. Default: open.
+    /// environments stay closed); restricted: only the names --allow lets
+    /// through, by name (DNS, and TCP through a proxy that checks the TLS
+    /// server name or HTTP Host); none: loopback only. Default: open.
     #[arg(long, value_parser = ["open", "restricted", "none"])]
     pub mode: Option<String>,
+    /// In restricted mode, let the environment reach DOMAIN (`*.DOMAIN`:
+    /// any name under it). Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    pub allow: Vec<String>,
+    /// Never let the environment reach DOMAIN, whatever --allow says.
+    /// Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    pub deny: Vec<String>,
+    /// Take DOMAIN off the allow or deny list. Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    pub remove_name: Vec<String>,
     /// Let this environment alone reach PORT of the host's 127.0.0.1, at
     /// host.lima.internal (192.168.5.2) (not in `none` mode). Repeatable.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]

@@ -22,6 +22,7 @@ fn describe(p: &NetPolicy) -> Vec<(&'static str, String)> {
         Mode::Open => {
             "open: public addresses; the host, LAN, link-local and other environments closed"
         }
+        Mode::Restricted => "restricted: the allowed names only, by DNS and through the proxy",
         Mode::None => "none: loopback only",
     };
     let ports = match (p.host_ports.is_empty(), p.mode) {
@@ -29,12 +30,22 @@ fn describe(p: &NetPolicy) -> Vec<(&'static str, String)> {
         (false, m) => {
             let list: Vec<String> = p.host_ports.iter().map(u16::to_string).collect();
             match m {
-                Mode::Open => list.join(" "),
+                Mode::Open | Mode::Restricted => list.join(" "),
                 Mode::None => format!("{} (closed in none mode)", list.join(" ")),
             }
         }
     };
-    vec![("mode", mode.to_string()), ("host ports", ports)]
+    let names = |list: &[String]| match (list.is_empty(), p.mode) {
+        (true, _) => "none".to_string(),
+        (false, Mode::Restricted) => list.join(" "),
+        (false, _) => format!("{} (used in restricted mode)", list.join(" ")),
+    };
+    vec![
+        ("mode", mode.to_string()),
+        ("host ports", ports),
+        ("allowed names", names(&p.names.allow)),
+        ("denied names", names(&p.names.deny)),
+    ]
 }
 
 pub(super) fn show(lima_home: &Path, instance: &str, args: &ProjectShowArgs) -> Result<ExitCode> {
@@ -42,7 +53,12 @@ pub(super) fn show(lima_home: &Path, instance: &str, args: &ProjectShowArgs) -> 
     let (s, own, _) = target.load(lima_home, instance)?;
     let p = s.net;
     if args.json.json {
-        let v = serde_json::json!({"mode": p.mode, "hostPorts": p.host_ports});
+        let v = serde_json::json!({
+            "mode": p.mode,
+            "hostPorts": p.host_ports,
+            "allow": p.names.allow,
+            "deny": p.names.deny,
+        });
         writeln!(std::io::stdout().lock(), "{}", target.json(v, own))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -60,12 +76,21 @@ fn changed(mut p: NetPolicy, base: NetPolicy, args: &NetSetArgs) -> Result<NetPo
     }
     match args.mode.as_deref() {
         Some("open") => p.mode = Mode::Open,
+        Some("restricted") => p.mode = Mode::Restricted,
         Some("none") => p.mode = Mode::None,
-        Some(other) => bail!(
-            "mode {other} is not available in this version; use open (with --allow-host-port \
-             for host services) or none"
-        ),
+        Some(other) => bail!("unknown mode {other}: use open, restricted or none"),
         None => {}
+    }
+    for name in &args.remove_name {
+        if !p.names.remove(name) {
+            bail!("{name} is on neither the allow nor the deny list (see llima-box net show)");
+        }
+    }
+    for name in &args.allow {
+        p.names.allow(name).map_err(anyhow::Error::msg)?;
+    }
+    for name in &args.deny {
+        p.names.deny(name).map_err(anyhow::Error::msg)?;
     }
     for port in &args.remove_host_port {
         if !p.remove_host_port(*port) {
@@ -89,8 +114,14 @@ pub(super) fn set(
         && args.mode.is_none()
         && args.allow_host_port.is_empty()
         && args.remove_host_port.is_empty()
+        && args.allow.is_empty()
+        && args.deny.is_empty()
+        && args.remove_name.is_empty()
     {
-        bail!("nothing to change: give --mode, --allow-host-port, --remove-host-port or --reset");
+        bail!(
+            "nothing to change: give --mode, --allow, --deny, --remove-name, --allow-host-port, \
+             --remove-host-port or --reset"
+        );
     }
     let target = Target::of(&args.target)?;
     let (mut s, _, base) = target.load(lima_home, instance)?;
@@ -172,6 +203,9 @@ mod tests {
             mode: mode.map(str::to_string),
             allow_host_port: allow.to_vec(),
             remove_host_port: remove.to_vec(),
+            allow: vec![],
+            deny: vec![],
+            remove_name: vec![],
             reset,
         }
     }
@@ -206,13 +240,25 @@ mod tests {
             err.to_string().contains("host port 9 is not allowed"),
             "{err}"
         );
-        let err = changed(
-            p,
-            NetPolicy::default(),
-            &args(Some("restricted"), &[], &[], false),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("not available"), "{err}");
+        let mut names = args(Some("restricted"), &[], &[], false);
+        names.allow = vec!["*.GitHub.com".into(), "pypi.org".into()];
+        names.deny = vec!["gist.github.com".into()];
+        let p = changed(p, NetPolicy::default(), &names).unwrap();
+        assert_eq!(p.mode, Mode::Restricted);
+        assert_eq!(p.names.allow, ["*.github.com", "pypi.org"]);
+        assert_eq!(p.names.deny, ["gist.github.com"]);
+        assert_eq!(describe(&p)[2].1, "*.github.com pypi.org");
+        let mut off = args(Some("open"), &[], &[], false);
+        off.remove_name = vec!["pypi.org".into()];
+        let p = changed(p, NetPolicy::default(), &off).unwrap();
+        assert_eq!(p.names.allow, ["*.github.com"]);
+        assert!(describe(&p)[2].1.ends_with("(used in restricted mode)"));
+        let err = changed(p.clone(), NetPolicy::default(), &off).unwrap_err();
+        assert!(err.to_string().contains("neither"), "{err}");
+        let mut bad = args(None, &[], &[], false);
+        bad.allow = vec!["com".into()];
+        let err = changed(p, NetPolicy::default(), &bad).unwrap_err();
+        assert!(err.to_string().contains("top-level"), "{err}");
         let many: Vec<u16> = (1..=65).collect();
         assert!(
             changed(

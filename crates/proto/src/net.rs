@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domains::NameLists;
+
 /// At most this many host ports per project: each is a firewall rule.
 pub const MAX_HOST_PORTS: usize = 64;
 
@@ -14,6 +16,10 @@ pub enum Mode {
     /// environments stay closed.
     #[default]
     Open,
+    /// Allowed names only: DNS answers for them alone, TCP through the
+    /// guest agent's proxy, which connects only to a name the connection
+    /// asks for (TLS server name, HTTP Host) when it is allowed.
+    Restricted,
     /// Loopback only: no DNS, nothing out, whatever else is allowed.
     None,
 }
@@ -22,6 +28,7 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Open => "open",
+            Mode::Restricted => "restricted",
             Mode::None => "none",
         }
     }
@@ -36,6 +43,9 @@ pub struct NetPolicy {
     /// through QEMU's gateway; sorted, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<u16>,
+    /// The names restricted mode allows and denies.
+    #[serde(flatten)]
+    pub names: NameLists,
 }
 
 fn is_open(m: &Mode) -> bool {
@@ -64,13 +74,14 @@ impl NetPolicy {
     /// The host ports that take effect: none in `none` mode.
     pub fn open_host_ports(&self) -> &[u16] {
         match self.mode {
-            Mode::Open => &self.host_ports,
+            Mode::Open | Mode::Restricted => &self.host_ports,
             Mode::None => &[],
         }
     }
 
     /// What is out of bounds, said for a person.
     pub fn check(&self) -> Result<(), String> {
+        self.names.check()?;
         if self.host_ports.contains(&0) {
             return Err("host port 0 is not a port".into());
         }
@@ -112,11 +123,33 @@ mod tests {
         let p = NetPolicy {
             mode: Mode::None,
             host_ports: vec![5432, 6379],
+            ..NetPolicy::default()
         };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(json, r#"{"mode":"none","hostPorts":[5432,6379]}"#);
         assert_eq!(serde_json::from_str::<NetPolicy>(&json).unwrap(), p);
         assert!(serde_json::from_str::<NetPolicy>(r#"{"mode":"wide"}"#).is_err());
+    }
+
+    #[test]
+    fn restricted_mode_keeps_its_names_beside_the_rest() {
+        let mut p = NetPolicy {
+            mode: Mode::Restricted,
+            host_ports: vec![5432],
+            ..NetPolicy::default()
+        };
+        p.names.allow("*.github.com").unwrap();
+        p.names.deny("gist.github.com").unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            json,
+            r#"{"mode":"restricted","hostPorts":[5432],"allow":["*.github.com"],"deny":["gist.github.com"]}"#
+        );
+        assert_eq!(serde_json::from_str::<NetPolicy>(&json).unwrap(), p);
+        assert_eq!(p.open_host_ports(), [5432]);
+        assert!(p.check().is_ok());
+        p.names.allow.push("*.a.com".into());
+        assert!(p.check().is_err(), "unsorted names");
     }
 
     #[test]
@@ -141,6 +174,7 @@ mod tests {
             let p = NetPolicy {
                 mode: Mode::Open,
                 host_ports: ports,
+                ..NetPolicy::default()
             };
             assert!(p.check().is_err(), "{p:?}");
         }

@@ -29,6 +29,7 @@ use std::process::{Command, Stdio};
 
 use llima_box_proto::paths::{AGENT_VERSION_PATH, ENV_UIDS, LEGACY_ENV_UIDS};
 
+use crate::egress::{PROXY_PORT, RESOLVER_PORT};
 use crate::tools::{self, Failure, quiet};
 use crate::{accounts, lock};
 
@@ -41,6 +42,8 @@ const INPUT: &str = "LLIMA-BOX-IN";
 const NAT: &str = "LLIMA-BOX-NAT";
 /// Jumps to the environments' own policies (see [`policy`]).
 const POLICIES: &str = "LLIMA-BOX-POL";
+/// In the nat table, jumps to the redirects of restricted environments.
+const REDIRECTS: &str = "LLIMA-BOX-RDR";
 /// Logs, then refuses.
 pub const DENY: &str = "LLIMA-BOX-DENY";
 /// What starts each refusal's line in the kernel's log.
@@ -197,6 +200,9 @@ fn rules(nameservers: &[String], v6: bool) -> String {
              -A {INPUT} -i {v} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
              -A {INPUT} -i {v} -m addrtype --dst-type MULTICAST -j DROP\n\
              -A {INPUT} -i {v} -m addrtype --dst-type BROADCAST -j DROP\n\
+             -A {INPUT} -i {v} -p udp --dport {RESOLVER_PORT} -m conntrack --ctstate DNAT -j ACCEPT\n\
+             -A {INPUT} -i {v} -p tcp --dport {RESOLVER_PORT} -m conntrack --ctstate DNAT -j ACCEPT\n\
+             -A {INPUT} -i {v} -p tcp --dport {PROXY_PORT} -m conntrack --ctstate DNAT -j ACCEPT\n\
              -A {INPUT} -i {v} -j {DENY}\n\
              COMMIT\n\
              *nat\n\
@@ -296,14 +302,17 @@ fn firewall() -> Result<(), GuardError> {
     allowed.extend(ns.into_iter().filter(|n| n != SLIRP_DNS));
     // Created once per boot, never declared by the rules: loading them
     // again keeps each environment's own policy.
-    if !policy::exists(POLICIES) {
-        policy::iptables(&["-N", POLICIES])?;
+    for (table, chain) in [("filter", POLICIES), ("nat", REDIRECTS)] {
+        if !policy::exists(table, chain) {
+            policy::iptables(&["-t", table, "-N", chain])?;
+        }
     }
     restore("iptables", &rules(&allowed, false))?;
     for (table, builtin, chain) in [
         ("filter", "FORWARD", FORWARD),
         ("filter", "INPUT", INPUT),
         ("nat", "POSTROUTING", NAT),
+        ("nat", "PREROUTING", REDIRECTS),
     ] {
         jump("iptables", &["-t", table, builtin, "-j", chain])?;
     }
@@ -438,6 +447,9 @@ mod tests {
         assert!(r4.contains(
             "-A LLIMA-BOX-IN -i lbx+ -m addrtype --dst-type MULTICAST -j DROP\n\
              -A LLIMA-BOX-IN -i lbx+ -m addrtype --dst-type BROADCAST -j DROP\n\
+             -A LLIMA-BOX-IN -i lbx+ -p udp --dport 10053 -m conntrack --ctstate DNAT -j ACCEPT\n\
+             -A LLIMA-BOX-IN -i lbx+ -p tcp --dport 10053 -m conntrack --ctstate DNAT -j ACCEPT\n\
+             -A LLIMA-BOX-IN -i lbx+ -p tcp --dport 10080 -m conntrack --ctstate DNAT -j ACCEPT\n\
              -A LLIMA-BOX-IN -i lbx+ -j LLIMA-BOX-DENY\n"
         ));
         assert!(r4.contains("-A LLIMA-BOX-ENV -d 192.168.5.3/32 -p udp --dport 53 -j RETURN\n"));
