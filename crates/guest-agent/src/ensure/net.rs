@@ -43,6 +43,23 @@ pub fn link(uid: u32) -> Option<Link> {
     })
 }
 
+/// The environment user whose environment has the address `addr` (its
+/// end of its pair): the inverse of [`link`].
+pub fn uid_at(addr: Ipv4Addr) -> Option<u32> {
+    let offset = u32::from(addr).checked_sub(u32::from(Ipv4Addr::new(100, 64, 0, 0)))?;
+    if offset % 2 == 0 {
+        return None;
+    }
+    let index = offset / 2;
+    let current = ENV_UIDS.end() - ENV_UIDS.start() + 1;
+    let uid = if index < current {
+        ENV_UIDS.start() + index
+    } else {
+        LEGACY_ENV_UIDS.start().checked_add(index - current)?
+    };
+    (ENV_UIDS.contains(&uid) || LEGACY_ENV_UIDS.contains(&uid)).then_some(uid)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("uid {0} is not an environment user's")]
@@ -136,6 +153,13 @@ mod tests {
         assert!(end.addr < Ipv4Addr::new(100, 128, 0, 0), "{end:?}");
         // Interface names stay within the kernel's 15 characters.
         assert!(end.veth.len() <= 15);
+        for uid in [70000, 70300, 99999, 60001, 64999] {
+            assert_eq!(uid_at(link(uid).unwrap().addr), Some(uid));
+            assert_eq!(uid_at(link(uid).unwrap().gateway), None);
+        }
+        let past = u32::from(link(64999).unwrap().addr) + 2;
+        assert_eq!(uid_at(Ipv4Addr::from(past)), None);
+        assert_eq!(uid_at(Ipv4Addr::new(100, 63, 255, 255)), None);
         assert_eq!(link(1000), None);
         assert_eq!(link(65534), None);
     }
