@@ -134,11 +134,19 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A refusal as `net log` prints it.
 fn line(d: &Denial) -> String {
-    let dest = match d.port {
-        Some(p) => format!("{}:{p}", d.dest),
-        None => d.dest.clone(),
+    // A refused name: the name, then the address the proxy was asked for;
+    // a refused query's destination is the name itself.
+    let (dest, dns) = match &d.name {
+        Some(name) if *name == d.dest => (name.clone(), true),
+        Some(name) => (format!("{name} ({})", d.dest), false),
+        None => (d.dest.clone(), false),
     };
-    format!("{}  {:<4}  {dest}", d.time, d.proto)
+    let dest = match d.port {
+        Some(p) => format!("{dest}:{p}"),
+        None => dest,
+    };
+    let dns = if dns { " (DNS)" } else { "" };
+    format!("{}  {:<4}  {dest}{dns}", d.time, d.proto)
 }
 
 pub(super) fn log(
@@ -277,8 +285,30 @@ mod tests {
             proto: "TCP".into(),
             dest: "192.168.5.2".into(),
             port: Some(5432),
+            name: None,
         };
         assert_eq!(line(&d), "2026-12-01T06:00:00Z  TCP   192.168.5.2:5432");
+        let named = Denial {
+            dest: "192.0.2.9".into(),
+            port: Some(443),
+            name: Some("evil.example".into()),
+            ..d.clone()
+        };
+        assert_eq!(
+            line(&named),
+            "2026-12-01T06:00:00Z  TCP   evil.example (192.0.2.9):443"
+        );
+        let dns = Denial {
+            proto: "UDP".into(),
+            dest: "evil.example".into(),
+            port: Some(53),
+            name: Some("evil.example".into()),
+            ..d.clone()
+        };
+        assert_eq!(
+            line(&dns),
+            "2026-12-01T06:00:00Z  UDP   evil.example:53 (DNS)"
+        );
         let icmp = Denial {
             proto: "ICMP".into(),
             port: None,

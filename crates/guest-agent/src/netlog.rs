@@ -31,6 +31,8 @@ pub struct Logged {
     pub proto: String,
     pub dest: String,
     pub port: Option<u16>,
+    /// The name asked for (restricted mode's refusals).
+    pub name: Option<String>,
 }
 
 impl Logged {
@@ -49,6 +51,7 @@ impl Logged {
             proto: self.proto.clone(),
             dest: self.dest.clone(),
             port: self.port,
+            name: self.name.clone(),
         }
     }
 }
@@ -77,6 +80,7 @@ pub fn parse(record: &str) -> Option<(u64, Option<Logged>)> {
         proto: field("PROTO").unwrap_or("?").to_owned(),
         dest: field("DST")?.to_owned(),
         port: field("DPT").and_then(|p| p.parse().ok()),
+        name: field("NAME").filter(|n| *n != "-").map(str::to_owned),
     };
     Some((seq, Some(logged)))
 }

@@ -164,6 +164,7 @@ mod tests {
                     proto: "TCP".into(),
                     dest: "192.168.5.2".into(),
                     port: Some(5432),
+                    name: None,
                 }],
                 next: 77,
             },

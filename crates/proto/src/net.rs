@@ -109,6 +109,10 @@ pub struct Denial {
     pub dest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The name it asked for, when restricted mode's resolver or proxy
+    /// refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod dns;
 mod peek;
+mod records;
 mod resolver;
 
 use std::net::IpAddr;

@@ -173,7 +173,10 @@ mod tests {
         let env = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
         let q = dns::query(9, "www.example.com", dns::TYPE_A);
         let a = resolver.answer(env, &q, false).unwrap();
-        assert_eq!(dns::addresses(&a, 9), ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            dns::addresses(&a, 9),
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
         assert!(resolver.envs.denials().is_empty());
         let q = dns::query(10, "bad.example.com", dns::TYPE_A);
         let a = resolver.answer(env, &q, false).unwrap();
@@ -202,7 +205,9 @@ mod tests {
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(UPSTREAM_WAIT)).unwrap();
         client.connect(udp).unwrap();
-        client.send(&dns::query(1, "example.com", dns::TYPE_A)).unwrap();
+        client
+            .send(&dns::query(1, "example.com", dns::TYPE_A))
+            .unwrap();
         let mut buf = [0u8; 512];
         let n = client.recv(&mut buf).unwrap();
         assert_eq!(dns::addresses(&buf[..n], 1).len(), 1);
@@ -211,7 +216,8 @@ mod tests {
         // denied. The upstream answers UDP only, as a stub may: over TCP
         // the allowed name gets no answer and the connection ends.
         let mut conn = TcpStream::connect(tcp).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         write_message(&mut conn, &dns::query(2, "denied.org", dns::TYPE_A)).unwrap();
         let a = read_message(&mut conn).unwrap().unwrap();
         assert_eq!((a[1], a[3] & 0x0f), (2, 3));

@@ -1,0 +1,100 @@
+//! The environments as the guest records them, for the resolver and the
+//! proxy: the one at an address (its user by [`uid_at`], its settings in
+//! its records), and its refusals written to the kernel's log beside the
+//! firewall's, in the same form, so `net log` and `list` read both alike.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use llima_box_proto::net::Mode;
+
+use super::{Attempt, Env, Environments};
+use crate::accounts;
+use crate::ensure::net::{link, uid_at};
+use crate::ensure::{env_dir, recorded_settings};
+use crate::guard::LOG_PREFIX;
+
+pub struct Records;
+
+impl Environments for Records {
+    fn at(&self, peer: IpAddr) -> Option<Env> {
+        let IpAddr::V4(addr) = peer else {
+            return None;
+        };
+        let uid = uid_at(addr)?;
+        let (passwd, _) = accounts::local_files().ok()?;
+        let name = accounts::users(&passwd)
+            .find(|u| u.uid == uid)?
+            .name
+            .to_owned();
+        let policy = recorded_settings(&env_dir(&name)).net;
+        (policy.mode == Mode::Restricted).then_some(Env { name, policy })
+    }
+
+    fn denied(&self, env: &Env, attempt: &Attempt) {
+        let Some(uid) = accounts::local_uid(&env.name) else {
+            return;
+        };
+        let Some(link) = link(uid) else { return };
+        let line = log_line(&link.veth, attempt);
+        // One record per write; a failure loses one line of the log.
+        if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            let _ = kmsg.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// The kernel log record of `attempt` from the environment whose veth is
+/// `veth` (priority 4, warning, as the firewall's LOG target writes). The
+/// name came from the environment: only a name's characters go in.
+fn log_line(veth: &str, attempt: &Attempt) -> String {
+    let name: String = attempt
+        .name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '_' | '.' => c,
+            _ => '?',
+        })
+        .collect();
+    let name = if name.is_empty() { "-" } else { &name };
+    let dest = attempt.dest.map_or(name.to_owned(), |a| a.to_string());
+    format!(
+        "<4>{LOG_PREFIX}IN={veth} DST={dest} PROTO={} DPT={} NAME={name}\n",
+        attempt.proto, attempt.port
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_back_as_the_firewall_writes_them() {
+        let attempt = Attempt {
+            proto: "TCP",
+            name: "evil.example DST=1.2.3.4".into(),
+            dest: Some("192.0.2.9".parse().unwrap()),
+            port: 443,
+        };
+        let line = log_line("lbx3", &attempt);
+        assert_eq!(
+            line,
+            "<4>llima-box deny: IN=lbx3 DST=192.0.2.9 PROTO=TCP DPT=443 NAME=evil.example?????1.2.3.4\n"
+        );
+        // As /dev/kmsg hands the record back.
+        let record = format!("4,77,1000,-;{}", &line[3..]);
+        let (_, logged) = crate::netlog::parse(&record).unwrap();
+        let logged = logged.unwrap();
+        assert_eq!(
+            (logged.iface.as_str(), logged.dest.as_str(), logged.port),
+            ("lbx3", "192.0.2.9", Some(443))
+        );
+        let dns = Attempt {
+            proto: "UDP",
+            name: "tracker.example".into(),
+            dest: None,
+            port: 53,
+        };
+        assert!(log_line("lbx3", &dns).contains(" DST=tracker.example PROTO=UDP DPT=53 "));
+    }
+}
