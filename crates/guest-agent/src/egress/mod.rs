@@ -8,6 +8,7 @@
 
 mod dns;
 mod peek;
+mod proxy;
 mod records;
 mod resolver;
 
@@ -15,10 +16,47 @@ use std::net::IpAddr;
 
 use llima_box_proto::net::NetPolicy;
 
+use crate::guard::{CLOSED, SLIRP_GATEWAY_ADDR};
+
 /// Where the resolver listens (UDP and TCP), on every address of the guest.
 pub const RESOLVER_PORT: u16 = 10053;
 /// Where the proxy listens.
 pub const PROXY_PORT: u16 = 10080;
+
+/// Whether the proxy may connect to `addr`, `port` for an environment with
+/// `policy`: what the guard lets environments reach (the host's loopback
+/// only at its allowed ports), and never the guest itself.
+pub fn reachable(addr: IpAddr, port: u16, policy: &NetPolicy) -> bool {
+    // ::ffff:127.0.0.1 is 127.0.0.1.
+    let addr = addr.to_canonical();
+    if addr == IpAddr::V4(SLIRP_GATEWAY_ADDR) {
+        return policy.open_host_ports().contains(&port);
+    }
+    let special = addr.is_loopback() || addr.is_unspecified() || addr.is_multicast();
+    let broadcast = matches!(addr, IpAddr::V4(a) if a.is_broadcast());
+    !special && !broadcast && !CLOSED.iter().any(|net| within(addr, net))
+}
+
+/// Whether `addr` is in `net` (`ADDRESS/BITS`).
+fn within(addr: IpAddr, net: &str) -> bool {
+    let Some((base, bits)) = net.split_once('/') else {
+        return false;
+    };
+    let (Ok(base), Ok(bits)) = (base.parse::<IpAddr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    match (addr, base) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
 
 /// An environment in restricted mode.
 #[derive(Debug, Clone)]
@@ -54,6 +92,34 @@ pub(crate) mod tests {
     use llima_box_proto::net::Mode;
 
     use super::*;
+
+    #[test]
+    fn the_proxy_reaches_what_the_guard_lets_through() {
+        let mut p = restricted(&["a.com"], &[]);
+        p.host_ports = vec![5432];
+        let ok = |a: &str, port| reachable(a.parse().unwrap(), port, &p);
+        assert!(ok("192.0.2.7", 443) && ok("2001:db8::1", 443) && ok("198.18.0.1", 80));
+        assert!(ok("192.168.5.2", 5432) && !ok("192.168.5.2", 5433));
+        for closed in [
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "10.1.2.3",
+            "172.31.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "fe80::1",
+            "fd00::3",
+            "fec0::2",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!ok(closed, 443), "{closed}");
+        }
+    }
 
     /// A policy in restricted mode with these names.
     pub fn restricted(allow: &[&str], deny: &[&str]) -> NetPolicy {

@@ -114,12 +114,12 @@ fn strip_port(host: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A ClientHello record for `name` (none if empty), with an extension
     /// before the server name as real clients send.
-    fn hello(name: &str) -> Vec<u8> {
+    pub fn hello(name: &str) -> Vec<u8> {
         let mut ext = vec![0x00, 0x17, 0, 0]; // extended master secret, empty
         if !name.is_empty() {
             let n = name.len();

@@ -58,6 +58,21 @@ pub const ENV_NET: &str = "100.64.0.0/10";
 /// QEMU's user network: the gateway is the host's own loopback, the DNS
 /// server forwards to the host's resolver.
 const SLIRP_GATEWAY: &str = "192.168.5.2";
+pub const SLIRP_GATEWAY_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 168, 5, 2);
+/// What environments may not reach besides the gateway: link-local
+/// (metadata) addresses, the private ranges (the LAN, the guest's own
+/// address), the other environments; fec0::/10 is QEMU's IPv6 user
+/// network, whose fec0::2 is the host.
+pub const CLOSED: [&str; 8] = [
+    "169.254.0.0/16",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    ENV_NET,
+    "fe80::/10",
+    "fc00::/7",
+    "fec0::/10",
+];
 pub const SLIRP_DNS: &str = "192.168.5.3";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// What systemd-resolved forwards to, when RESOLV_CONF names its stub.
@@ -166,19 +181,11 @@ fn rules(nameservers: &[String], v6: bool) -> String {
     }
     r += &format!("-A {CHAIN} -p tcp --dport 22 -m addrtype --dst-type LOCAL -j {DENY}\n");
     let gateway = format!("{SLIRP_GATEWAY}/32");
-    let closed: &[&str] = match v6 {
-        false => &[
-            &gateway,
-            "169.254.0.0/16",
-            "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            ENV_NET,
-        ],
-        // fec0::/10: QEMU's IPv6 user network, whose fec0::2 is the host.
-        true => &["fe80::/10", "fc00::/7", "fec0::/10"],
-    };
-    for d in closed {
+    let family = |net: &&&str| net.contains(':') == v6;
+    for d in std::iter::once(gateway.as_str())
+        .filter(|_| !v6)
+        .chain(CLOSED.iter().filter(family).copied())
+    {
         r += &format!("-A {CHAIN} -d {d} -j {DENY}\n");
     }
     if !v6 {

@@ -1,0 +1,228 @@
+//! The proxy of restricted environments: the guard redirects every TCP
+//! connection they open (DNS and allowed host ports aside) here. Its first
+//! bytes say which name it is for (a TLS server name, an HTTP Host); when
+//! the environment may reach that name, the proxy resolves it itself (the
+//! address the environment chose is not trusted), connects to the port the
+//! environment asked for and passes the bytes both ways. Anything else is
+//! closed and logged.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llima_box_proto::net::NetPolicy;
+
+use super::peek::{self, Peeked};
+use super::{Attempt, Environments, reachable};
+
+/// How long a client has to say which name it wants, and a server to
+/// accept the connection.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Proxy<E> {
+    pub envs: E,
+    /// The addresses of a name.
+    pub resolve: Box<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>,
+    /// Where a redirected connection was going (`SO_ORIGINAL_DST`).
+    pub original: Box<dyn Fn(&TcpStream) -> io::Result<SocketAddr> + Send + Sync>,
+    /// Whether the proxy may connect to an address and port for an
+    /// environment with this policy.
+    pub reachable: fn(IpAddr, u16, &NetPolicy) -> bool,
+}
+
+impl<E: Environments> Proxy<E> {
+    /// Serves one redirected connection until both sides are done.
+    pub fn handle(&self, mut client: TcpStream) -> io::Result<()> {
+        let peer = client.peer_addr()?.ip();
+        let Some(env) = self.envs.at(peer) else {
+            return Ok(());
+        };
+        let asked = (self.original)(&client)?;
+        client.set_read_timeout(Some(HELLO_WAIT))?;
+        let (first, name) = read_name(&mut client, asked.port())?;
+        let refuse = |name: String, dest: Option<IpAddr>| {
+            self.envs.denied(
+                &env,
+                &Attempt {
+                    proto: "TCP",
+                    name,
+                    dest: dest.or(Some(asked.ip())),
+                    port: asked.port(),
+                },
+            );
+        };
+        let Some(name) = name.filter(|n| env.policy.names.allows(n)) else {
+            refuse(name_of(&first, asked.port()), None);
+            return Ok(());
+        };
+        let addrs = (self.resolve)(&name);
+        let Some(server) = addrs
+            .iter()
+            .filter(|a| (self.reachable)(**a, asked.port(), &env.policy))
+            .find_map(|a| {
+                TcpStream::connect_timeout(&SocketAddr::new(*a, asked.port()), CONNECT_WAIT).ok()
+            })
+        else {
+            refuse(name, addrs.first().copied());
+            return Ok(());
+        };
+        client.set_read_timeout(None)?;
+        (&server).write_all(&first)?;
+        relay(client, server)
+    }
+}
+
+/// Reads until the first bytes name where the connection is for: TLS on
+/// 443 and wherever they begin as a TLS record, HTTP elsewhere. Returns
+/// what was read and the name, if any.
+fn read_name(client: &mut TcpStream, port: u16) -> io::Result<(Vec<u8>, Option<String>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let tls = port == 443 || buf.first() == Some(&22);
+        let peeked = if buf.is_empty() {
+            Peeked::More
+        } else if tls {
+            peek::tls(&buf)
+        } else {
+            peek::http(&buf)
+        };
+        match peeked {
+            Peeked::Name(n) => return Ok((buf, Some(n))),
+            Peeked::Nameless => return Ok((buf, None)),
+            Peeked::More if buf.len() >= peek::MAX_PEEK => return Ok((buf, None)),
+            Peeked::More => {}
+        }
+        let n = client.read(&mut chunk)?;
+        if n == 0 {
+            return Ok((buf, None));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The name a refused connection gave, for the log (none: empty).
+fn name_of(first: &[u8], port: u16) -> String {
+    let peeked = if port == 443 || first.first() == Some(&22) {
+        peek::tls(first)
+    } else {
+        peek::http(first)
+    };
+    match peeked {
+        Peeked::Name(n) => n,
+        _ => String::new(),
+    }
+}
+
+/// Copies each way until each side has said all it will.
+fn relay(client: TcpStream, server: TcpStream) -> io::Result<()> {
+    let (client2, server2) = (client.try_clone()?, server.try_clone()?);
+    let up = std::thread::spawn(move || pipe(client2, server2));
+    let down = pipe(server, client);
+    let _ = up.join();
+    down
+}
+
+fn pipe(mut from: TcpStream, to: TcpStream) -> io::Result<()> {
+    let copied = io::copy(&mut from, &mut &to);
+    let _ = to.shutdown(Shutdown::Write);
+    copied.map(drop)
+}
+
+/// Serves each connection to `listener` on a thread of its own; never
+/// returns.
+pub fn serve<E: Environments + 'static>(proxy: Arc<Proxy<E>>, listener: TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let proxy = proxy.clone();
+        std::thread::spawn(move || proxy.handle(conn));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::peek::tests::hello;
+    use super::super::tests::{Recorder, restricted};
+    use super::*;
+
+    /// A server on loopback that answers each connection with `reply`
+    /// once it has read something, then closes it; its port.
+    fn server(reply: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(reply);
+            }
+        });
+        port
+    }
+
+    /// A proxy on loopback for `Recorder`'s environment, whose connections
+    /// were all going to `port` of 192.0.2.1; names resolve to loopback
+    /// (`nowhere.example.com` to nothing).
+    fn proxy(policy: NetPolicy, port: u16) -> (Arc<Proxy<Recorder>>, SocketAddr) {
+        let proxy = Arc::new(Proxy {
+            envs: Recorder::new(policy),
+            resolve: Box::new(|name| match name {
+                "nowhere.example.com" => vec![],
+                _ => vec!["127.0.0.1".parse().unwrap()],
+            }),
+            original: Box::new(move |_| Ok(SocketAddr::new("192.0.2.1".parse().unwrap(), port))),
+            reachable: |_, _, _| true,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let p = proxy.clone();
+        std::thread::spawn(move || serve(p, listener));
+        (proxy, addr)
+    }
+
+    /// Sends `first` through the proxy at `addr`; all that comes back.
+    fn exchange(addr: SocketAddr, first: &[u8]) -> Vec<u8> {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(first).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        out
+    }
+
+    #[test]
+    fn passes_allowed_hosts_and_closes_the_rest() {
+        let port = server(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        let (p, addr) = proxy(restricted(&["*.example.com"], &["bad.example.com"]), port);
+        let get = |host: &str| {
+            exchange(
+                addr,
+                format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+            )
+        };
+        assert!(get("www.example.com").ends_with(b"\r\n\r\nok"));
+        assert!(get("bad.example.com").is_empty());
+        assert!(get("nowhere.example.com").is_empty());
+        assert!(exchange(addr, b"SSH-2.0-OpenSSH_9.9\r\n\r\n").is_empty());
+        assert_eq!(
+            p.envs.denials(),
+            [
+                format!("TCP bad.example.com:{port}"),
+                format!("TCP nowhere.example.com:{port}"),
+                format!("TCP :{port}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_the_server_name_of_tls_on_any_port() {
+        let port = server(b"tls-ok");
+        let (p, addr) = proxy(restricted(&["a.example.com"], &[]), port);
+        assert_eq!(exchange(addr, &hello("a.example.com")), b"tls-ok");
+        assert!(exchange(addr, &hello("b.example.com")).is_empty());
+        assert_eq!(p.envs.denials(), [format!("TCP b.example.com:{port}")]);
+    }
+}
