@@ -24,6 +24,11 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     if let Err(e) = crate::guard::ensure(admin_uid, false) {
         eprintln!("llima-box-guest-agent: {e}");
     }
+    // Restricted environments' resolver and proxy: without them their
+    // DNS and TCP go nowhere (the guard still refuses all else).
+    if let Err(e) = crate::egress::start() {
+        eprintln!("llima-box-guest-agent: cannot start restricted mode's resolver and proxy: {e}");
+    }
     crate::pool::resume(admin_uid);
     let listener = listen(path, admin_uid)?;
     let version = std::fs::read_to_string(AGENT_VERSION_PATH)

@@ -4,7 +4,6 @@
 //! [`RESOLVER_PORT`] and its other TCP to [`PROXY_PORT`] (see
 //! `guard::policy`), on the guest's side of its veth; both find the
 //! environment by the address a query or connection comes from.
-#![allow(dead_code)]
 
 mod dns;
 mod peek;
@@ -12,7 +11,10 @@ mod proxy;
 mod records;
 mod resolver;
 
-use std::net::IpAddr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use llima_box_proto::net::NetPolicy;
 
@@ -22,6 +24,72 @@ use crate::guard::{CLOSED, SLIRP_GATEWAY_ADDR};
 pub const RESOLVER_PORT: u16 = 10053;
 /// Where the proxy listens.
 pub const PROXY_PORT: u16 = 10080;
+
+/// Starts the resolver and the proxy, each listening on all of the
+/// guest's addresses (the guard lets only redirected connections in).
+pub fn start() -> io::Result<()> {
+    let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let udp = UdpSocket::bind(any(RESOLVER_PORT))?;
+    let tcp = TcpListener::bind(any(RESOLVER_PORT))?;
+    let proxy_listener = TcpListener::bind(any(PROXY_PORT))?;
+    let upstream = resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let resolver = Arc::new(resolver::Resolver {
+        envs: records::Records,
+        upstream: upstream.clone(),
+    });
+    let r = resolver.clone();
+    std::thread::spawn(move || resolver::serve_udp(r, udp));
+    std::thread::spawn(move || resolver::serve_tcp(resolver, tcp));
+    let proxy = Arc::new(proxy::Proxy {
+        envs: records::Records,
+        resolve: Box::new(move |name| resolver::addresses(&upstream, name)),
+        original: Box::new(original_destination),
+        reachable,
+    });
+    std::thread::spawn(move || proxy::serve(proxy, proxy_listener));
+    Ok(())
+}
+
+/// The guest's own resolvers (its loopback stub included: it knows the
+/// guest's /etc/hosts), else QEMU's.
+fn resolvers(resolv_conf: &str) -> Vec<SocketAddr> {
+    let found: Vec<SocketAddr> = resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then_some(())?;
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            Some(SocketAddr::new(ip, 53))
+        })
+        .collect();
+    if found.is_empty() {
+        let qemu: IpAddr = crate::guard::SLIRP_DNS.parse().expect("an address");
+        return vec![SocketAddr::new(qemu, 53)];
+    }
+    found
+}
+
+/// Where a connection the guard redirected was going.
+fn original_destination(conn: &TcpStream) -> io::Result<SocketAddr> {
+    // SAFETY: a zeroed sockaddr_in for the kernel to fill, and its size.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: as above, on a socket this process owns.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Ok(SocketAddr::new(IpAddr::V4(ip), u16::from_be(addr.sin_port)))
+}
 
 /// Whether the proxy may connect to `addr`, `port` for an environment with
 /// `policy`: what the guard lets environments reach (the host's loopback
@@ -92,6 +160,21 @@ pub(crate) mod tests {
     use llima_box_proto::net::Mode;
 
     use super::*;
+
+    #[test]
+    fn resolvers_come_from_resolv_conf_stub_included() {
+        let conf =
+            "# x\nnameserver 127.0.0.53\noptions edns0\nnameserver fd00::3\nnameserver bad\n";
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.53:53".parse().unwrap(),
+            "[fd00::3]:53".parse().unwrap(),
+        ];
+        assert_eq!(resolvers(conf), want);
+        assert_eq!(
+            resolvers(""),
+            ["192.168.5.3:53".parse::<SocketAddr>().unwrap()]
+        );
+    }
 
     #[test]
     fn the_proxy_reaches_what_the_guard_lets_through() {

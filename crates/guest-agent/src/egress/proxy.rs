@@ -14,7 +14,7 @@ use std::time::Duration;
 use llima_box_proto::net::NetPolicy;
 
 use super::peek::{self, Peeked};
-use super::{Attempt, Environments, reachable};
+use super::{Attempt, Environments};
 
 /// How long a client has to say which name it wants, and a server to
 /// accept the connection.

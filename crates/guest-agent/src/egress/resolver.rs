@@ -51,6 +51,19 @@ impl<E: Environments> Resolver<E> {
     }
 }
 
+/// The addresses of `name` (IPv4 first), as the first of `upstream` that
+/// answers gives them.
+pub fn addresses(upstream: &[SocketAddr], name: &str) -> Vec<IpAddr> {
+    let mut found = Vec::new();
+    for (id, qtype) in [(1, dns::TYPE_A), (2, dns::TYPE_AAAA)] {
+        let query = dns::query(id, name, qtype);
+        if let Some(answer) = upstream.iter().find_map(|s| ask_udp(*s, &query).ok()) {
+            found.extend(dns::addresses(&answer, id));
+        }
+    }
+    found
+}
+
 fn unspecified(server: &SocketAddr) -> SocketAddr {
     let ip = match server {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -186,6 +199,13 @@ mod tests {
         let other = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 3));
         assert!(resolver.answer(other, &q, false).is_none());
         assert!(resolver.answer(env, &a, false).is_none());
+    }
+
+    #[test]
+    fn looks_names_up_for_the_proxy() {
+        let found = addresses(&[upstream()], "www.example.com");
+        // The fake upstream answers A for every query type.
+        assert_eq!(found, ["192.0.2.1".parse::<IpAddr>().unwrap(); 2]);
     }
 
     #[test]
