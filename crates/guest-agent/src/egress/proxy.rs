@@ -21,12 +21,15 @@ use super::{Attempt, Environments};
 const HELLO_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
+/// The addresses of a name.
+pub type Resolve = Box<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>;
+/// Where a redirected connection was going (`SO_ORIGINAL_DST`).
+pub type Original = Box<dyn Fn(&TcpStream) -> io::Result<SocketAddr> + Send + Sync>;
+
 pub struct Proxy<E> {
     pub envs: E,
-    /// The addresses of a name.
-    pub resolve: Box<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>,
-    /// Where a redirected connection was going (`SO_ORIGINAL_DST`).
-    pub original: Box<dyn Fn(&TcpStream) -> io::Result<SocketAddr> + Send + Sync>,
+    pub resolve: Resolve,
+    pub original: Original,
     /// Whether the proxy may connect to an address and port for an
     /// environment with this policy.
     pub reachable: fn(IpAddr, u16, &NetPolicy) -> bool,
