@@ -1376,17 +1376,221 @@ fn check_net_policy(vm: &VmHome, a: &Path, b: &Path, canary: &Canary) {
     );
     check_net_log(vm, pa, pb, canary);
 
-    let said = vm.run(&["net", "set", pa, "--mode", "restricted"]);
-    assert!(!said.status.success());
-    assert!(text(&said).1.contains("not available"), "{:?}", text(&said));
+    check_restricted(vm, Path::new(pa), Path::new(pb));
 
     vm.ok(&["net", "set", pa, "--reset"]);
     let in_a = probe_network(vm, a, canary);
     assert!(!in_a.contains(&canary.secret), "{in_a}");
     assert!(!udp_blocked(&in_a, "192.0.2.1:53"), "{in_a}");
     assert_eq!(policy_rules(vm), "-N LLIMA-BOX-POL\n");
+    let redirects = vm.ok(&[
+        "vm",
+        "shell",
+        "--",
+        "sudo",
+        "-n",
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-S",
+        "LLIMA-BOX-RDR",
+    ]);
+    assert_eq!(redirects, "-N LLIMA-BOX-RDR\n");
 
     vm.ok(&["net", "set", pb, "--allow-host-port", &port]);
+}
+
+/// As root in the guest: web servers in a network namespace of their own
+/// at 198.18.0.1 (a public-like address the guard leaves open), HTTP on 80
+/// and HTTPS on 443 and 8443 answering `web-ok`, and the names
+/// `web-allowed.test` and `web-denied.test` for it in /etc/hosts (which the
+/// guest's resolver reads). `WEB_SETUP stop` takes it all away.
+const WEB_SETUP: &str = r#"
+set -e
+d=/run/llb-web
+if [ "$1" = stop ]; then
+    [ -f $d/pid ] && kill "$(cat $d/pid)" 2>/dev/null || true
+    ip netns del llb-web 2>/dev/null || true
+    sed -i '/ web-allowed.test /d' /etc/hosts
+    rm -rf $d
+    exit
+fi
+mkdir -p $d
+openssl req -x509 -newkey rsa:2048 -nodes -keyout $d/k.pem -out $d/c.pem -subj /CN=web -days 2 2>/dev/null
+cat >$d/serve.py <<'PY'
+import http.server, ssl, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/run/llb-web/c.pem", "/run/llb-web/k.pem")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"web-ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+def serve(port, tls):
+    s = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
+    if tls:
+        s.socket = ctx.wrap_socket(s.socket, server_side=True)
+    s.serve_forever()
+for port, tls in [(80, False), (443, True), (8443, True)]:
+    threading.Thread(target=serve, args=(port, tls), daemon=True).start()
+threading.Event().wait()
+PY
+ip netns add llb-web
+ip link add llbweb0 type veth peer name eth0 netns llb-web
+ip addr add 198.18.0.2/24 dev llbweb0
+ip link set llbweb0 up
+ip -n llb-web addr add 198.18.0.1/24 dev eth0
+ip -n llb-web link set eth0 up
+ip -n llb-web link set lo up
+ip -n llb-web route add default via 198.18.0.2
+echo '198.18.0.1 web-allowed.test web-denied.test' >>/etc/hosts
+ip netns exec llb-web setsid python3 $d/serve.py </dev/null >/dev/null 2>&1 &
+echo $! >$d/pid
+for i in $(seq 50); do
+    ip netns exec llb-web python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8443), 1)' 2>/dev/null && exit 0
+    sleep 0.2
+done
+echo "the web servers did not start" >&2
+exit 1
+"#;
+
+/// In an environment: each `LABEL CONNECT PORT NAME TLS` fetch, as `LABEL ok BODY`
+/// or `LABEL failed WHY`; NAME is the TLS server name and HTTP Host.
+const WEB_FETCH: &str = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+args = sys.argv[1:]
+for i in range(0, len(args), 5):
+    label, connect, port, name, tls = args[i:i + 5]
+    try:
+        s = socket.create_connection((connect, int(port)), timeout=20)
+        if tls == "tls":
+            s = ctx.wrap_socket(s, server_hostname=name)
+        s.sendall(b"GET / HTTP/1.0
+Host: %s
+
+" % name.encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        print(label, "ok", data.split(b"
+
+", 1)[-1].decode(errors="replace"))
+    except Exception as e:
+        print(label, "failed", type(e).__name__)
+"#;
+
+/// Restricted mode, from the host: A reaches an allowed name over HTTP and
+/// HTTPS (on any port, through the proxy), and nothing else: a denied
+/// name does not resolve, a denied name's server name is refused even at
+/// the right address, an address without a name too; each refusal is in
+/// A's `net log` with its name. B, in open mode, reaches the same server
+/// by address.
+fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
+    let admin_sh = |arg: &str| {
+        vm.ok(&[
+            "vm", "shell", "--", "sudo", "-n", "sh", "-c", WEB_SETUP, "sh", arg,
+        ]);
+    };
+    admin_sh("start");
+    let pa = a.to_str().unwrap();
+    vm.ok(&[
+        "net",
+        "set",
+        pa,
+        "--reset",
+        "--mode",
+        "restricted",
+        "--allow",
+        "web-allowed.test",
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["net", "show", pa, "--json"])).unwrap();
+    assert_eq!(shown["mode"], "restricted", "{shown}");
+    assert_eq!(
+        shown["allow"],
+        serde_json::json!(["web-allowed.test"]),
+        "{shown}"
+    );
+    let fetch = |project: &Path, specs: &[&str]| {
+        let mut argv = vec!["python3", "-c", WEB_FETCH];
+        argv.extend(specs);
+        vm.shell_ok(project, &argv)
+    };
+    let out = fetch(
+        a,
+        &[
+            "http",
+            "web-allowed.test",
+            "80",
+            "web-allowed.test",
+            "plain",
+            "https",
+            "web-allowed.test",
+            "443",
+            "web-allowed.test",
+            "tls",
+            "port",
+            "web-allowed.test",
+            "8443",
+            "web-allowed.test",
+            "tls",
+            "dns",
+            "web-denied.test",
+            "443",
+            "web-denied.test",
+            "tls",
+            "sni",
+            "198.18.0.1",
+            "443",
+            "web-denied.test",
+            "tls",
+            "bare",
+            "198.18.0.1",
+            "443",
+            "198.18.0.1",
+            "tls",
+        ],
+    );
+    for ok in ["http ok web-ok", "https ok web-ok", "port ok web-ok"] {
+        assert!(out.contains(ok), "{ok}:\n{out}");
+    }
+    assert!(out.contains("dns failed gaierror"), "{out}");
+    for refused in ["sni", "bare"] {
+        let line = out.lines().find(|l| l.starts_with(refused)).unwrap();
+        assert!(!line.contains("web-ok"), "{line}");
+    }
+    let log = net_log(vm, pa);
+    let has = |proto: &str, dest: &str, port: u16, name: Option<&str>| {
+        log.iter().any(|d| {
+            d["proto"] == proto
+                && d["dest"] == dest
+                && d["port"] == port
+                && d.get("name").and_then(|n| n.as_str()) == name
+        })
+    };
+    assert!(
+        has("UDP", "web-denied.test", 53, Some("web-denied.test")),
+        "{log:?}"
+    );
+    assert!(
+        has("TCP", "198.18.0.1", 443, Some("web-denied.test")),
+        "{log:?}"
+    );
+    assert!(has("TCP", "198.18.0.1", 443, None), "{log:?}");
+    let out = fetch(b, &["open", "198.18.0.1", "443", "198.18.0.1", "tls"]);
+    assert!(out.contains("open ok web-ok"), "{out}");
+    admin_sh("stop");
 }
 
 /// `net log --json` of the project `path`.
