@@ -1401,63 +1401,10 @@ fn check_net_policy(vm: &VmHome, a: &Path, b: &Path, canary: &Canary) {
     vm.ok(&["net", "set", pb, "--allow-host-port", &port]);
 }
 
-/// As root in the guest: web servers in a network namespace of their own
-/// at 198.18.0.1 (a public-like address the guard leaves open), HTTP on 80
-/// and HTTPS on 443 and 8443 answering `web-ok`, and the names
-/// `web-allowed.test` and `web-denied.test` for it in /etc/hosts (which the
-/// guest's resolver reads). `WEB_SETUP stop` takes it all away.
-const WEB_SETUP: &str = r#"
-set -e
-d=/run/llb-web
-if [ "$1" = stop ]; then
-    [ -f $d/pid ] && kill "$(cat $d/pid)" 2>/dev/null || true
-    ip netns del llb-web 2>/dev/null || true
-    sed -i '/ web-allowed.test /d' /etc/hosts
-    rm -rf $d
-    exit
-fi
-mkdir -p $d
-openssl req -x509 -newkey rsa:2048 -nodes -keyout $d/k.pem -out $d/c.pem -subj /CN=web -days 2 2>/dev/null
-cat >$d/serve.py <<'PY'
-import http.server, ssl, threading
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain("/run/llb-web/c.pem", "/run/llb-web/k.pem")
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"web-ok"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-def serve(port, tls):
-    s = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
-    if tls:
-        s.socket = ctx.wrap_socket(s.socket, server_side=True)
-    s.serve_forever()
-for port, tls in [(80, False), (443, True), (8443, True)]:
-    threading.Thread(target=serve, args=(port, tls), daemon=True).start()
-threading.Event().wait()
-PY
-ip netns add llb-web
-ip link add llbweb0 type veth peer name eth0 netns llb-web
-ip addr add 198.18.0.2/24 dev llbweb0
-ip link set llbweb0 up
-ip -n llb-web addr add 198.18.0.1/24 dev eth0
-ip -n llb-web link set eth0 up
-ip -n llb-web link set lo up
-ip -n llb-web route add default via 198.18.0.2
-echo '198.18.0.1 web-allowed.test web-denied.test' >>/etc/hosts
-ip netns exec llb-web setsid python3 $d/serve.py </dev/null >/dev/null 2>&1 &
-echo $! >$d/pid
-for i in $(seq 50); do
-    ip netns exec llb-web python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8443), 1)' 2>/dev/null && exit 0
-    sleep 0.2
-done
-echo "the web servers did not start" >&2
-exit 1
-"#;
+/// As root in the guest (`sh -c WEB_SETUP sh start|stop`): web servers in
+/// a network namespace at 198.18.0.1, named in the guest's /etc/hosts (see
+/// the script).
+const WEB_SETUP: &str = include_str!("../guest/web-netns");
 
 /// In an environment: each `LABEL CONNECT PORT NAME TLS` fetch, as `LABEL ok BODY`
 /// or `LABEL failed WHY`; NAME is the TLS server name and HTTP Host.

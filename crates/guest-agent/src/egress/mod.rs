@@ -11,10 +11,11 @@ mod proxy;
 mod records;
 mod resolver;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llima_box_proto::net::NetPolicy;
 
@@ -24,6 +25,43 @@ use crate::guard::{CLOSED, SLIRP_GATEWAY_ADDR};
 pub const RESOLVER_PORT: u16 = 10053;
 /// Where the proxy listens.
 pub const PROXY_PORT: u16 = 10080;
+
+/// At most this many queries and connections of one environment are
+/// served at once: each takes a thread of the agent, which no
+/// environment's task limit counts. Beyond it, new ones are closed (TCP)
+/// or dropped (UDP, which clients send again), that environment's alone.
+const MAX_ACTIVE: usize = 128;
+static ACTIVE: Mutex<Option<HashMap<IpAddr, usize>>> = Mutex::new(None);
+
+/// One of an environment's [`MAX_ACTIVE`] places, given back when dropped.
+pub struct Slot(IpAddr);
+
+impl Slot {
+    pub fn take(peer: IpAddr) -> Option<Slot> {
+        let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let n = active
+            .get_or_insert_with(HashMap::new)
+            .entry(peer)
+            .or_default();
+        (*n < MAX_ACTIVE).then(|| {
+            *n += 1;
+            Slot(peer)
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = active.get_or_insert_with(HashMap::new);
+        if let Some(n) = counts.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// Starts the resolver and the proxy, each listening on all of the
 /// guest's addresses (the guard lets only redirected connections in).
@@ -160,6 +198,19 @@ pub(crate) mod tests {
     use llima_box_proto::net::Mode;
 
     use super::*;
+
+    #[test]
+    fn each_environment_has_its_own_places() {
+        let (a, b) = ("100.64.9.1".parse().unwrap(), "100.64.9.3".parse().unwrap());
+        let mut held: Vec<Slot> = (0..MAX_ACTIVE).map(|_| Slot::take(a).unwrap()).collect();
+        assert!(Slot::take(a).is_none());
+        assert!(
+            Slot::take(b).is_some(),
+            "another environment is not starved"
+        );
+        held.pop();
+        assert!(Slot::take(a).is_some());
+    }
 
     #[test]
     fn resolvers_come_from_resolv_conf_stub_included() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use llima_box_proto::net::NetPolicy;
 
 use super::peek::{self, Peeked};
-use super::{Attempt, Environments};
+use super::{Attempt, Environments, Slot};
 
 /// How long a client has to say which name it wants, and a server to
 /// accept the connection.
@@ -139,8 +139,14 @@ fn pipe(mut from: TcpStream, to: TcpStream) -> io::Result<()> {
 pub fn serve<E: Environments + 'static>(proxy: Arc<Proxy<E>>, listener: TcpListener) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
+        let Some(slot) = conn.peer_addr().ok().and_then(|p| Slot::take(p.ip())) else {
+            continue;
+        };
         let proxy = proxy.clone();
-        std::thread::spawn(move || proxy.handle(conn));
+        std::thread::spawn(move || {
+            let _slot = slot;
+            proxy.handle(conn)
+        });
     }
 }
 

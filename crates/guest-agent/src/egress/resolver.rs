@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Attempt, Environments, dns};
+use super::{Attempt, Environments, Slot, dns};
 
 /// How long one upstream resolver has to answer.
 const UPSTREAM_WAIT: Duration = Duration::from_secs(3);
@@ -124,9 +124,13 @@ pub fn serve_udp<E: Environments + 'static>(resolver: Arc<Resolver<E>>, socket: 
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
             continue;
         };
+        let Some(slot) = Slot::take(peer.ip()) else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (resolver, socket) = (resolver.clone(), socket.clone());
         std::thread::spawn(move || {
+            let _slot = slot;
             if let Some(answer) = resolver.answer(peer.ip(), &query, false) {
                 let _ = socket.send_to(&answer, peer);
             }
@@ -139,8 +143,12 @@ pub fn serve_udp<E: Environments + 'static>(resolver: Arc<Resolver<E>>, socket: 
 pub fn serve_tcp<E: Environments + 'static>(resolver: Arc<Resolver<E>>, listener: TcpListener) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
+        let Some(slot) = conn.peer_addr().ok().and_then(|p| Slot::take(p.ip())) else {
+            continue;
+        };
         let resolver = resolver.clone();
         std::thread::spawn(move || -> io::Result<()> {
+            let _slot = slot;
             let peer = conn.peer_addr()?.ip();
             conn.set_read_timeout(Some(Duration::from_secs(30)))?;
             while let Some(query) = read_message(&mut conn)? {
