@@ -1315,18 +1315,17 @@ fn udp_blocked(probe: &str, addr: &str) -> bool {
     r == "EPERM" || r == "prohibited"
 }
 
-/// The rules of the environments' own policies, as the admin sees them.
-fn policy_rules(vm: &VmHome) -> String {
+/// The rules of the environments' own policies in `table` (the chain
+/// `LLIMA-BOX-POL` in filter, `LLIMA-BOX-RDR` in nat), as the admin sees
+/// them.
+fn policy_rules(vm: &VmHome, table: &str) -> String {
+    let chain = if table == "nat" {
+        "LLIMA-BOX-RDR"
+    } else {
+        "LLIMA-BOX-POL"
+    };
     vm.ok(&[
-        "vm",
-        "shell",
-        "--",
-        "sudo",
-        "-n",
-        "iptables",
-        "-w",
-        "-S",
-        "LLIMA-BOX-POL",
+        "vm", "shell", "--", "sudo", "-n", "iptables", "-w", "-t", table, "-S", chain,
     ])
 }
 
@@ -1338,7 +1337,7 @@ fn policy_rules(vm: &VmHome) -> String {
 fn check_net_policy(vm: &VmHome, a: &Path, b: &Path, canary: &Canary) {
     let (pa, pb) = (a.to_str().unwrap(), b.to_str().unwrap());
     let port = canary.port.to_string();
-    assert_eq!(policy_rules(vm), "-N LLIMA-BOX-POL\n");
+    assert_eq!(policy_rules(vm, "filter"), "-N LLIMA-BOX-POL\n");
 
     vm.ok(&["net", "set", pa, "--allow-host-port", &port]);
     let shown: serde_json::Value =
@@ -1382,21 +1381,8 @@ fn check_net_policy(vm: &VmHome, a: &Path, b: &Path, canary: &Canary) {
     let in_a = probe_network(vm, a, canary);
     assert!(!in_a.contains(&canary.secret), "{in_a}");
     assert!(!udp_blocked(&in_a, "192.0.2.1:53"), "{in_a}");
-    assert_eq!(policy_rules(vm), "-N LLIMA-BOX-POL\n");
-    let redirects = vm.ok(&[
-        "vm",
-        "shell",
-        "--",
-        "sudo",
-        "-n",
-        "iptables",
-        "-w",
-        "-t",
-        "nat",
-        "-S",
-        "LLIMA-BOX-RDR",
-    ]);
-    assert_eq!(redirects, "-N LLIMA-BOX-RDR\n");
+    assert_eq!(policy_rules(vm, "filter"), "-N LLIMA-BOX-POL\n");
+    assert_eq!(policy_rules(vm, "nat"), "-N LLIMA-BOX-RDR\n");
 
     vm.ok(&["net", "set", pb, "--allow-host-port", &port]);
 }

@@ -98,7 +98,18 @@ fn read_name(client: &mut TcpStream, port: u16) -> io::Result<(Vec<u8>, Option<S
             Peeked::More if buf.len() >= peek::MAX_PEEK => return Ok((buf, None)),
             Peeked::More => {}
         }
-        let n = client.read(&mut chunk)?;
+        let n = match client.read(&mut chunk) {
+            // A protocol whose server speaks first names nothing.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                0
+            }
+            r => r?,
+        };
         if n == 0 {
             return Ok((buf, None));
         }
