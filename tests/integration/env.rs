@@ -1406,19 +1406,14 @@ for i in range(0, len(args), 5):
         s = socket.create_connection((connect, int(port)), timeout=20)
         if tls == "tls":
             s = ctx.wrap_socket(s, server_hostname=name)
-        s.sendall(b"GET / HTTP/1.0
-Host: %s
-
-" % name.encode())
+        s.sendall(b"GET / HTTP/1.0\r\nHost: %s\r\n\r\n" % name.encode())
         data = b""
         while True:
             chunk = s.recv(4096)
             if not chunk:
                 break
             data += chunk
-        print(label, "ok", data.split(b"
-
-", 1)[-1].decode(errors="replace"))
+        print(label, "ok", data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace"))
     except Exception as e:
         print(label, "failed", type(e).__name__)
 "#;
