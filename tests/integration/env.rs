@@ -1432,6 +1432,20 @@ fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
     };
     admin_sh("start");
     let pa = a.to_str().unwrap();
+    // Whatever happens below, the checks after this one find A in the
+    // default mode and the guest without the servers.
+    struct Undo<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Undo<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _undo = Undo(|| {
+        let _ = vm.run(&["net", "set", pa, "--reset"]);
+        let _ = vm.run(&[
+            "vm", "shell", "--", "sudo", "-n", "sh", "-c", WEB_SETUP, "sh", "stop",
+        ]);
+    });
     vm.ok(&[
         "net",
         "set",
@@ -1518,7 +1532,6 @@ fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
     assert!(has("TCP", "198.18.0.1", 443, None), "{log:?}");
     let out = fetch(b, &["open", "198.18.0.1", "443", "198.18.0.1", "tls"]);
     assert!(out.contains("open ok web-ok"), "{out}");
-    admin_sh("stop");
 }
 
 /// `net log --json` of the project `path`.
