@@ -146,7 +146,11 @@ fn line(d: &Denial) -> String {
         None => dest,
     };
     let dns = if dns { " (DNS)" } else { "" };
-    format!("{}  {:<4}  {dest}{dns}", d.time, d.proto)
+    let program = d
+        .program
+        .as_ref()
+        .map_or(String::new(), |p| format!("  by {p}"));
+    format!("{}  {:<4}  {dest}{dns}{program}", d.time, d.proto)
 }
 
 pub(super) fn log(
@@ -286,17 +290,19 @@ mod tests {
             dest: "192.168.5.2".into(),
             port: Some(5432),
             name: None,
+            program: None,
         };
         assert_eq!(line(&d), "2026-12-01T06:00:00Z  TCP   192.168.5.2:5432");
         let named = Denial {
             dest: "192.0.2.9".into(),
             port: Some(443),
             name: Some("evil.example".into()),
+            program: Some("curl".into()),
             ..d.clone()
         };
         assert_eq!(
             line(&named),
-            "2026-12-01T06:00:00Z  TCP   evil.example (192.0.2.9):443"
+            "2026-12-01T06:00:00Z  TCP   evil.example (192.0.2.9):443  by curl"
         );
         let dns = Denial {
             proto: "UDP".into(),

@@ -1513,12 +1513,14 @@ fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
         assert!(!line.contains("web-ok"), "{line}");
     }
     let log = net_log(vm, pa);
+    // Each was tried by the fetch script, which the log names.
     let has = |proto: &str, dest: &str, port: u16, name: Option<&str>| {
         log.iter().any(|d| {
             d["proto"] == proto
                 && d["dest"] == dest
                 && d["port"] == port
                 && d.get("name").and_then(|n| n.as_str()) == name
+                && d["program"] == "python3"
         })
     };
     assert!(

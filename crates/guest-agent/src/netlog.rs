@@ -33,6 +33,8 @@ pub struct Logged {
     pub port: Option<u16>,
     /// The name asked for (restricted mode's refusals).
     pub name: Option<String>,
+    /// The program that tried, when known (restricted mode's refusals).
+    pub program: Option<String>,
 }
 
 impl Logged {
@@ -52,6 +54,7 @@ impl Logged {
             dest: self.dest.clone(),
             port: self.port,
             name: self.name.clone(),
+            program: self.program.clone(),
         }
     }
 }
@@ -81,6 +84,7 @@ pub fn parse(record: &str) -> Option<(u64, Option<Logged>)> {
         dest: field("DST")?.to_owned(),
         port: field("DPT").and_then(|p| p.parse().ok()),
         name: field("NAME").filter(|n| *n != "-").map(str::to_owned),
+        program: field("PROG").filter(|n| *n != "-").map(str::to_owned),
     };
     Some((seq, Some(logged)))
 }

@@ -165,6 +165,7 @@ mod tests {
                     dest: "192.168.5.2".into(),
                     port: Some(5432),
                     name: None,
+                    program: Some("curl".into()),
                 }],
                 next: 77,
             },

@@ -113,6 +113,10 @@ pub struct Denial {
     /// refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The command name of the program that tried, when known (restricted
+    /// mode's refusals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
 }
 
 #[cfg(test)]

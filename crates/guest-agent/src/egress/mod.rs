@@ -6,6 +6,7 @@
 //! environment by the address a query or connection comes from.
 
 mod dns;
+mod owner;
 mod peek;
 mod proxy;
 mod records;
@@ -180,6 +181,8 @@ pub struct Attempt {
     /// The address it connected to, for a connection.
     pub dest: Option<IpAddr>,
     pub port: u16,
+    /// Where it came from: its socket's address in the environment.
+    pub from: SocketAddr,
 }
 
 /// The seam between the resolver and proxy and the guest's records.

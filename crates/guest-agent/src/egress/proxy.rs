@@ -38,8 +38,8 @@ pub struct Proxy<E> {
 impl<E: Environments> Proxy<E> {
     /// Serves one redirected connection until both sides are done.
     pub fn handle(&self, mut client: TcpStream) -> io::Result<()> {
-        let peer = client.peer_addr()?.ip();
-        let Some(env) = self.envs.at(peer) else {
+        let peer = client.peer_addr()?;
+        let Some(env) = self.envs.at(peer.ip()) else {
             return Ok(());
         };
         let asked = (self.original)(&client)?;
@@ -53,6 +53,7 @@ impl<E: Environments> Proxy<E> {
                     name,
                     dest: dest.or(Some(asked.ip())),
                     port: asked.port(),
+                    from: peer,
                 },
             );
         };

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 
 use llima_box_proto::net::Mode;
 
-use super::{Attempt, Env, Environments};
-use crate::accounts;
+use super::{Attempt, Env, Environments, owner};
 use crate::ensure::net::{link, uid_at};
 use crate::ensure::{env_dir, recorded_settings};
 use crate::guard::LOG_PREFIX;
+use crate::{accounts, list};
 
 pub struct Records;
 
@@ -36,7 +36,9 @@ impl Environments for Records {
             return;
         };
         let Some(link) = link(uid) else { return };
-        let line = log_line(&link.veth, attempt);
+        let program = list::holder_pid(&env_dir(&env.name))
+            .and_then(|ns| owner::program(ns, uid, attempt.proto, attempt.from));
+        let line = log_line(&link.veth, attempt, program.as_deref());
         // One record per write; a failure loses one line of the log.
         if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
             let _ = kmsg.write_all(line.as_bytes());
@@ -44,24 +46,31 @@ impl Environments for Records {
     }
 }
 
-/// The kernel log record of `attempt` from the environment whose veth is
-/// `veth` (priority 4, warning, as the firewall's LOG target writes). The
-/// name came from the environment: only a name's characters go in.
-fn log_line(veth: &str, attempt: &Attempt) -> String {
-    let name: String = attempt
-        .name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '-' | '_' | '.' => c,
-            _ => '?',
-        })
-        .collect();
-    let name = if name.is_empty() { "-" } else { &name };
-    let dest = attempt.dest.map_or(name.to_owned(), |a| a.to_string());
+/// The kernel log record of `attempt`, made by `program`, from the
+/// environment whose veth is `veth` (priority 4, warning, as the firewall's
+/// LOG target writes).
+fn log_line(veth: &str, attempt: &Attempt, program: Option<&str>) -> String {
+    let name = word(&attempt.name);
+    let dest = attempt.dest.map_or(name.clone(), |a| a.to_string());
+    let program = word(program.unwrap_or_default());
     format!(
-        "<4>{LOG_PREFIX}IN={veth} DST={dest} PROTO={} DPT={} NAME={name}\n",
+        "<4>{LOG_PREFIX}IN={veth} DST={dest} PROTO={} DPT={} NAME={name} PROG={program}\n",
         attempt.proto, attempt.port
     )
+}
+
+/// `text` as one word of the record (`-` when empty): the environment chose
+/// it, so only a name's characters go in.
+fn word(text: &str) -> String {
+    if text.is_empty() {
+        return "-".to_owned();
+    }
+    text.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -75,11 +84,12 @@ mod tests {
             name: "evil.example DST=1.2.3.4".into(),
             dest: Some("192.0.2.9".parse().unwrap()),
             port: 443,
+            from: "100.64.0.7:40000".parse().unwrap(),
         };
-        let line = log_line("lbx3", &attempt);
+        let line = log_line("lbx3", &attempt, Some("curl x=1"));
         assert_eq!(
             line,
-            "<4>llima-box deny: IN=lbx3 DST=192.0.2.9 PROTO=TCP DPT=443 NAME=evil.example?????1.2.3.4\n"
+            "<4>llima-box deny: IN=lbx3 DST=192.0.2.9 PROTO=TCP DPT=443 NAME=evil.example?DST?1.2.3.4 PROG=curl?x?1\n"
         );
         // As /dev/kmsg hands the record back.
         let record = format!("4,77,1000,-;{}", &line[3..]);
@@ -89,12 +99,19 @@ mod tests {
             (logged.iface.as_str(), logged.dest.as_str(), logged.port),
             ("lbx3", "192.0.2.9", Some(443))
         );
+        assert_eq!(logged.program.as_deref(), Some("curl?x?1"));
         let dns = Attempt {
             proto: "UDP",
             name: "tracker.example".into(),
             dest: None,
             port: 53,
+            from: "100.64.0.7:40001".parse().unwrap(),
         };
-        assert!(log_line("lbx3", &dns).contains(" DST=tracker.example PROTO=UDP DPT=53 "));
+        let line = log_line("lbx3", &dns, None);
+        assert!(
+            line.contains(" DST=tracker.example PROTO=UDP DPT=53 NAME=tracker.example PROG=-\n")
+        );
+        let (_, logged) = crate::netlog::parse(&format!("4,78,1001,-;{}", &line[3..])).unwrap();
+        assert_eq!(logged.unwrap().program, None);
     }
 }

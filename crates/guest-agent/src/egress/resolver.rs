@@ -25,9 +25,9 @@ impl<E: Environments> Resolver<E> {
     /// What goes back to `peer` for `query` (over TCP when `tcp`); nothing
     /// for what is not a query, comes from no restricted environment, or
     /// that no upstream resolver answered (the client asks again).
-    pub fn answer(&self, peer: IpAddr, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    pub fn answer(&self, peer: SocketAddr, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = dns::question(query)?;
-        let env = self.envs.at(peer)?;
+        let env = self.envs.at(peer.ip())?;
         if !env.policy.names.allows(&q.name) {
             self.envs.denied(
                 &env,
@@ -36,6 +36,7 @@ impl<E: Environments> Resolver<E> {
                     name: q.name.clone(),
                     dest: None,
                     port: 53,
+                    from: peer,
                 },
             );
             return Some(dns::no_such_name(query, &q));
@@ -131,7 +132,7 @@ pub fn serve_udp<E: Environments + 'static>(resolver: Arc<Resolver<E>>, socket: 
         let (resolver, socket) = (resolver.clone(), socket.clone());
         std::thread::spawn(move || {
             let _slot = slot;
-            if let Some(answer) = resolver.answer(peer.ip(), &query, false) {
+            if let Some(answer) = resolver.answer(peer, &query, false) {
                 let _ = socket.send_to(&answer, peer);
             }
         });
@@ -149,7 +150,7 @@ pub fn serve_tcp<E: Environments + 'static>(resolver: Arc<Resolver<E>>, listener
         let resolver = resolver.clone();
         std::thread::spawn(move || -> io::Result<()> {
             let _slot = slot;
-            let peer = conn.peer_addr()?.ip();
+            let peer = conn.peer_addr()?;
             conn.set_read_timeout(Some(Duration::from_secs(30)))?;
             while let Some(query) = read_message(&mut conn)? {
                 let Some(answer) = resolver.answer(peer, &query, true) else {
@@ -191,7 +192,7 @@ mod tests {
             envs: Recorder::new(restricted(&["*.example.com"], &["bad.example.com"])),
             upstream: vec![upstream()],
         };
-        let env = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
+        let env = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 40000);
         let q = dns::query(9, "www.example.com", dns::TYPE_A);
         let a = resolver.answer(env, &q, false).unwrap();
         assert_eq!(
@@ -204,7 +205,7 @@ mod tests {
         assert_eq!(a[3] & 0x0f, 3, "no such name");
         assert_eq!(resolver.envs.denials(), ["UDP bad.example.com:53"]);
         // Not an environment in restricted mode, or not a query: nothing.
-        let other = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 3));
+        let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 3)), 40000);
         assert!(resolver.answer(other, &q, false).is_none());
         assert!(resolver.answer(env, &a, false).is_none());
     }
