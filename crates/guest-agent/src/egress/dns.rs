@@ -104,11 +104,34 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+/// What an answer says about a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub addrs: Vec<IpAddr>,
+    /// Seconds they may be kept: the least time to live of the answer's
+    /// records (`u32::MAX` when it has none).
+    pub ttl: u32,
+}
+
+impl Found {
+    pub const NOTHING: Found = Found {
+        addrs: Vec::new(),
+        ttl: u32::MAX,
+    };
+
+    /// Both answers' addresses, kept as long as both may be.
+    pub fn and(mut self, other: Found) -> Found {
+        self.addrs.extend(other.addrs);
+        self.ttl = self.ttl.min(other.ttl);
+        self
+    }
+}
+
 /// The addresses an answer to query `id` gives (its A and AAAA records,
 /// whatever name they are for: a resolver puts the CNAME chain of the
-/// question before them); empty for an error or another id.
-pub fn addresses(msg: &[u8], id: u16) -> Vec<IpAddr> {
-    let parse = || -> Option<Vec<IpAddr>> {
+/// question before them); nothing for an error or another id.
+pub fn addresses(msg: &[u8], id: u16) -> Found {
+    let parse = || -> Option<Found> {
         let flags = u16_at(msg, 2)?;
         if u16_at(msg, 0)? != id || flags & 0x8000 == 0 || flags & 0xf != 0 {
             return None;
@@ -119,9 +142,13 @@ pub fn addresses(msg: &[u8], id: u16) -> Vec<IpAddr> {
             at = skip_name(msg, at)? + 4;
         }
         let mut found = Vec::new();
+        let mut ttl = u32::MAX;
         for _ in 0..answers {
             at = skip_name(msg, at)?;
             let (rtype, class) = (u16_at(msg, at)?, u16_at(msg, at + 2)?);
+            let record_ttl =
+                u32::from(u16_at(msg, at + 4)?) << 16 | u32::from(u16_at(msg, at + 6)?);
+            ttl = ttl.min(record_ttl);
             let len = usize::from(u16_at(msg, at + 8)?);
             let data = msg.get(at + 10..at + 10 + len)?;
             at += 10 + len;
@@ -137,9 +164,9 @@ pub fn addresses(msg: &[u8], id: u16) -> Vec<IpAddr> {
                 _ => {}
             }
         }
-        Some(found)
+        Some(Found { addrs: found, ttl })
     };
-    parse().unwrap_or_default()
+    parse().unwrap_or(Found::NOTHING)
 }
 
 #[cfg(test)]
@@ -186,7 +213,7 @@ mod tests {
         assert_eq!(a[3] & 0x0f, NXDOMAIN);
         assert_eq!(&a[4..HEADER], &[0, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&a[HEADER..], &query[HEADER..q.end]);
-        assert!(addresses(&a, 0xbeef).is_empty());
+        assert_eq!(addresses(&a, 0xbeef), Found::NOTHING);
     }
 
     #[test]
@@ -198,15 +225,22 @@ mod tests {
         // A CNAME to a name, then its address, then an AAAA; all names
         // compressed to the question's (offset 12).
         a.extend([0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 2, 0xc0, 12]);
-        a.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
+        a.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0x01, 0x2c, 0, 4, 192, 0, 2, 7]);
         a.extend([0xc0, 12, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
         a.extend([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         let want: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap(), "2001:db8::1".parse().unwrap()];
-        assert_eq!(addresses(&a, 7), want);
-        assert!(addresses(&a, 8).is_empty(), "another query's answer");
-        assert!(addresses(&a[..a.len() - 1], 7).is_empty(), "cut short");
+        // The CNAME's and the AAAA's 60 s beat the A's 300 s.
+        assert_eq!(
+            addresses(&a, 7),
+            Found {
+                addrs: want,
+                ttl: 60
+            }
+        );
+        assert_eq!(addresses(&a, 8), Found::NOTHING, "another query's answer");
+        assert_eq!(addresses(&a[..a.len() - 1], 7), Found::NOTHING, "cut short");
         let mut failed = a.clone();
         failed[3] = 0x82;
-        assert!(addresses(&failed, 7).is_empty(), "SERVFAIL");
+        assert_eq!(addresses(&failed, 7), Found::NOTHING, "SERVFAIL");
     }
 }

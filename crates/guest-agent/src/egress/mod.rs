@@ -5,6 +5,7 @@
 //! `guard::policy`), on the guest's side of its veth; both find the
 //! environment by the address a query or connection comes from.
 
+mod cache;
 mod dns;
 mod owner;
 mod peek;
@@ -82,6 +83,7 @@ pub fn start() -> io::Result<()> {
     let proxy = Arc::new(proxy::Proxy {
         envs: records::Records,
         resolve: Box::new(move |name| resolver::addresses(&upstream, name)),
+        cache: cache::Cache::default(),
         original: Box::new(original_destination),
         reachable,
     });

@@ -9,10 +9,12 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llima_box_proto::net::NetPolicy;
 
+use super::cache::Cache;
+use super::dns::Found;
 use super::peek::{self, Peeked};
 use super::{Attempt, Environments, Slot};
 
@@ -22,13 +24,14 @@ const HELLO_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// The addresses of a name.
-pub type Resolve = Box<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>;
+pub type Resolve = Box<dyn Fn(&str) -> Found + Send + Sync>;
 /// Where a redirected connection was going (`SO_ORIGINAL_DST`).
 pub type Original = Box<dyn Fn(&TcpStream) -> io::Result<SocketAddr> + Send + Sync>;
 
 pub struct Proxy<E> {
     pub envs: E,
     pub resolve: Resolve,
+    pub cache: Cache,
     pub original: Original,
     /// Whether the proxy may connect to an address and port for an
     /// environment with this policy.
@@ -61,7 +64,9 @@ impl<E: Environments> Proxy<E> {
             refuse(name_of(&first, asked.port()), None);
             return Ok(());
         };
-        let addrs = (self.resolve)(&name);
+        let addrs = self
+            .cache
+            .lookup(&env.name, &name, Instant::now(), &self.resolve);
         let Some(server) = addrs
             .iter()
             .filter(|a| (self.reachable)(**a, asked.port(), &env.policy))
@@ -191,9 +196,13 @@ mod tests {
         let proxy = Arc::new(Proxy {
             envs: Recorder::new(policy),
             resolve: Box::new(|name| match name {
-                "nowhere.example.com" => vec![],
-                _ => vec!["127.0.0.1".parse().unwrap()],
+                "nowhere.example.com" => Found::NOTHING,
+                _ => Found {
+                    addrs: vec!["127.0.0.1".parse().unwrap()],
+                    ttl: 60,
+                },
             }),
+            cache: Cache::default(),
             original: Box::new(move |_| Ok(SocketAddr::new("192.0.2.1".parse().unwrap(), port))),
             reachable: |_, _, _| true,
         });

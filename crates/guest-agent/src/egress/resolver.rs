@@ -53,16 +53,20 @@ impl<E: Environments> Resolver<E> {
 }
 
 /// The addresses of `name` (IPv4 first), as the first of `upstream` that
-/// answers gives them.
-pub fn addresses(upstream: &[SocketAddr], name: &str) -> Vec<IpAddr> {
-    let mut found = Vec::new();
-    for (id, qtype) in [(1, dns::TYPE_A), (2, dns::TYPE_AAAA)] {
+/// answers gives them; both questions are asked at once.
+pub fn addresses(upstream: &[SocketAddr], name: &str) -> dns::Found {
+    let ask = |id, qtype| {
         let query = dns::query(id, name, qtype);
-        if let Some(answer) = upstream.iter().find_map(|s| ask_udp(*s, &query).ok()) {
-            found.extend(dns::addresses(&answer, id));
-        }
-    }
-    found
+        upstream
+            .iter()
+            .find_map(|s| ask_udp(*s, &query).ok())
+            .map_or(dns::Found::NOTHING, |answer| dns::addresses(&answer, id))
+    };
+    std::thread::scope(|s| {
+        let v6 = s.spawn(|| ask(2, dns::TYPE_AAAA));
+        let v4 = ask(1, dns::TYPE_A);
+        v4.and(v6.join().unwrap_or(dns::Found::NOTHING))
+    })
 }
 
 fn unspecified(server: &SocketAddr) -> SocketAddr {
@@ -196,7 +200,7 @@ mod tests {
         let q = dns::query(9, "www.example.com", dns::TYPE_A);
         let a = resolver.answer(env, &q, false).unwrap();
         assert_eq!(
-            dns::addresses(&a, 9),
+            dns::addresses(&a, 9).addrs,
             ["192.0.2.1".parse::<IpAddr>().unwrap()]
         );
         assert!(resolver.envs.denials().is_empty());
@@ -214,7 +218,8 @@ mod tests {
     fn looks_names_up_for_the_proxy() {
         let found = addresses(&[upstream()], "www.example.com");
         // The fake upstream answers A for every query type.
-        assert_eq!(found, ["192.0.2.1".parse::<IpAddr>().unwrap(); 2]);
+        assert_eq!(found.addrs, ["192.0.2.1".parse::<IpAddr>().unwrap(); 2]);
+        assert_eq!(found.ttl, 60);
     }
 
     #[test]
@@ -239,7 +244,7 @@ mod tests {
             .unwrap();
         let mut buf = [0u8; 512];
         let n = client.recv(&mut buf).unwrap();
-        assert_eq!(dns::addresses(&buf[..n], 1).len(), 1);
+        assert_eq!(dns::addresses(&buf[..n], 1).addrs.len(), 1);
 
         // Two queries on one connection, answered in order; the second is
         // denied. The upstream answers UDP only, as a stub may: over TCP
