@@ -78,6 +78,11 @@ impl<E: Environments> Proxy<E> {
             return Ok(());
         };
         client.set_read_timeout(None)?;
+        // The proxy passes on what each side wrote as it comes: with Nagle's
+        // rule a small write waits for the peer's delayed ACK (40 ms), at
+        // each turn of a TLS handshake.
+        client.set_nodelay(true)?;
+        server.set_nodelay(true)?;
         (&server).write_all(&first)?;
         relay(client, server)
     }
