@@ -1,4 +1,4 @@
-//! Restricted mode's way out (work in progress: nothing starts it yet): a
+//! Restricted mode's way out, started by the agent's service: a
 //! resolver that answers only for allowed names and a proxy that connects
 //! only to them. The guard redirects a restricted environment's DNS to
 //! [`RESOLVER_PORT`] and its other TCP to [`PROXY_PORT`] (see
