@@ -95,13 +95,10 @@ fn read_name(client: &mut TcpStream, port: u16) -> io::Result<(Vec<u8>, Option<S
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let tls = port == 443 || buf.first() == Some(&22);
         let peeked = if buf.is_empty() {
             Peeked::More
-        } else if tls {
-            peek::tls(&buf)
         } else {
-            peek::http(&buf)
+            peek_at(&buf, port)
         };
         match peeked {
             Peeked::Name(n) => return Ok((buf, Some(n))),
@@ -130,14 +127,19 @@ fn read_name(client: &mut TcpStream, port: u16) -> io::Result<(Vec<u8>, Option<S
 
 /// The name a refused connection gave, for the log (none: empty).
 fn name_of(first: &[u8], port: u16) -> String {
-    let peeked = if port == 443 || first.first() == Some(&22) {
-        peek::tls(first)
-    } else {
-        peek::http(first)
-    };
-    match peeked {
+    match peek_at(first, port) {
         Peeked::Name(n) => n,
         _ => String::new(),
+    }
+}
+
+/// What the first bytes `buf` of a connection to `port` say: TLS on 443
+/// and wherever they begin as a TLS record, HTTP elsewhere.
+fn peek_at(buf: &[u8], port: u16) -> Peeked {
+    if port == 443 || buf.first() == Some(&22) {
+        peek::tls(buf)
+    } else {
+        peek::http(buf)
     }
 }
 
