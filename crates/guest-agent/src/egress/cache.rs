@@ -1,7 +1,8 @@
 //! The proxy's memory of the names it looked up, per environment: without
 //! it every connection waits for two answers of the guest's resolver
 //! before it can be made. An address is kept as long as its records say,
-//! at most [`KEEP_AT_MOST`]; a name that gave none is asked again. Kept
+//! at least [`KEEP_AT_LEAST`] and at most [`KEEP_AT_MOST`]; a name that
+//! gave none is asked again. Kept
 //! apart per environment, so that no environment can tell by timing which
 //! names another one uses.
 
@@ -14,6 +15,11 @@ use super::dns::Found;
 
 /// The longest an address is kept, whatever its time to live.
 pub const KEEP_AT_MOST: Duration = Duration::from_secs(60);
+/// The shortest: answers that live zero seconds (the guest's resolver
+/// gives its `/etc/hosts` names so, some CDNs theirs) would otherwise cost
+/// a lookup per connection. Nothing is lost in safety: every address is
+/// checked against the policy at each connection, kept or not.
+pub const KEEP_AT_LEAST: Duration = Duration::from_secs(5);
 /// Beyond this many names the expired ones go, and if that is not enough,
 /// all of them.
 const MAX_NAMES: usize = 4096;
@@ -46,8 +52,8 @@ impl Cache {
         }
         // Asked without the lock: the resolver may take seconds.
         let found = resolve(name);
-        let keep = Duration::from_secs(found.ttl.into()).min(KEEP_AT_MOST);
-        if !found.addrs.is_empty() && !keep.is_zero() {
+        let keep = Duration::from_secs(found.ttl.into()).clamp(KEEP_AT_LEAST, KEEP_AT_MOST);
+        if !found.addrs.is_empty() {
             let mut names = names();
             if names.len() >= MAX_NAMES {
                 names.retain(|_, (until, _)| now < *until);
@@ -88,14 +94,16 @@ mod tests {
         assert_eq!(asked.get(), 2);
         lookup("b", "www.example.com", 31, 30);
         assert_eq!(asked.get(), 3, "another environment asks for itself");
-        // A day's time to live is kept a minute; zero, not at all.
+        // A day's time to live is kept a minute; zero, five seconds.
         lookup("a", "long.example.com", 0, 86400);
         lookup("a", "long.example.com", 59, 86400);
         assert_eq!(asked.get(), 4);
         lookup("a", "long.example.com", 60, 86400);
         assert_eq!(asked.get(), 5);
         lookup("a", "zero.example.com", 0, 0);
-        lookup("a", "zero.example.com", 0, 0);
+        lookup("a", "zero.example.com", 4, 0);
+        assert_eq!(asked.get(), 6);
+        lookup("a", "zero.example.com", 5, 0);
         assert_eq!(asked.get(), 7);
     }
 
