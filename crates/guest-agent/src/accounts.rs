@@ -55,6 +55,12 @@ pub fn local_uid(name: &str) -> Option<u32> {
     uid_of(&fs::read_to_string("/etc/passwd").ok()?, name)
 }
 
+/// The name of the local user `uid`.
+pub fn local_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    users(&passwd).find(|u| u.uid == uid).map(|u| u.name.to_owned())
+}
+
 /// An account file's text without the entry whose first field is `name`,
 /// and whether there was one.
 fn without_entry(text: &str, name: &str) -> (String, bool) {

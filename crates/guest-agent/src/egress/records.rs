@@ -22,11 +22,7 @@ impl Environments for Records {
             return None;
         };
         let uid = uid_at(addr)?;
-        let (passwd, _) = accounts::local_files().ok()?;
-        let name = accounts::users(&passwd)
-            .find(|u| u.uid == uid)?
-            .name
-            .to_owned();
+        let name = accounts::local_name(uid)?;
         let policy = recorded_settings(&env_dir(&name)).net;
         (policy.mode == Mode::Restricted).then_some(Env { name, policy })
     }
