@@ -58,7 +58,9 @@ pub fn local_uid(name: &str) -> Option<u32> {
 /// The name of the local user `uid`.
 pub fn local_name(uid: u32) -> Option<String> {
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    users(&passwd).find(|u| u.uid == uid).map(|u| u.name.to_owned())
+    users(&passwd)
+        .find(|u| u.uid == uid)
+        .map(|u| u.name.to_owned())
 }
 
 /// An account file's text without the entry whose first field is `name`,

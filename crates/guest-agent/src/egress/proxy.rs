@@ -170,7 +170,13 @@ fn splice_all(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
     // A larger pipe takes more of a burst per call; the default size
     // (64 KiB) still works when the guest caps it lower.
     // SAFETY: fcntl on a pipe this function owns.
-    unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, SPLICE_CHUNK as libc::c_int) };
+    unsafe {
+        libc::fcntl(
+            wr.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            SPLICE_CHUNK as libc::c_int,
+        )
+    };
     loop {
         let n = splice(from.as_raw_fd(), wr.as_raw_fd(), SPLICE_CHUNK)?;
         if n == 0 {
