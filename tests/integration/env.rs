@@ -1664,13 +1664,16 @@ PY
 "#;
 
 /// Starts threads until the kernel refuses one (at most 6000), holding
-/// them: prints `threads=N`.
+/// every one until the end (a thread that ended, as one sleeping 30 s did
+/// on a loaded machine, would let more start than the limit):
+/// prints `threads=N`.
 const THREADS: &str = r#"
-import threading, time
+import threading
 n = 0
+never = threading.Event()
 try:
     while n < 6000:
-        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        threading.Thread(target=never.wait, daemon=True).start()
         n += 1
 except RuntimeError:
     pass
