@@ -188,6 +188,7 @@ fn within(addr: IpAddr, net: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Env {
     pub name: String,
+    pub uid: u32,
     pub policy: NetPolicy,
 }
 
@@ -316,6 +317,7 @@ pub(crate) mod tests {
         fn at(&self, peer: IpAddr) -> Option<Env> {
             (peer == IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)) || peer.is_loopback()).then(|| Env {
                 name: "proj".into(),
+                uid: 100_000,
                 policy: self.policy.clone(),
             })
         }

@@ -24,16 +24,13 @@ impl Environments for Records {
         let uid = uid_at(addr)?;
         let name = accounts::local_name(uid)?;
         let policy = recorded_settings(&env_dir(&name)).net;
-        (policy.mode == Mode::Restricted).then_some(Env { name, policy })
+        (policy.mode == Mode::Restricted).then_some(Env { name, uid, policy })
     }
 
     fn denied(&self, env: &Env, attempt: &Attempt) {
-        let Some(uid) = accounts::local_uid(&env.name) else {
-            return;
-        };
-        let Some(link) = link(uid) else { return };
+        let Some(link) = link(env.uid) else { return };
         let program = list::holder_pid(&env_dir(&env.name))
-            .and_then(|ns| owner::program(ns, uid, attempt.proto, attempt.from));
+            .and_then(|ns| owner::program(ns, env.uid, attempt.proto, attempt.from));
         let line = log_line(&link.veth, attempt, program.as_deref());
         // One record per write; a failure loses one line of the log.
         if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
