@@ -2,9 +2,8 @@
 //! it every connection waits for two answers of the guest's resolver
 //! before it can be made. An address is kept as long as its records say,
 //! at least [`KEEP_AT_LEAST`] and at most [`KEEP_AT_MOST`]; a name that
-//! gave none is asked again. Kept
-//! apart per environment, so that no environment can tell by timing which
-//! names another one uses.
+//! gave none is asked again. Kept apart per environment, so that no
+//! environment can tell by timing which names another one uses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

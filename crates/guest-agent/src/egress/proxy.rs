@@ -203,10 +203,12 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
                 libc::SPLICE_F_MOVE,
             )
         };
-        match n {
-            0.. => return Ok(n as usize),
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => return Err(io::Error::last_os_error()),
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
