@@ -3,7 +3,9 @@
 //! and reported by name; the test fails at the end, listing every check
 //! that failed or could not run.
 
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
 enum Outcome {
     Passed,
@@ -14,6 +16,8 @@ enum Outcome {
 #[derive(Default)]
 pub struct Checks {
     done: Vec<(String, Outcome)>,
+    /// How long each check that ran took.
+    took: Vec<(String, Duration)>,
 }
 
 impl Checks {
@@ -24,8 +28,12 @@ impl Checks {
     /// Runs check `name`; its value when it passed.
     pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> Option<T> {
         eprintln!("---- check {name}");
+        let started = Instant::now();
         let (outcome, value) = match catch_unwind(AssertUnwindSafe(f)) {
-            Ok(v) => (Outcome::Passed, Some(v)),
+            Ok(v) => {
+                eprintln!("---- check {name} passed in {:.1?}", started.elapsed());
+                (Outcome::Passed, Some(v))
+            }
             Err(panic) => {
                 let msg = panic
                     .downcast_ref::<String>()
@@ -36,6 +44,7 @@ impl Checks {
                 (Outcome::Failed(msg), None)
             }
         };
+        self.took.push((name.to_string(), started.elapsed()));
         self.done.push((name.to_string(), outcome));
         value
     }
@@ -60,7 +69,22 @@ impl Checks {
     }
 
     /// Fails the test unless every check passed.
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        // Where a suite's time goes, for whoever trims it: on stderr itself,
+        // which the test harness does not capture, so a passing run says it.
+        self.took.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+        let slowest: Vec<String> = (self.took.iter().take(6))
+            .map(|(name, took)| format!("{name} {}s", took.as_secs()))
+            .collect();
+        let total: Duration = self.took.iter().map(|(_, t)| *t).sum();
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: {} checks in {}s; slowest: {}",
+            std::thread::current().name().unwrap_or("checks"),
+            self.took.len(),
+            total.as_secs(),
+            slowest.join(", ")
+        );
         let mut report = String::new();
         let mut bad = 0;
         for (name, outcome) in &self.done {
