@@ -64,6 +64,21 @@ impl Cache {
         }
         found.addrs
     }
+
+    /// Whether `addr` is, at `now`, a kept address of a name environment
+    /// `env` looked up and that `allowed` still lets it reach.
+    pub fn holds(
+        &self,
+        env: &str,
+        addr: IpAddr,
+        now: Instant,
+        allowed: impl Fn(&str) -> bool,
+    ) -> bool {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.iter().any(|((e, name), (until, addrs))| {
+            e == env && now < *until && addrs.contains(&addr) && allowed(name)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +119,30 @@ mod tests {
         assert_eq!(asked.get(), 6);
         lookup("a", "zero.example.com", 5, 0);
         assert_eq!(asked.get(), 7);
+    }
+
+    #[test]
+    fn holds_only_live_addresses_of_allowed_names_of_the_environment() {
+        let cache = Cache::default();
+        let t0 = Instant::now();
+        let addr = IpAddr::from([192, 0, 2, 7]);
+        cache.lookup("a", "Www.example.com", t0, |_| Found {
+            addrs: vec![addr],
+            ttl: 30,
+        });
+        let any = |_: &str| true;
+        assert!(cache.holds("a", addr, t0, any));
+        assert!(!cache.holds("a", IpAddr::from([192, 0, 2, 8]), t0, any));
+        assert!(!cache.holds("b", addr, t0, any), "another environment's");
+        assert!(
+            !cache.holds("a", addr, t0 + Duration::from_secs(30), any),
+            "expired"
+        );
+        assert!(cache.holds("a", addr, t0, |n| n == "www.example.com"));
+        assert!(
+            !cache.holds("a", addr, t0, |n| n != "www.example.com"),
+            "no longer allowed"
+        );
     }
 
     #[test]

@@ -47,6 +47,19 @@ impl<E: Environments> Proxy<E> {
             return Ok(());
         };
         let asked = (self.original)(&client)?;
+        // The client is most likely going where it went before: to an
+        // address an allowed name of this environment resolved to. Then the
+        // proxy connects there while the client composes its first bytes,
+        // and uses that connection only if the name they give leads there
+        // too. Never anywhere else before the check: a SYN to an address of
+        // the environment's choosing would itself be a way out.
+        let early = (self
+            .cache
+            .holds(&env.name, asked.ip(), Instant::now(), |n| {
+                env.policy.names.allows(n)
+            })
+            && (self.reachable)(asked.ip(), asked.port(), &env.policy))
+        .then(|| std::thread::spawn(move || TcpStream::connect_timeout(&asked, CONNECT_WAIT)));
         client.set_read_timeout(Some(HELLO_WAIT))?;
         let (first, name) = read_name(&mut client, asked.port())?;
         let refuse = |name: String, dest: Option<IpAddr>| {
@@ -68,13 +81,18 @@ impl<E: Environments> Proxy<E> {
         let addrs = self
             .cache
             .lookup(&env.name, &name, Instant::now(), &self.resolve);
-        let Some(server) = addrs
-            .iter()
-            .filter(|a| (self.reachable)(**a, asked.port(), &env.policy))
-            .find_map(|a| {
-                TcpStream::connect_timeout(&SocketAddr::new(*a, asked.port()), CONNECT_WAIT).ok()
-            })
-        else {
+        let early = early
+            .filter(|_| addrs.contains(&asked.ip()))
+            .and_then(|connecting| connecting.join().ok()?.ok());
+        let Some(server) = early.or_else(|| {
+            addrs
+                .iter()
+                .filter(|a| (self.reachable)(**a, asked.port(), &env.policy))
+                .find_map(|a| {
+                    TcpStream::connect_timeout(&SocketAddr::new(*a, asked.port()), CONNECT_WAIT)
+                        .ok()
+                })
+        }) else {
             refuse(name, addrs.first().copied());
             return Ok(());
         };
@@ -252,20 +270,30 @@ mod tests {
     }
 
     /// A proxy on loopback for `Recorder`'s environment, whose connections
-    /// were all going to `port` of 192.0.2.1; names resolve to loopback
-    /// (`nowhere.example.com` to nothing).
+    /// were all going to `port` of 192.0.2.1.
     fn proxy(policy: NetPolicy, port: u16) -> (Arc<Proxy<Recorder>>, SocketAddr) {
+        proxy_to(policy, SocketAddr::new("192.0.2.1".parse().unwrap(), port))
+    }
+
+    /// The same, with connections going to `original`; names resolve to
+    /// 127.0.0.1 (`other.example.com` to 127.0.0.2, `nowhere.example.com`
+    /// to nothing).
+    fn proxy_to(policy: NetPolicy, original: SocketAddr) -> (Arc<Proxy<Recorder>>, SocketAddr) {
         let proxy = Arc::new(Proxy {
             envs: Recorder::new(policy),
             resolve: Box::new(|name| match name {
                 "nowhere.example.com" => Found::NOTHING,
                 _ => Found {
-                    addrs: vec!["127.0.0.1".parse().unwrap()],
+                    addrs: vec![if name == "other.example.com" {
+                        "127.0.0.2".parse().unwrap()
+                    } else {
+                        "127.0.0.1".parse().unwrap()
+                    }],
                     ttl: 60,
                 },
             }),
             cache: Cache::default(),
-            original: Box::new(move |_| Ok(SocketAddr::new("192.0.2.1".parse().unwrap(), port))),
+            original: Box::new(move |_| Ok(original)),
             reachable: |_, _, _| true,
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -307,6 +335,52 @@ mod tests {
                 format!("TCP :{port}"),
             ]
         );
+    }
+
+    #[test]
+    fn a_connection_begun_early_serves_only_a_name_that_leads_there() {
+        // Answers with the address each connection was made to; counts them.
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = made.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut conn = conn.unwrap();
+                    let to = conn.local_addr().unwrap().ip().to_string();
+                    let mut buf = [0u8; 4096];
+                    if conn.read(&mut buf).unwrap_or(0) > 0 {
+                        let _ = conn.write_all(to.as_bytes());
+                    }
+                });
+            }
+        });
+        // The count once it has reached `n` (an early connection that was
+        // not used may still be on its way when the answer is back).
+        let made = |n: usize| {
+            let until = Instant::now() + Duration::from_secs(5);
+            let count = || made.load(std::sync::atomic::Ordering::SeqCst);
+            while count() < n && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            count()
+        };
+        let asked = SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+        let (p, addr) = proxy_to(restricted(&["*.example.com"], &["bad.example.com"]), asked);
+        // Not known yet: connected to after the name, once.
+        assert_eq!(exchange(addr, &hello("www.example.com")), b"127.0.0.1");
+        assert_eq!(made(1), 1);
+        // Known now: connected to early, and that connection serves it.
+        assert_eq!(exchange(addr, &hello("www.example.com")), b"127.0.0.1");
+        assert_eq!(made(2), 2);
+        // Begun early, but the name leads elsewhere: that is where it goes.
+        assert_eq!(exchange(addr, &hello("other.example.com")), b"127.0.0.2");
+        assert_eq!(made(4), 4);
+        // A refused name gets nothing through, early or not.
+        assert!(exchange(addr, &hello("bad.example.com")).is_empty());
+        assert_eq!(p.envs.denials(), [format!("TCP bad.example.com:{port}")]);
     }
 
     #[test]
