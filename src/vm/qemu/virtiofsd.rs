@@ -225,8 +225,8 @@ fn serves(cmdline: &[u8], instance_dir: &Path) -> bool {
 /// restrict; it can do only what the user can). `--cache never` lets the
 /// guest forget every inode it stops using (entries expire at once), so
 /// the daemon's descriptors (one per inode the guest holds) follow what is
-/// in use, not what was ever seen: a 100,000-file tree stays within the
-/// user's descriptor limit, raised to the hard one. Host mounts below the
+/// in use, not what was ever seen: a tree of more files than the user's
+/// descriptor limit (raised to the hard one) can be walked whole. Host mounts below the
 /// share are shown as part of it, so an ID-mapped bind in the guest covers
 /// them too.
 pub(crate) fn args(socket: &Path, shared_dir: &Path, readonly: bool, nofile: u64) -> Vec<String> {
