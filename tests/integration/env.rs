@@ -653,10 +653,12 @@ chown 0 owned 2>&1; echo "chown=$?"
         "virtiofsd may open {limit} files, more than the {FILES} of this check: \
          run the tests with a lower hard limit (ulimit -Hn 20000)"
     );
-    const TREE: &str = r#"mkdir big && cd big && for d in $(seq 0 29); do
+    // $1 directories of 1,000 files.
+    const TREE: &str = r#"mkdir big && cd big && for d in $(seq 1 "$1"); do
     mkdir "d$d" && (cd "d$d" && seq 0 999 | sed 's/^/f/' | xargs touch) || exit 1
 done && cd .. && find big -type f -printf '%u\n' | sort | uniq -c"#;
-    let listed = vm.shell_ok(a, &["sh", "-c", TREE]);
+    let dirs = (FILES / 1000).to_string();
+    let listed = vm.shell_ok(a, &["sh", "-c", TREE, "sh", &dirs]);
     let name = field(
         &vm.shell_ok(a, &["sh", "-c", "echo name=$(id -un)"]),
         "name",

@@ -226,9 +226,9 @@ fn serves(cmdline: &[u8], instance_dir: &Path) -> bool {
 /// guest forget every inode it stops using (entries expire at once), so
 /// the daemon's descriptors (one per inode the guest holds) follow what is
 /// in use, not what was ever seen: a tree of more files than the user's
-/// descriptor limit (raised to the hard one) can be walked whole. Host mounts below the
-/// share are shown as part of it, so an ID-mapped bind in the guest covers
-/// them too.
+/// descriptor limit (raised to the hard one) can be walked whole. Host
+/// mounts below the share are shown as part of it, so an ID-mapped bind in
+/// the guest covers them too.
 pub(crate) fn args(socket: &Path, shared_dir: &Path, readonly: bool, nofile: u64) -> Vec<String> {
     let mut a: Vec<String> = [
         "--socket-path",
