@@ -85,4 +85,13 @@ impl Launcher for Server {
     fn retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)
     }
+
+    /// What the command wrote to the project reaches the host before its
+    /// exit status does (see [`super::nine_p_shares`]).
+    fn settle(&self) {
+        for share in &self.nine_p {
+            // SAFETY: a descriptor this server owns.
+            unsafe { libc::syncfs(share.as_raw_fd()) };
+        }
+    }
 }

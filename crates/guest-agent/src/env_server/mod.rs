@@ -27,7 +27,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use llima_box_proto::paths::{HOMES_DIR, SPARE_SOCKET};
+use llima_box_proto::paths::{HOMES_DIR, SPARE_SOCKET, STAGE_DIR};
 
 use crate::accounts;
 
@@ -77,6 +77,8 @@ pub struct Server {
     dirs: Dirs,
     reaper: reaper::Reaper,
     retired: AtomicBool,
+    /// The shares of `config.roots` that arrive over 9p.
+    nine_p: Vec<OwnedFd>,
 }
 
 impl Server {
@@ -161,7 +163,9 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     drop_bounding_set()?;
     let admin = config.admin;
     let listener = crate::server::listen(std::path::Path::new(&socket), admin)?;
+    let nine_p = nine_p_shares();
     let server: &'static Server = Box::leak(Box::new(Server {
+        nine_p,
         config,
         identity: Mutex::new(identity),
         dirs,
@@ -173,6 +177,26 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     drop(ready);
     crate::server::accept(&listener, admin, |conn| session::serve(server, conn));
     Ok(())
+}
+
+/// The raw shares (the stage's `raw/I`, as the holder bound them) that
+/// arrive over 9p. With Lima's `mmap` cache mode, Linux 6.12 keeps what is
+/// written there in the guest's page cache until the file is closed, and
+/// the remap (bindfs) closes it when FUSE tells it to, which is after the
+/// writer's own close() has returned: without a sync, a command's last
+/// writes could reach the host after its exit status. virtiofs needs none
+/// (its writes go through), and a sync there would sync the host's whole
+/// file system. The mount table tells which is which: 9p's statfs reports
+/// the host's file system.
+fn nine_p_shares() -> Vec<OwnedFd> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let raw = format!("{STAGE_DIR}/raw/");
+    crate::holder::shares::parse(&table)
+        .into_iter()
+        .filter(|s| s.nine_p && s.target.starts_with(&raw))
+        .filter_map(|s| std::fs::File::open(&s.target).ok())
+        .map(OwnedFd::from)
+        .collect()
 }
 
 /// Whether `path` is `top` or inside it (both normalised).

@@ -39,6 +39,8 @@ pub trait Launcher: Sync {
     fn retired(&self) -> bool {
         false
     }
+    /// Runs once the command has ended, before its exit status is sent.
+    fn settle(&self) {}
 }
 
 /// A header's command, ready to fork.
@@ -275,7 +277,7 @@ impl Session {
             return Ok(());
         }
         loop {
-            self.finish_if_ended();
+            self.finish_if_ended(launcher);
             if self.stdin.is_some() && self.eof && self.pending.is_empty() {
                 self.stdin = None;
             }
@@ -488,7 +490,7 @@ impl Session {
         self.stdin = None;
     }
 
-    fn finish_if_ended(&mut self) {
+    fn finish_if_ended(&mut self, launcher: &dyn Launcher) {
         let Some(status) = self.status else { return };
         if self.done {
             return;
@@ -501,6 +503,7 @@ impl Session {
         }
         // Pipes: until every writer closed them, as sshd does.
         if self.readers.is_empty() {
+            launcher.settle();
             self.finish(exit_status(status));
         }
     }

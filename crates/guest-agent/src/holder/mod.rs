@@ -13,7 +13,7 @@
 //! (`ready`).
 
 mod plan;
-mod shares;
+pub(crate) mod shares;
 
 use std::fmt;
 use std::fs;

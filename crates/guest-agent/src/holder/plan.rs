@@ -267,6 +267,7 @@ mod tests {
             target: target.into(),
             writable,
             idmap: false,
+            nine_p: true,
         }
     }
 

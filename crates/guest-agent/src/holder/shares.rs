@@ -10,6 +10,9 @@ pub struct Share {
     pub writable: bool,
     /// It may be bound through an ID mapping (virtiofs; 9p cannot).
     pub idmap: bool,
+    /// 9p, whose writes the guest may hold back (see
+    /// `env_server::nine_p_shares`).
+    pub nine_p: bool,
 }
 
 /// The shares in the text of a `/proc/PID/mountinfo`, in its order.
@@ -26,6 +29,7 @@ pub fn parse(mountinfo: &str) -> Vec<Share> {
                 target: unescape(target),
                 writable: options.split(',').any(|o| o == "rw"),
                 idmap: fstype == "virtiofs",
+                nine_p: fstype == "9p",
             })
         })
         .collect()
@@ -77,21 +81,25 @@ mod tests {
                     target: "/home/u".into(),
                     writable: false,
                     idmap: false,
+                    nine_p: true,
                 },
                 Share {
                     target: "/tmp/lima".into(),
                     writable: true,
                     idmap: false,
+                    nine_p: true,
                 },
                 Share {
                     target: "/data/my proj".into(),
                     writable: true,
                     idmap: true,
+                    nine_p: false,
                 },
                 Share {
                     target: "/mnt/s".into(),
                     writable: true,
                     idmap: false,
+                    nine_p: false,
                 },
             ]
         );
