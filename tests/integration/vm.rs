@@ -134,22 +134,7 @@ fn lifecycle_end_to_end() {
     });
 
     // The kills need a running VM, which the check before leaves.
-    checks.run_after("qemu_killed", &["stop_and_start_again"], || {
-        // kill -9 of QEMU: the agent notices, the status is truthful, and
-        // the next start recovers.
-        let st = home.status(name);
-        signal("KILL", pid_of(&st, "driverPID"));
-        wait_until(
-            "the agent to notice QEMU died",
-            Duration::from_secs(30),
-            || home.status(name)["status"] != "Running",
-        );
-        assert_eq!(home.status(name)["status"], "Stopped");
-        home.ok(&["--instance", name, "vm", "start"]);
-        assert_eq!(home.status(name)["status"], "Running");
-    });
-
-    checks.run_after("host_agent_killed", &["qemu_killed"], || {
+    checks.run_after("host_agent_killed", &["stop_and_start_again"], || {
         // kill -9 of the host agent: QEMU is orphaned and the status says
         // Broken. Lima's wording depends on whether the dead agent was
         // already reaped or is a zombie whose socket refuses, so only the
@@ -194,8 +179,29 @@ fn lifecycle_end_to_end() {
         assert_eq!(st["status"], "Running", "{st}");
     });
 
+    // Last, since it leaves the VM stopped: no boot to recover.
+    checks.run_after("qemu_killed", &["host_agent_killed"], || {
+        // kill -9 of QEMU: the agent notices, stops, and leaves no file of
+        // a running instance behind; the status is truthful.
+        let st = home.status(name);
+        let agent = pid_of(&st, "hostAgentPID");
+        signal("KILL", pid_of(&st, "driverPID"));
+        wait_until(
+            "the agent to notice QEMU died and end",
+            Duration::from_secs(30),
+            || gone(agent),
+        );
+        assert_eq!(home.status(name)["status"], "Stopped");
+        for f in layout::RUNNING_ONLY {
+            assert!(!dir.join(f).exists(), "{f} left after QEMU was killed");
+        }
+    });
+
     checks.run_after("stop_and_delete", STARTED, || {
-        home.ok(&["--instance", name, "vm", "stop"]);
+        // `vm stop` of a stopped instance is an error, as limactl's is.
+        if home.status(name)["status"] == "Running" {
+            home.ok(&["--instance", name, "vm", "stop"]);
+        }
         home.ok(&["--instance", name, "vm", "delete"]);
         assert!(!dir.exists());
     });

@@ -265,7 +265,7 @@ async fn supervise(
     if let Err(e) = ready {
         kill(qemu_pid);
         let _ = (&mut exited).await;
-        let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
+        qemu_gone(dir);
         return Err(e);
     }
     log("guest is ready");
@@ -288,7 +288,7 @@ async fn supervise(
             }
             status = &mut exited => {
                 log(&format!("QEMU exited ({}); the guest powered off", status.ok().and_then(Result::ok).unwrap_or_default()));
-                let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
+                qemu_gone(dir);
                 return Ok(());
             }
         }
@@ -304,9 +304,17 @@ async fn supervise(
         kill(qemu_pid);
         let _ = exited.await;
     }
-    let _ = std::fs::remove_file(dir.join(layout::QEMU_PID));
+    qemu_gone(dir);
     log("stopped");
     Ok(())
+}
+
+/// QEMU has ended: what only a running QEMU has goes too (killed, it
+/// cannot remove its QMP socket itself).
+fn qemu_gone(dir: &Path) {
+    for file in [layout::QMP_SOCK, layout::QEMU_PID] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
 }
 
 /// What `vm start` shows about file sharing.
