@@ -317,13 +317,7 @@ fn environments(vm: VmHome) {
         vm.ok(&["vm", "stop", "--force"]);
         // On virtiofs the share's daemons go with QEMU.
         let dir = vm.path().join("llima-box");
-        let left = || {
-            let out = std::process::Command::new("pgrep")
-                .args(["-f", &format!("virtiofsd --socket-path {}", dir.display())])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let left = || virtiofsd_running(&dir);
         for _ in 0..50 {
             if left().is_empty() {
                 break;
@@ -720,14 +714,20 @@ done && cd .. && find big -type f -printf '%u\n' | sort | uniq -c"#;
 /// How many files `check_file_sharing` makes in one tree.
 const FILES: u64 = 30_000;
 
-/// The descriptor limit of `vm`'s virtiofsd, from its command line.
-fn virtiofsd_nofile(vm: &VmHome) -> u64 {
-    let pattern = format!("virtiofsd --socket-path {}", vm.path().display());
+/// The command lines of the virtiofsd daemons serving instances under
+/// `dir`, as `pgrep -a` lists them.
+fn virtiofsd_running(dir: &Path) -> String {
+    let pattern = format!("virtiofsd --socket-path {}", dir.display());
     let out = std::process::Command::new("pgrep")
         .args(["-af", &pattern])
         .output()
         .unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The descriptor limit of `vm`'s virtiofsd, from its command line.
+fn virtiofsd_nofile(vm: &VmHome) -> u64 {
+    let line = virtiofsd_running(&vm.path());
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "--rlimit-nofile");
     at.and_then(|i| words.get(i + 1)?.parse().ok())

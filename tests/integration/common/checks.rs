@@ -13,11 +13,16 @@ enum Outcome {
     NotRun(String),
 }
 
+struct Done {
+    name: String,
+    outcome: Outcome,
+    /// How long it took, when it ran.
+    took: Option<Duration>,
+}
+
 #[derive(Default)]
 pub struct Checks {
-    done: Vec<(String, Outcome)>,
-    /// How long each check that ran took.
-    took: Vec<(String, Duration)>,
+    done: Vec<Done>,
 }
 
 impl Checks {
@@ -44,8 +49,11 @@ impl Checks {
                 (Outcome::Failed(msg), None)
             }
         };
-        self.took.push((name.to_string(), started.elapsed()));
-        self.done.push((name.to_string(), outcome));
+        self.done.push(Done {
+            name: name.to_string(),
+            outcome,
+            took: Some(started.elapsed()),
+        });
         value
     }
 
@@ -58,36 +66,43 @@ impl Checks {
         }
         let why = format!("needs {}", unmet.join(", "));
         eprintln!("---- check {name} NOT RUN: {why}");
-        self.done.push((name.to_string(), Outcome::NotRun(why)));
+        self.done.push(Done {
+            name: name.to_string(),
+            outcome: Outcome::NotRun(why),
+            took: None,
+        });
         None
     }
 
     fn passed(&self, name: &str) -> bool {
         self.done
             .iter()
-            .any(|(n, o)| n == name && matches!(o, Outcome::Passed))
+            .any(|d| d.name == name && matches!(d.outcome, Outcome::Passed))
     }
 
     /// Fails the test unless every check passed.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
         // Where a suite's time goes, for whoever trims it: on stderr itself,
         // which the test harness does not capture, so a passing run says it.
-        self.took.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
-        let slowest: Vec<String> = (self.took.iter().take(6))
+        let mut ran: Vec<(&str, Duration)> = (self.done.iter())
+            .filter_map(|d| Some((d.name.as_str(), d.took?)))
+            .collect();
+        ran.sort_by_key(|(_, took)| std::cmp::Reverse(*took));
+        let slowest: Vec<String> = (ran.iter().take(6))
             .map(|(name, took)| format!("{name} {}s", took.as_secs()))
             .collect();
-        let total: Duration = self.took.iter().map(|(_, t)| *t).sum();
+        let total: Duration = ran.iter().map(|(_, t)| *t).sum();
         let _ = writeln!(
             std::io::stderr(),
             "{}: {} checks in {}s; slowest: {}",
             std::thread::current().name().unwrap_or("checks"),
-            self.took.len(),
+            ran.len(),
             total.as_secs(),
             slowest.join(", ")
         );
         let mut report = String::new();
         let mut bad = 0;
-        for (name, outcome) in &self.done {
+        for Done { name, outcome, .. } in &self.done {
             bad += usize::from(!matches!(outcome, Outcome::Passed));
             match outcome {
                 Outcome::Passed => {}
