@@ -187,7 +187,8 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
 /// writes could reach the host after its exit status. virtiofs needs none
 /// (its writes go through), and a sync there would sync the host's whole
 /// file system. The mount table tells which is which: 9p's statfs reports
-/// the host's file system.
+/// the host's file system. The sync covers the whole share, so a command
+/// may wait for what other environments wrote there in the last seconds.
 fn nine_p_shares() -> Vec<OwnedFd> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let raw = format!("{STAGE_DIR}/raw/");
