@@ -122,10 +122,7 @@ fn lifecycle_end_to_end() {
         // Stop: Stopped, no stale pid or socket files.
         guest_sh(&home, name, "echo kept > ~/persist");
         home.ok(&["--instance", name, "vm", "stop"]);
-        assert_eq!(home.status(name)["status"], "Stopped");
-        for f in layout::RUNNING_ONLY {
-            assert!(!dir.join(f).exists(), "{f} left after stop");
-        }
+        assert_stopped(&home, name, "stop");
 
         // Start again: the guest home survived.
         home.ok(&["--instance", name, "vm", "start"]);
@@ -191,10 +188,7 @@ fn lifecycle_end_to_end() {
             Duration::from_secs(30),
             || gone(agent),
         );
-        assert_eq!(home.status(name)["status"], "Stopped");
-        for f in layout::RUNNING_ONLY {
-            assert!(!dir.join(f).exists(), "{f} left after QEMU was killed");
-        }
+        assert_stopped(&home, name, "QEMU was killed");
     });
 
     checks.run_after("stop_and_delete", STARTED, || {
@@ -207,6 +201,15 @@ fn lifecycle_end_to_end() {
     });
 
     checks.finish();
+}
+
+/// `name` is Stopped, with no file of a running instance left `after`.
+fn assert_stopped(home: &VmHome, name: &str, after: &str) {
+    assert_eq!(home.status(name)["status"], "Stopped", "after {after}");
+    for f in layout::RUNNING_ONLY {
+        let path = home.path().join(name).join(f);
+        assert!(!path.exists(), "{f} left after {after}");
+    }
 }
 
 /// Three concurrent first starts: one boots, all succeed.
