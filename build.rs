@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    for dir in ["crates/guest-agent", "crates/proto"] {
+    for dir in ["crates/guest-agent", "crates/proto", "crates/setid-filter"] {
         println!("cargo:rerun-if-changed={dir}");
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -79,6 +79,7 @@ fn environments_end_to_end_on_9p() {
         check_files_owned_by_host_user(&vm, &a)
     });
     checks.run_after("linked_project", FIRST, || check_linked_project(&vm, &a));
+    checks.run_after("setid_race", FIRST, || check_setid_race(&vm, &a));
     // A spare gets its project's remap when claimed: B is one.
     checks.run_after("spare_claimed", FIRST, || {
         check_spare_claimed(&vm, &b, &projects.mkdir("right-after"))
@@ -137,6 +138,7 @@ fn environments(vm: VmHome) {
     checks.run_after("command_credentials", FIRST, || {
         check_command_credentials(&vm, &a)
     });
+    checks.run_after("setid_race", FIRST, || check_setid_race(&vm, &a));
     checks.run_after("vm_shell_through_agent", FIRST, || {
         check_vm_shell_through_agent(&vm)
     });
@@ -2159,6 +2161,58 @@ perl -e 'my ($path, $how) = (".setid-probe3", pack("QQQ", 0101, 04755, 0));
             std::fs::remove_file(&path).unwrap();
         }
     }
+}
+
+/// The race the guest agent's `openat2` supervisor cannot win: one thread
+/// creates files with `openat2` while another flips the mode it asks for
+/// between 0644 and 4755, so that the supervisor may read 0644 and the
+/// kernel 4755. Before the host's file servers refused such files, 89 of
+/// 400 tries made a setuid file on the host (virtiofs, test guest). Now
+/// none may; the plain ones are still made.
+fn check_setid_race(vm: &VmHome, a: &Path) {
+    const RACE: &str = r#"
+import ctypes, os, sys, threading
+sys.setswitchinterval(1e-5)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+os.makedirs(".setid-race")
+how = (ctypes.c_uint64 * 3)(0o301, 0o644, 0)  # O_WRONLY|O_CREAT|O_EXCL
+done = False
+def flip():
+    while not done:
+        how[1] = 0o4755
+        how[1] = 0o644
+threading.Thread(target=flip).start()
+made = refused = 0
+for i in range(int(sys.argv[1])):
+    fd = libc.syscall(437, -100, b".setid-race/%d" % i, ctypes.byref(how), 24)
+    if fd >= 0:
+        os.close(fd)
+        made += 1
+    else:
+        refused += 1
+done = True
+print("made=%d refused=%d" % (made, refused))
+"#;
+    let out = vm.shell_ok(a, &["python3", "-c", RACE, "400"]);
+    let count = |what: &str| -> u32 {
+        let field = out.split_whitespace().find_map(|w| w.strip_prefix(what));
+        field.and_then(|n| n.parse().ok()).expect(&out)
+    };
+    // Both ways were taken: plain files made, set-ID ones refused.
+    assert!(count("made=") > 0 && count("refused=") > 0, "{out}");
+    let dir = a.join(".setid-race");
+    let setid: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.metadata().unwrap().mode() & 0o6000 != 0)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        setid.is_empty(),
+        "set-ID files on the host: {setid:?} ({out})"
+    );
 }
 
 /// Once the guest has the agent, `vm shell` runs through its admin server

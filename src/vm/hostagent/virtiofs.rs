@@ -58,7 +58,10 @@ impl Daemons {
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(io("pass the log to virtiofsd for"))?;
-            let child = Command::new(&exe.path)
+            // No setuid or setgid file from the guest (see
+            // `llima_box_setid_filter`): the environments' own filter can be
+            // raced, this one cannot.
+            let child = llima_box_setid_filter::file_server(&mut Command::new(&exe.path))
                 .args(virtiofsd::args(&sock, &m.host_path, m.readonly, nofile))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(

@@ -267,7 +267,9 @@ pub(crate) fn prepare_start(spec: &QemuSpec) -> Result<(), QemuError> {
 }
 
 /// Starts QEMU in its own process group (so a Ctrl-C aimed at the CLI does
-/// not reach it) with stdout and stderr appended to `log`.
+/// not reach it) with stdout and stderr appended to `log`, under the
+/// filter that keeps setuid and setgid files from the guest off the host
+/// (its 9p server writes the shared files; see `llima_box_setid_filter`).
 pub(crate) fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child, QemuError> {
     let io_err = |source| QemuError::Io {
         path: log.to_path_buf(),
@@ -279,7 +281,7 @@ pub(crate) fn spawn(exe: &QemuExe, args: &[String], log: &Path) -> Result<Child,
         .open(log)
         .map_err(io_err)?;
     let err = out.try_clone().map_err(io_err)?;
-    Command::new(&exe.path)
+    llima_box_setid_filter::file_server(&mut Command::new(&exe.path))
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

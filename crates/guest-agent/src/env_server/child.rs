@@ -9,7 +9,8 @@ use std::os::fd::RawFd;
 
 use llima_box_proto::paths::HOMES_DIR;
 
-use super::seccomp;
+use llima_box_setid_filter::{Filter, Scope};
+
 use super::supervisor::{self, Channel};
 
 /// Where a command finds its forwarded agent: a tmpfs of its own mount
@@ -90,9 +91,9 @@ pub struct Prepared {
     groups: Vec<libc::gid_t>,
     /// The forwarded agent's socket to bind in.
     agent: Option<CString>,
-    /// The system call filter (see `seccomp`) and the channel to its
-    /// supervisor, if any.
-    filter: Option<(Vec<libc::sock_filter>, Channel)>,
+    /// The system call filter (see `llima_box_setid_filter`) and the
+    /// channel to its supervisor, if any.
+    filter: Option<(Filter, Channel)>,
     umask: Option<u32>,
 }
 
@@ -119,8 +120,8 @@ pub struct Command<'a> {
     pub gid: u32,
     pub groups: &'a [u32],
     pub agent: Option<&'a str>,
-    /// Under the environments' system call filter (see `seccomp`); the
-    /// process must have `no_new_privs`.
+    /// Under the environments' system call filter (see
+    /// `llima_box_setid_filter`).
     pub sandboxed: bool,
     /// The file mode mask; the server's own when not given.
     pub umask: Option<u32>,
@@ -169,7 +170,7 @@ impl Prepared {
             agent: cmd.agent.map(c).transpose()?,
             filter: match cmd.sandboxed {
                 true => Some((
-                    seccomp::program(),
+                    Filter::new(Scope::Command),
                     Channel::new().map_err(|e| {
                         format!("cannot make a channel to the system call supervisor: {e}")
                     })?,
@@ -272,8 +273,9 @@ impl Prepared {
                 );
             }
             if let Some((filter, channel)) = &self.filter {
-                let listener = match seccomp::install(filter) {
-                    Ok(fd) => fd,
+                let listener = match filter.install() {
+                    // A command's filter always has one (-1 fails the send).
+                    Ok(fd) => fd.unwrap_or(-1),
                     Err(e) => fail(
                         &[b"llima-box: cannot install the system call filter: "],
                         e,

@@ -18,7 +18,6 @@ pub mod env_exec;
 mod launch;
 mod pty;
 pub(crate) mod reaper;
-mod seccomp;
 pub(crate) mod session;
 mod supervisor;
 

@@ -1,24 +1,23 @@
-//! The supervisor of `openat2` (see `seccomp`): the filter cannot read the
-//! mode of that call, which it keeps in an `open_how` structure in the
-//! caller's memory, so the kernel hands each such call to a thread of the
-//! process that started the command. It reads the structure and refuses
-//! (EPERM) a file created with a setuid or setgid bit; everything else
-//! goes on as the caller asked.
+//! The supervisor of `openat2` (see `llima_box_setid_filter`): the filter
+//! cannot read the mode of that call, which it keeps in an `open_how`
+//! structure in the caller's memory, so the kernel hands each such call to
+//! a thread of the process that started the command. It reads the
+//! structure and refuses (EPERM) a file created with a setuid or setgid
+//! bit; everything else goes on as the caller asked.
 //!
 //! The command installs the filter itself, just before exec, and sends the
 //! filter's listener over a socket pair made before the fork ([`Channel`]).
 //!
 //! Known limit: the kernel reads `open_how` again once told to go on, so
-//! another thread of the caller could change the mode in between. What
-//! that wins is an empty file: writing to, truncating or allocating a
-//! setuid or setgid file clears the bits when the writer lacks CAP_FSETID,
-//! as every process of an environment does, and the bits cannot be set
-//! again afterwards (`chmod` is filtered).
+//! another thread of the caller can change the mode in between. In the
+//! project that wins nothing: the host's file server refuses to create the
+//! file ("Operation not permitted"). Elsewhere (the environment's home and
+//! `/tmp`, both `nosuid` and the guest's own) it wins an inert file.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::seccomp::{CREATE, SET_ID};
+use llima_box_setid_filter::{CREATE, SET_ID};
 
 /// Both ends of the socket pair that carries a command's listener.
 pub struct Channel {
