@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use llima_box_proto::paths::{HOMES_DIR, SPARE_SOCKET, STAGE_DIR};
 
 use crate::accounts;
+use crate::holder::shares;
 
 pub const USAGE: &str =
     "env-server VERSION SOCKET NAME UID GID PROJECT ADMIN HOST_UID HOST_GID [ROOT...]";
@@ -191,9 +192,9 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
 fn nine_p_shares() -> Vec<OwnedFd> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let raw = format!("{STAGE_DIR}/raw/");
-    crate::holder::shares::parse(&table)
+    shares::parse(&table)
         .into_iter()
-        .filter(|s| s.nine_p && s.target.starts_with(&raw))
+        .filter(|s| s.kind == shares::Kind::NineP && s.target.starts_with(&raw))
         .filter_map(|s| std::fs::File::open(&s.target).ok())
         .map(OwnedFd::from)
         .collect()

@@ -10,7 +10,7 @@
 
 use llima_box_proto::paths::{HOMES_DIR, STAGE_DIR, STATE_DIR};
 
-use super::shares::Share;
+use super::shares::{Kind, Share};
 use crate::env_server::within;
 
 /// Directories whose content belongs to others, hidden in every
@@ -194,7 +194,10 @@ pub fn plan(req: &Request, is_dir: impl Fn(&str) -> bool) -> Plan {
             target: remap,
             host: (req.host_uid, req.host_gid),
             env: (req.uid, req.gid),
-            idmap: req.shares.iter().any(|s| &s.target == root && s.idmap),
+            idmap: req
+                .shares
+                .iter()
+                .any(|s| &s.target == root && s.kind == Kind::Virtiofs),
         });
     }
     steps.push(bind(req.home, stage("home")));
@@ -266,8 +269,7 @@ mod tests {
         Share {
             target: target.into(),
             writable,
-            idmap: false,
-            nine_p: true,
+            kind: Kind::NineP,
         }
     }
 
@@ -353,7 +355,7 @@ mod tests {
     #[test]
     fn only_a_virtiofs_share_is_remapped_by_the_kernel() {
         let mut shares = [share("/home/u", true), share("/data", true)];
-        shares[1].idmap = true;
+        shares[1].kind = Kind::Virtiofs;
         let idmaps = |p: &Plan| -> Vec<bool> {
             p.steps
                 .iter()

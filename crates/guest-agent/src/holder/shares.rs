@@ -1,18 +1,34 @@
 //! The host's shares mounted in the guest, read from the mount table:
 //! Lima's 9p, virtiofs and reverse-sshfs mounts.
 
-const SHARE_TYPES: [&str; 3] = ["9p", "virtiofs", "fuse.sshfs"];
+/// How the host's files reach the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// 9p, whose writes the guest may hold back (see
+    /// `env_server::nine_p_shares`) and which no ID mapping can cover.
+    NineP,
+    /// virtiofs: it may be bound through an ID mapping.
+    Virtiofs,
+    Sshfs,
+}
+
+impl Kind {
+    fn of(fstype: &str) -> Option<Kind> {
+        match fstype {
+            "9p" => Some(Kind::NineP),
+            "virtiofs" => Some(Kind::Virtiofs),
+            "fuse.sshfs" => Some(Kind::Sshfs),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, PartialEq)]
 pub struct Share {
     /// Where the guest has it.
     pub target: String,
     pub writable: bool,
-    /// It may be bound through an ID mapping (virtiofs; 9p cannot).
-    pub idmap: bool,
-    /// 9p, whose writes the guest may hold back (see
-    /// `env_server::nine_p_shares`).
-    pub nine_p: bool,
+    pub kind: Kind,
 }
 
 /// The shares in the text of a `/proc/PID/mountinfo`, in its order.
@@ -24,12 +40,11 @@ pub fn parse(mountinfo: &str) -> Vec<Share> {
             let (mount, fs) = line.split_once(" - ")?;
             let fields: Vec<&str> = mount.split(' ').collect();
             let (target, options) = (fields.get(4)?, fields.get(5)?);
-            let fstype = fs.split(' ').next()?;
-            SHARE_TYPES.contains(&fstype).then(|| Share {
+            let kind = Kind::of(fs.split(' ').next()?)?;
+            Some(Share {
                 target: unescape(target),
                 writable: options.split(',').any(|o| o == "rw"),
-                idmap: fstype == "virtiofs",
-                nine_p: fstype == "9p",
+                kind,
             })
         })
         .collect()
@@ -80,26 +95,22 @@ mod tests {
                 Share {
                     target: "/home/u".into(),
                     writable: false,
-                    idmap: false,
-                    nine_p: true,
+                    kind: Kind::NineP,
                 },
                 Share {
                     target: "/tmp/lima".into(),
                     writable: true,
-                    idmap: false,
-                    nine_p: true,
+                    kind: Kind::NineP,
                 },
                 Share {
                     target: "/data/my proj".into(),
                     writable: true,
-                    idmap: true,
-                    nine_p: false,
+                    kind: Kind::Virtiofs,
                 },
                 Share {
                     target: "/mnt/s".into(),
                     writable: true,
-                    idmap: false,
-                    nine_p: false,
+                    kind: Kind::Sshfs,
                 },
             ]
         );
