@@ -2083,7 +2083,6 @@ echo "jumps=$(sudo -n iptables -S FORWARD | grep -c LLIMA-BOX-FWD) $(sudo -n ipt
 echo "forwarding=$(cat /proc/sys/net/ipv4/ip_forward)"
 "#;
 
-/// Installing the guard again (as an upgrade does) changes nothing.
 /// A link planted in A where the host will find a nested project (or
 /// swapped in between the host's check and the guest's mount): the guest
 /// refuses to build an environment through it. The old runtime bound what
@@ -2308,6 +2307,7 @@ fn check_vm_shell_through_agent(vm: &VmHome) {
     );
 }
 
+/// Installing the guard again (as an upgrade does) changes nothing.
 fn check_guard_idempotent(vm: &VmHome) {
     let state = || vm.ok(&["vm", "shell", "--", "sh", "-c", GUARD_STATE]);
     let before = state();
