@@ -832,6 +832,7 @@ fn check_spare_claimed(vm: &VmHome, b: &Path, right_after: &Path) {
     };
     let spare_uids: Vec<String> = spares.iter().map(|s| uid_of(s)).collect();
     let mut claimed = vec![];
+    let mut names = vec![];
     for (p, prefix) in [(b, "beta-"), (right_after, "right-after-")] {
         let ids = vm.shell_ok(p, &["sh", "-c", "id -u; id -un"]);
         let (uid, name) = ids.trim().split_once('\n').unwrap();
@@ -841,6 +842,7 @@ fn check_spare_claimed(vm: &VmHome, b: &Path, right_after: &Path) {
         );
         assert!(name.starts_with(prefix), "{name}");
         claimed.push(uid.to_string());
+        names.push(name.to_string());
     }
     assert_ne!(claimed[0], claimed[1], "both projects got one spare");
     // Not counted among the environments of the later checks.
@@ -850,6 +852,21 @@ fn check_spare_claimed(vm: &VmHome, b: &Path, right_after: &Path) {
         next.iter().all(|n| !spares.contains(n)),
         "{next:?} {spares:?}"
     );
+    // Once complete, a claim has renamed the spare's user in every account
+    // file (the password files after the command started), and the deleted
+    // environment's user is in none.
+    for file in ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"] {
+        let text = vm.ok(&["vm", "shell", "--", "sudo", "cat", file]);
+        let named = |n: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{n}:")))
+                .count()
+        };
+        assert_eq!(named(&names[0]), 1, "{file}:\n{text}");
+        for gone in spares.iter().chain(&names[1..]) {
+            assert_eq!(named(gone), 0, "{gone} in {file}:\n{text}");
+        }
+    }
 }
 
 /// Arguments reach the command unchanged and nothing is evaluated.

@@ -82,6 +82,10 @@ fn without_entry(text: &str, name: &str) -> (String, bool) {
 /// comma-separated member lists in fields `lists` (0-based).
 fn without_member(text: &str, name: &str, lists: &[usize]) -> String {
     map_lines(text, |line| {
+        // As in `renamed`: a line without the name stays as it is.
+        if !line.contains(name) {
+            return Some(line.to_string());
+        }
         let fields: Vec<String> = line
             .split(':')
             .enumerate()
@@ -118,6 +122,11 @@ pub fn renamed(text: &str, old: &str, new: &str) -> String {
     let old_home = format!("/home/{old}");
     let new_home = format!("/home/{new}");
     map_lines(text, |line| {
+        // Most lines are other accounts': kept as they are, without the
+        // splitting (which costs under emulation, once per environment).
+        if !line.contains(old) {
+            return Some(line.to_string());
+        }
         let fields: Vec<String> = line
             .split(':')
             .map(|f| {

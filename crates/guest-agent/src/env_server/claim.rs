@@ -19,15 +19,14 @@ use super::{Identity, Server, within};
 use crate::sys::{c, check};
 use crate::{accounts, lock, sys};
 
-/// The account files the spare's user is renamed in.
-const ACCOUNT_FILES: [&str; 6] = [
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/shadow",
-    "/etc/gshadow",
-    "/etc/subuid",
-    "/etc/subgid",
-];
+/// The account files the spare's user is renamed in before its first
+/// command starts: what names it, and any subordinate IDs an admin gave
+/// it (`newuidmap` looks them up by name).
+const NAMING_FILES: [&str; 4] = ["/etc/passwd", "/etc/group", "/etc/subuid", "/etc/subgid"];
+/// The rest, renamed once the command runs: they only hold passwords,
+/// which no environment user has or is asked for. Each file costs a few
+/// milliseconds under emulation.
+const PASSWORD_FILES: [&str; 2] = ["/etc/shadow", "/etc/gshadow"];
 
 /// The rest of a claim, with the locks that keep others away until done.
 pub struct Completion {
@@ -192,7 +191,7 @@ fn claim_as(id: &mut Identity, c: &Claim, source: &str, raw: &str) -> io::Result
     sys::bind(source, &c.project, false)?;
     crate::protect_git::protect(std::path::Path::new(&c.project), std::path::Path::new(raw))?;
     // Flushed once the command runs (`finish`).
-    accounts::rename_account(&id.name, &c.name, &ACCOUNT_FILES, false)?;
+    accounts::rename_account(&id.name, &c.name, &NAMING_FILES, false)?;
     id.name = c.name.clone();
     id.project = Some(c.project.clone());
     // A spare's user is in its own group only.
@@ -217,7 +216,17 @@ impl Completion {
     }
 
     fn finish(&self, server: &Server, name: &str, project: &str) -> io::Result<()> {
-        accounts::flush(&ACCOUNT_FILES)?;
+        {
+            let _accounts = lock::account_files()?;
+            accounts::rename_account(&self.old, name, &PASSWORD_FILES, false)?;
+        }
+        // Outside the lock: the standby's claim may be waiting for it.
+        let all: Vec<&str> = NAMING_FILES
+            .iter()
+            .chain(&PASSWORD_FILES)
+            .copied()
+            .collect();
+        accounts::flush(&all)?;
         rename_at(&server.dirs.homes, &self.old, name)?;
         for (i, r) in server.config.roots.iter().enumerate() {
             // The project's share stays; the others' remaps go (each FUSE

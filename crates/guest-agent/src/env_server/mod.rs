@@ -164,6 +164,7 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     let admin = config.admin;
     let listener = crate::server::listen(std::path::Path::new(&socket), admin)?;
     let nine_p = nine_p_shares();
+    let spare = identity.project.is_none();
     let server: &'static Server = Box::leak(Box::new(Server {
         nine_p,
         config,
@@ -175,8 +176,46 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     std::thread::spawn(|| server.reaper.run());
     (&ready).write_all(b"ready\n")?;
     drop(ready);
+    if spare {
+        map_in_own_code();
+    }
     crate::server::accept(&listener, admin, |conn| session::serve(server, conn));
     Ok(())
+}
+
+/// Maps in every page of this program's executable while a spare waits:
+/// its claim is the first time it runs most of its code, and under
+/// emulation faulting that in page by page cost milliseconds of a first
+/// shell. The pages are the page cache's, shared with every other server.
+fn map_in_own_code() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for (start, end) in mappings_of(&maps, &exe.to_string_lossy()) {
+        // SAFETY: a range this process has mapped; populating only reads
+        // it in. An older kernel refuses the advice (EINVAL): no harm.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+    }
+}
+
+/// The address ranges that map the file `path`, from the text of
+/// `/proc/PID/maps`.
+fn mappings_of(maps: &str, path: &str) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter(|l| l.split_whitespace().nth(5) == Some(path))
+        .filter_map(|l| {
+            let (start, end) = l.split(' ').next()?.split_once('-')?;
+            let hex = |h| usize::from_str_radix(h, 16).ok();
+            Some((hex(start)?, hex(end)?))
+        })
+        .collect()
 }
 
 /// The raw shares (the stage's `raw/I`, as the holder bound them) that
@@ -231,6 +270,23 @@ pub(crate) fn drop_bounding_set() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_mappings_of_a_file() {
+        let maps = "\
+5581f0000000-5581f0010000 r--p 00000000 fe:01 1234  /usr/local/libexec/agent
+5581f0010000-5581f0200000 r-xp 00010000 fe:01 1234  /usr/local/libexec/agent
+5581f0300000-5581f0400000 rw-p 00000000 00:00 0     [heap]
+7f0000000000-7f0000001000 r--p 00000000 fe:01 99    /usr/local/libexec/agent-old
+";
+        assert_eq!(
+            mappings_of(maps, "/usr/local/libexec/agent"),
+            [
+                (0x5581_f000_0000, 0x5581_f001_0000),
+                (0x5581_f001_0000, 0x5581_f020_0000)
+            ]
+        );
+    }
 
     #[test]
     fn parses_its_arguments() {
