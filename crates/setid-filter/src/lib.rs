@@ -216,15 +216,16 @@ fn program(scope: Scope) -> Vec<sock_filter> {
     if cfg!(target_arch = "x86_64") {
         p.extend([jump(libc::BPF_JGE, X32_BIT, 0, 1), ret(errno(libc::ENOSYS))]);
     }
+    if scope == Scope::Command {
+        p.extend([
+            jump(libc::BPF_JEQ, libc::SYS_io_uring_setup as u32, 0, 1),
+            ret(errno(libc::ENOSYS)),
+        ]);
+    }
     let openat2 = match scope {
         // The supervisor reads the call and answers for it.
-        Scope::Command => {
-            p.extend([
-                jump(libc::BPF_JEQ, libc::SYS_io_uring_setup as u32, 0, 1),
-                ret(errno(libc::ENOSYS)),
-            ]);
-            libc::SECCOMP_RET_USER_NOTIF
-        }
+        Scope::Command => libc::SECCOMP_RET_USER_NOTIF,
+        // The server falls back to openat, which is judged below.
         Scope::FileServer => errno(libc::ENOSYS),
     };
     p.extend([
