@@ -174,11 +174,12 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
         retired: AtomicBool::new(false),
     }));
     std::thread::spawn(|| server.reaper.run());
-    (&ready).write_all(b"ready\n")?;
-    drop(ready);
+    // Before the spare can be published: no claim waits for it.
     if spare {
         map_in_own_code();
     }
+    (&ready).write_all(b"ready\n")?;
+    drop(ready);
     crate::server::accept(&listener, admin, |conn| session::serve(server, conn));
     Ok(())
 }
