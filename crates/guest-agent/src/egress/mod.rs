@@ -6,6 +6,7 @@
 //! environment by the address a query or connection comes from.
 
 mod cache;
+mod connecting;
 mod dns;
 mod owner;
 mod peek;

@@ -10,11 +10,13 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use llima_box_proto::net::NetPolicy;
 
 use super::cache::Cache;
+use super::connecting::Connecting;
 use super::dns::Found;
 use super::peek::{self, Peeked};
 use super::{Attempt, Environments, Slot};
@@ -59,7 +61,8 @@ impl<E: Environments> Proxy<E> {
                 env.policy.names.allows(n)
             })
             && (self.reachable)(asked.ip(), asked.port(), &env.policy))
-        .then(|| std::thread::spawn(move || TcpStream::connect_timeout(&asked, CONNECT_WAIT)));
+        .then(|| Connecting::begin(asked).ok())
+        .flatten();
         client.set_read_timeout(Some(HELLO_WAIT))?;
         let (first, name) = read_name(&mut client, asked.port())?;
         let refuse = |name: String, dest: Option<IpAddr>| {
@@ -83,7 +86,7 @@ impl<E: Environments> Proxy<E> {
             .lookup(&env.name, &name, Instant::now(), &self.resolve);
         let early = early
             .filter(|_| addrs.contains(&asked.ip()))
-            .and_then(|connecting| connecting.join().ok()?.ok());
+            .and_then(|connecting| connecting.finish(CONNECT_WAIT).ok());
         let Some(server) = early.or_else(|| {
             addrs
                 .iter()
@@ -231,19 +234,51 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// How many threads wait for connections at most once they are done with
+/// theirs; more are started whenever none is left waiting.
+const SPARE_ACCEPTERS: usize = 2;
+
 /// Serves each connection to `listener` on a thread of its own; never
-/// returns.
+/// returns. The thread that accepts a connection serves it (a new thread
+/// takes its place in `accept` when it was the last): handing the
+/// connection to a thread started for it made the client wait for that
+/// thread to be scheduled, a millisecond or more under emulation.
 pub fn serve<E: Environments + 'static>(proxy: Arc<Proxy<E>>, listener: TcpListener) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let Some(slot) = conn.peer_addr().ok().and_then(|p| Slot::take(p.ip())) else {
-            continue;
-        };
-        let proxy = proxy.clone();
-        std::thread::spawn(move || {
-            let _slot = slot;
-            proxy.handle(conn)
-        });
+    let accepters = Arc::new(Accepters {
+        listener,
+        waiting: AtomicUsize::new(0),
+    });
+    loop {
+        accept_and_serve(&proxy, &accepters);
+    }
+}
+
+struct Accepters {
+    listener: TcpListener,
+    /// Threads in `accept` now.
+    waiting: AtomicUsize,
+}
+
+/// Accepts and serves connections until enough other threads wait for
+/// the next ones.
+fn accept_and_serve<E: Environments + 'static>(proxy: &Arc<Proxy<E>>, accepters: &Arc<Accepters>) {
+    loop {
+        accepters.waiting.fetch_add(1, Ordering::SeqCst);
+        let conn = accepters.listener.accept();
+        if accepters.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let (proxy, accepters) = (proxy.clone(), accepters.clone());
+            // Without a new thread the others (and this one, once done)
+            // still accept.
+            let _ = std::thread::Builder::new().spawn(move || accept_and_serve(&proxy, &accepters));
+        }
+        if let Ok((conn, peer)) = conn
+            && let Some(_slot) = Slot::take(peer.ip())
+        {
+            let _ = proxy.handle(conn);
+        }
+        if accepters.waiting.load(Ordering::SeqCst) >= SPARE_ACCEPTERS {
+            return;
+        }
     }
 }
 
@@ -381,6 +416,20 @@ mod tests {
         // A refused name gets nothing through, early or not.
         assert!(exchange(addr, &hello("bad.example.com")).is_empty());
         assert_eq!(p.envs.denials(), [format!("TCP bad.example.com:{port}")]);
+    }
+
+    #[test]
+    fn connections_that_keep_silent_do_not_hold_up_the_next() {
+        let port = server(b"ok");
+        let (_, addr) = proxy(restricted(&["a.example.com"], &[]), port);
+        // Each waits in the proxy for its first bytes, up to HELLO_WAIT.
+        let silent: Vec<TcpStream> = (0..2 * SPARE_ACCEPTERS + 1)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let t0 = Instant::now();
+        assert_eq!(exchange(addr, &hello("a.example.com")), b"ok");
+        assert!(t0.elapsed() < HELLO_WAIT, "{:?}", t0.elapsed());
+        drop(silent);
     }
 
     #[test]
