@@ -12,6 +12,7 @@
 //! It is built as a static executable (no glibc NSS: account files are read
 //! directly), so one binary runs on any guest of its architecture.
 
+mod accepters;
 mod accounts;
 mod admin_server;
 mod delete;

@@ -34,7 +34,7 @@ pub fn serve(admin_uid: u32) -> std::io::Result<()> {
     let version = std::fs::read_to_string(AGENT_VERSION_PATH)
         .map(|v| v.trim().to_owned())
         .unwrap_or_default();
-    accept(&listener, admin_uid, move |stream| {
+    accept(listener, admin_uid, move |stream| {
         if let Err(e) = connection(stream, &version) {
             eprintln!("llima-box-guest-agent: connection: {e}");
         }
@@ -55,22 +55,17 @@ pub fn listen(path: &Path, admin_uid: u32) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Hands each connection of root or the admin to `handle`, on a thread of
-/// its own; never returns.
-pub fn accept<F>(listener: &UnixListener, admin_uid: u32, handle: F)
+/// Hands each connection of root or the admin to `handle` (see
+/// `accepters`); never returns.
+pub fn accept<F>(listener: UnixListener, admin_uid: u32, handle: F)
 where
     F: Fn(UnixStream) + Send + Sync + 'static,
 {
-    let handle = std::sync::Arc::new(handle);
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        match peer_uid(&conn) {
-            Some(uid) if uid == 0 || uid == admin_uid => {}
-            _ => continue,
+    crate::accepters::serve(listener, move |conn: UnixStream| {
+        if matches!(peer_uid(&conn), Some(uid) if uid == 0 || uid == admin_uid) {
+            handle(conn);
         }
-        let handle = handle.clone();
-        std::thread::spawn(move || handle(conn));
-    }
+    });
 }
 
 pub fn peer_uid(stream: &UnixStream) -> Option<u32> {

@@ -49,7 +49,7 @@ pub fn run(admin_uid: u32) -> io::Result<()> {
         logins: login_env::Cache::default(),
     }));
     std::thread::spawn(|| admin.reaper.run());
-    server::accept(&listener, admin_uid, |conn| session::serve(admin, conn));
+    server::accept(listener, admin_uid, |conn| session::serve(admin, conn));
     Ok(())
 }
 

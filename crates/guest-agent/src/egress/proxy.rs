@@ -10,7 +10,6 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use llima_box_proto::net::NetPolicy;
@@ -234,52 +233,13 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// How many threads wait for connections at most once they are done with
-/// theirs; more are started whenever none is left waiting.
-const SPARE_ACCEPTERS: usize = 2;
-
-/// Serves each connection to `listener` on a thread of its own; never
-/// returns. The thread that accepts a connection serves it (a new thread
-/// takes its place in `accept` when it was the last): handing the
-/// connection to a thread started for it made the client wait for that
-/// thread to be scheduled, a millisecond or more under emulation.
+/// Serves each connection to `listener` (see `accepters`); never returns.
 pub fn serve<E: Environments + 'static>(proxy: Arc<Proxy<E>>, listener: TcpListener) {
-    let accepters = Arc::new(Accepters {
-        listener,
-        waiting: AtomicUsize::new(0),
-    });
-    loop {
-        accept_and_serve(&proxy, &accepters);
-    }
-}
-
-struct Accepters {
-    listener: TcpListener,
-    /// Threads in `accept` now.
-    waiting: AtomicUsize,
-}
-
-/// Accepts and serves connections until enough other threads wait for
-/// the next ones.
-fn accept_and_serve<E: Environments + 'static>(proxy: &Arc<Proxy<E>>, accepters: &Arc<Accepters>) {
-    loop {
-        accepters.waiting.fetch_add(1, Ordering::SeqCst);
-        let conn = accepters.listener.accept();
-        if accepters.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-            let (proxy, accepters) = (proxy.clone(), accepters.clone());
-            // Without a new thread the others (and this one, once done)
-            // still accept.
-            let _ = std::thread::Builder::new().spawn(move || accept_and_serve(&proxy, &accepters));
-        }
-        if let Ok((conn, peer)) = conn
-            && let Some(_slot) = Slot::take(peer.ip())
-        {
+    crate::accepters::serve(listener, move |(conn, peer): (TcpStream, SocketAddr)| {
+        if let Some(_slot) = Slot::take(peer.ip()) {
             let _ = proxy.handle(conn);
         }
-        if accepters.waiting.load(Ordering::SeqCst) >= SPARE_ACCEPTERS {
-            return;
-        }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -423,7 +383,7 @@ mod tests {
         let port = server(b"ok");
         let (_, addr) = proxy(restricted(&["a.example.com"], &[]), port);
         // Each waits in the proxy for its first bytes, up to HELLO_WAIT.
-        let silent: Vec<TcpStream> = (0..2 * SPARE_ACCEPTERS + 1)
+        let silent: Vec<TcpStream> = (0..2 * crate::accepters::WAITING + 1)
             .map(|_| TcpStream::connect(addr).unwrap())
             .collect();
         let t0 = Instant::now();

@@ -180,7 +180,7 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     }
     (&ready).write_all(b"ready\n")?;
     drop(ready);
-    crate::server::accept(&listener, admin, |conn| session::serve(server, conn));
+    crate::server::accept(listener, admin, |conn| session::serve(server, conn));
     Ok(())
 }
 
