@@ -12,6 +12,7 @@ mod owner;
 mod peek;
 mod proxy;
 mod records;
+mod relay;
 mod resolver;
 
 use std::collections::HashMap;

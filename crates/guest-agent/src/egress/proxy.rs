@@ -7,8 +7,7 @@
 //! closed and logged.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,7 +104,7 @@ impl<E: Environments> Proxy<E> {
         client.set_nodelay(true)?;
         server.set_nodelay(true)?;
         (&server).write_all(&first)?;
-        relay(client, server)
+        super::relay::relay(client, server)
     }
 }
 
@@ -161,75 +160,6 @@ fn peek_at(buf: &[u8], port: u16) -> Peeked {
         peek::tls(buf)
     } else {
         peek::http(buf)
-    }
-}
-
-/// Copies each way until each side has said all it will.
-fn relay(client: TcpStream, server: TcpStream) -> io::Result<()> {
-    let (client2, server2) = (client.try_clone()?, server.try_clone()?);
-    let up = std::thread::spawn(move || pipe(client2, server2));
-    let down = pipe(server, client);
-    let _ = up.join();
-    down
-}
-
-fn pipe(from: TcpStream, to: TcpStream) -> io::Result<()> {
-    let moved = splice_all(&from, &to);
-    let _ = to.shutdown(Shutdown::Write);
-    moved
-}
-
-/// How much one splice(2) moves at most, and the pipe's size.
-const SPLICE_CHUNK: usize = 1 << 20;
-
-/// Moves everything `from` sends to `to` through a pipe with splice(2):
-/// the bytes stay in the kernel, with no copy up to the proxy and back
-/// (each costly under emulation).
-fn splice_all(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
-    let (rd, wr) = io::pipe()?;
-    // A larger pipe takes more of a burst per call; the default size
-    // (64 KiB) still works when the guest caps it lower.
-    // SAFETY: fcntl on a pipe this function owns.
-    unsafe {
-        libc::fcntl(
-            wr.as_raw_fd(),
-            libc::F_SETPIPE_SZ,
-            SPLICE_CHUNK as libc::c_int,
-        )
-    };
-    loop {
-        let n = splice(from.as_raw_fd(), wr.as_raw_fd(), SPLICE_CHUNK)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut left = n;
-        while left > 0 {
-            left -= splice(rd.as_raw_fd(), to.as_raw_fd(), left)?;
-        }
-    }
-}
-
-/// splice(2) of at most `len` bytes, again when a signal interrupts it.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: plain descriptors this process owns; no offsets.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     }
 }
 
