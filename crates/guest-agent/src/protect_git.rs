@@ -8,8 +8,11 @@
 //! writable, so commits, branches, fetch and push keep working (what
 //! would write the config, such as `push -u`, fails).
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -26,18 +29,15 @@ const NESTED_DEPTH: usize = 2;
 
 /// Makes the git metadata of the repositories in `project` read-only in
 /// the calling process's mount namespace; returns what it protected. The
-/// repositories are looked for in `scan`, the same directory seen another
-/// way (without the ownership remap: a directory read through FUSE costs
-/// several times as much under emulation); what is bound is opened in
-/// `project`.
-pub fn protect(project: &Path, scan: &Path) -> io::Result<Vec<PathBuf>> {
+/// repositories are looked for in `scan` (open, see [`open_dir`]), the
+/// same directory, seen another way where that is cheaper (a directory
+/// read through bindfs costs several times as much under emulation); what
+/// is bound is opened in `project`.
+pub fn protect(project: &Path, scan: &OwnedFd) -> io::Result<Vec<PathBuf>> {
     let mut done = Vec::new();
-    for git_dir in git_dirs(scan, NESTED_DEPTH) {
-        let Ok(rel) = git_dir.strip_prefix(scan) else {
-            continue;
-        };
+    for rel in git_dirs(scan, NESTED_DEPTH) {
         for name in PROTECTED {
-            let path = project.join(rel).join(name);
+            let path = project.join(&rel).join(name);
             if read_only_bind(&path)? {
                 done.push(path);
             }
@@ -49,9 +49,9 @@ pub fn protect(project: &Path, scan: &Path) -> io::Result<Vec<PathBuf>> {
 /// Undoes [`protect`] for `project` in the calling process's mount
 /// namespace: the repositories' metadata writable again.
 pub fn unprotect(project: &Path) -> io::Result<()> {
-    for git_dir in git_dirs(project, NESTED_DEPTH) {
+    for rel in git_dirs(&open_dir(project)?, NESTED_DEPTH) {
         for name in PROTECTED {
-            let path = git_dir.join(name);
+            let path = project.join(&rel).join(name);
             // Each protect stacked one bind; not a mount point: EINVAL.
             while sys::detach(path.to_str().unwrap_or_default()).is_ok() {}
         }
@@ -59,29 +59,114 @@ pub fn unprotect(project: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// `.git` directories (not links) in `dir` and up to `depth` levels below,
-/// not looking into dependencies and build output.
-fn git_dirs(dir: &Path, depth: usize) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let git = dir.join(".git");
-    if std::fs::symlink_metadata(&git).is_ok_and(|m| m.is_dir()) {
-        found.push(git);
-    }
+/// The `.git` directories (not links) in the open directory `dir` and up
+/// to `depth` levels below, relative to it, not looking into dependencies
+/// and build output. Each directory is reached from its parent's
+/// descriptor, never by a path: through a share, the kernel asks the host
+/// about every component of a path each time it walks one (virtiofs
+/// caches nothing here), at a millisecond or more a question under
+/// emulation.
+fn git_dirs(dir: &OwnedFd, depth: usize) -> Vec<PathBuf> {
     if depth == 0 {
-        return found;
+        return match is_dir_at(dir, c".git") {
+            true => vec![PathBuf::from(".git")],
+            false => Vec::new(),
+        };
     }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        let name = entry.file_name();
-        let skipped = name == ".git" || NOT_REPOSITORIES.iter().any(|n| name == *n);
-        if is_dir && !skipped {
-            found.extend(git_dirs(&entry.path(), depth - 1));
+    let mut found = Vec::new();
+    for (name, kind) in entries(dir).unwrap_or_default() {
+        let is_dir = match kind {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => is_dir_at(dir, &name),
+            _ => false,
+        };
+        let text = name.to_string_lossy();
+        if !is_dir || NOT_REPOSITORIES.contains(&text.as_ref()) {
+            continue;
+        }
+        if text == ".git" {
+            found.push(PathBuf::from(".git"));
+        } else if let Ok(sub) = open_at(dir, &name) {
+            let at = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            found.extend(git_dirs(&sub, depth - 1).into_iter().map(|p| at.join(p)));
         }
     }
     found
+}
+
+/// The directory at `path`, open for reading its entries; a link at its
+/// end is refused.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let dir = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    Ok(dir.into())
+}
+
+/// The directory `dir` is open on (with `O_PATH` too), open for reading
+/// its entries, without looking it up again.
+pub fn reopen(dir: &OwnedFd) -> io::Result<OwnedFd> {
+    open_at(dir, c".")
+}
+
+/// The directory `name` in `dir`, the same way.
+fn open_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether `name` in `dir` is a directory (not a link to one).
+fn is_dir_at(dir: &OwnedFd, name: &CStr) -> bool {
+    // SAFETY: plain data filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, name and stat buffer.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// The names in `dir` (without `.` and `..`) and their types as the
+/// directory gives them (`DT_*`).
+fn entries(dir: &OwnedFd) -> io::Result<Vec<(CString, u8)>> {
+    // A descriptor of its own: closedir closes it.
+    let fd = dir.try_clone()?.into_raw_fd();
+    // SAFETY: a directory descriptor this function owns from here on.
+    let stream = unsafe { libc::fdopendir(fd) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so the descriptor is still ours.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: a valid stream; the entry is read before the next call.
+        let entry = unsafe { libc::readdir64(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let (name, kind) = unsafe { (CStr::from_ptr((*entry).d_name.as_ptr()), (*entry).d_type) };
+        if name != c"." && name != c".." {
+            names.push((name.to_owned(), kind));
+        }
+    }
+    // SAFETY: the stream opened above, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(names)
 }
 
 /// Binds `path` read-only over itself when it is a regular file or a
@@ -138,11 +223,10 @@ mod tests {
         }
         // A link named .git is not a repository of the project.
         std::os::unix::fs::symlink("/etc", p.join("x/.git")).unwrap();
-        let mut found = git_dirs(p, NESTED_DEPTH);
+        // Nor are the repositories a link to a directory leads to.
+        std::os::unix::fs::symlink(p.join("a"), p.join("l")).unwrap();
+        let mut found = git_dirs(&open_dir(p).unwrap(), NESTED_DEPTH);
         found.sort();
-        assert_eq!(
-            found,
-            [p.join(".git"), p.join("a/.git"), p.join("a/b/.git")]
-        );
+        assert_eq!(found, [".git", "a/.git", "a/b/.git"].map(PathBuf::from));
     }
 }

@@ -17,7 +17,7 @@ use llima_box_proto::spawn::Claim;
 
 use super::{Identity, Server, within};
 use crate::sys::{c, check};
-use crate::{accounts, lock, sys};
+use crate::{accounts, lock, protect_git, sys};
 
 /// The account files the spare's user is renamed in before its first
 /// command starts: what names it, and any subordinate IDs an admin gave
@@ -166,7 +166,13 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
         .map_err(|e| format!("cannot take the spare off the pool: {e}"))?;
     let _ = fs::rename(STANDBY_SOCKET, SPARE_SOCKET);
     let old = id.name.clone();
-    if let Err(e) = claim_as(&mut id, c, &fd_path, &raw) {
+    // Where to look for git metadata: the project just opened when that is
+    // the share itself, else the raw share (faster than through bindfs).
+    let scan = match server.idmapped.get(index) {
+        Some(true) => protect_git::reopen(&src),
+        _ => protect_git::open_dir(std::path::Path::new(&raw)),
+    };
+    if let Err(e) = scan.and_then(|scan| claim_as(&mut id, c, &fd_path, &scan)) {
         unpublish(&c.name);
         return Err(format!("cannot take the spare on: {e}"));
     }
@@ -180,7 +186,7 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
 }
 
 /// What the command needs: its view of the project and home, and its name.
-fn claim_as(id: &mut Identity, c: &Claim, source: &str, raw: &str) -> io::Result<()> {
+fn claim_as(id: &mut Identity, c: &Claim, source: &str, scan: &OwnedFd) -> io::Result<()> {
     let home = format!("{HOMES_DIR}/{}", c.name);
     fs::create_dir_all(&home)?;
     sys::bind(&format!("{STAGE_DIR}/home"), &home, false)?;
@@ -189,7 +195,7 @@ fn claim_as(id: &mut Identity, c: &Claim, source: &str, raw: &str) -> io::Result
     fs::remove_dir(&old_home)?;
     fs::create_dir_all(&c.project)?;
     sys::bind(source, &c.project, false)?;
-    crate::protect_git::protect(std::path::Path::new(&c.project), std::path::Path::new(raw))?;
+    protect_git::protect(std::path::Path::new(&c.project), scan)?;
     // Flushed once the command runs (`finish`).
     accounts::rename_account(&id.name, &c.name, &NAMING_FILES, false)?;
     id.name = c.name.clone();

@@ -79,6 +79,11 @@ pub struct Server {
     retired: AtomicBool,
     /// The shares of `config.roots` that arrive over 9p.
     nine_p: Vec<OwnedFd>,
+    /// For each of `config.roots`, whether its remap is the share itself
+    /// through a kernel ID mapping (virtiofs), not bindfs over it: then a
+    /// claim looks for git metadata through the project it opened there,
+    /// rather than walking the raw share's path again.
+    idmapped: Vec<bool>,
 }
 
 impl Server {
@@ -163,10 +168,14 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
     drop_bounding_set()?;
     let admin = config.admin;
     let listener = crate::server::listen(std::path::Path::new(&socket), admin)?;
-    let nine_p = nine_p_shares();
+    let mounts =
+        shares::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    let nine_p = nine_p_shares(&mounts);
+    let idmapped = idmapped_remaps(&mounts, config.roots.len());
     let spare = identity.project.is_none();
     let server: &'static Server = Box::leak(Box::new(Server {
         nine_p,
+        idmapped,
         config,
         identity: Mutex::new(identity),
         dirs,
@@ -229,14 +238,27 @@ fn mappings_of(maps: &str, path: &str) -> Vec<(usize, usize)> {
 /// file system. The mount table tells which is which: 9p's statfs reports
 /// the host's file system. The sync covers the whole share, so a command
 /// may wait for what other environments wrote there in the last seconds.
-fn nine_p_shares() -> Vec<OwnedFd> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+fn nine_p_shares(mounts: &[shares::Share]) -> Vec<OwnedFd> {
     let raw = format!("{STAGE_DIR}/raw/");
-    shares::parse(&table)
-        .into_iter()
+    mounts
+        .iter()
         .filter(|s| s.kind == shares::Kind::NineP && s.target.starts_with(&raw))
         .filter_map(|s| std::fs::File::open(&s.target).ok())
         .map(OwnedFd::from)
+        .collect()
+}
+
+/// For each of `count` roots, whether its remap (the stage's `remap/I`)
+/// is a virtiofs mount, so the share itself through an ID mapping, rather
+/// than bindfs over it.
+fn idmapped_remaps(mounts: &[shares::Share], count: usize) -> Vec<bool> {
+    (0..count)
+        .map(|i| {
+            let remap = format!("{STAGE_DIR}/remap/{i}");
+            mounts
+                .iter()
+                .any(|m| m.target == remap && m.kind == shares::Kind::Virtiofs)
+        })
         .collect()
 }
 
@@ -287,6 +309,18 @@ mod tests {
                 (0x5581_f001_0000, 0x5581_f020_0000)
             ]
         );
+    }
+
+    #[test]
+    fn tells_id_mapped_remaps_from_bindfs() {
+        let table = "\
+90 80 0:40 / /run/llima-box/stage/raw/0 rw,relatime - virtiofs mount0 rw
+91 80 0:40 / /run/llima-box/stage/remap/0 rw,relatime,idmapped - virtiofs mount0 rw
+92 80 0:41 / /run/llima-box/stage/raw/1 rw,relatime - 9p mount1 rw
+93 80 0:42 / /run/llima-box/stage/remap/1 rw,nosuid,nodev - fuse.bindfs /run/llima-box/stage/raw/1 rw
+";
+        let mounts = shares::parse(table);
+        assert_eq!(idmapped_remaps(&mounts, 3), [true, false, false]);
     }
 
     #[test]

@@ -340,7 +340,8 @@ impl Executor for Kernel {
                 std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
             }
             Step::ProtectGit { project, scan } => {
-                crate::protect_git::protect(Path::new(project), Path::new(scan)).map(drop)
+                let scan = crate::protect_git::open_dir(Path::new(scan))?;
+                crate::protect_git::protect(Path::new(project), &scan).map(drop)
             }
             Step::Resolver { nameservers } => {
                 let list = format!("{STAGE_DIR}/resolv.conf");
