@@ -124,18 +124,7 @@ fn open_at(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
 
 /// Whether `name` in `dir` is a directory (not a link to one).
 fn is_dir_at(dir: &OwnedFd, name: &CStr) -> bool {
-    // SAFETY: plain data filled by the kernel.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid directory descriptor, name and stat buffer.
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    sys::lstat_at(dir, name).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 /// The names in `dir` (without `.` and `..`) and their types as the

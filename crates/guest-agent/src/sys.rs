@@ -227,6 +227,23 @@ pub fn open_dir_exact(path: &str) -> io::Result<Option<OwnedFd>> {
     Ok((reached == Path::new(path)).then_some(dir))
 }
 
+/// fstatat(2) of `name` in the directory `dir`, not following a link at
+/// its end.
+pub fn lstat_at(dir: &impl AsRawFd, name: &std::ffi::CStr) -> io::Result<libc::stat> {
+    // SAFETY: plain data filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid directory descriptor, name and stat buffer.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
 /// The name of an open descriptor that mount(2) and friends accept.
 pub fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())

@@ -38,19 +38,8 @@ pub struct Completion {
 
 /// Whether `path` (relative to `dir`) exists, without following it.
 fn exists_at(dir: &OwnedFd, path: &str) -> io::Result<bool> {
-    let p = c(path)?;
-    // SAFETY: plain data filled by the kernel.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid directory descriptor, path and stat buffer.
-    match check(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            p.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    }) {
-        Ok(()) => Ok(true),
+    match sys::lstat_at(dir, &c(path)?) {
+        Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
