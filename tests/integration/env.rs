@@ -1530,10 +1530,11 @@ for i in range(0, len(args), 5):
 "#;
 
 /// Restricted mode, from the host: A reaches an allowed name over HTTP and
-/// HTTPS (on any port, through the proxy), and nothing else: its resolver
-/// answers for the allowed name and not for a denied one, a denied name's
-/// server name is refused even at the right address, an address without a
-/// name too; each refusal is in A's `net log` with its name and program.
+/// HTTPS (on any port, through the proxy, and on 443 straight to where the
+/// name led, checked on the way), and nothing else: its resolver answers
+/// for the allowed name and not for a denied one, a denied name's server
+/// name is refused even at the right address, an address without a name
+/// too; each refusal is in A's `net log` with its name and program.
 /// B, in open mode, reaches the same server by address.
 fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
     let admin_sh = |arg: &str| {
@@ -1593,6 +1594,16 @@ fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
             "443",
             "web-allowed.test",
             "tls",
+            "sni",
+            "198.18.0.1",
+            "443",
+            "web-denied.test",
+            "tls",
+            "bare",
+            "198.18.0.1",
+            "443",
+            "198.18.0.1",
+            "tls",
             "port",
             "web-allowed.test",
             "8443",
@@ -1608,18 +1619,28 @@ fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
             "53",
             "-",
             "query",
-            "sni",
-            "198.18.0.1",
-            "443",
-            "web-denied.test",
-            "tls",
-            "bare",
-            "198.18.0.1",
-            "443",
-            "198.18.0.1",
-            "tls",
         ],
     );
+    // HTTPS to where the allowed name had led (the proxy looked it up for
+    // `http`) went straight to the server, its first bytes checked on the
+    // way: `https` let through, `sni` and `bare` reset by the guard, not
+    // the proxy. Counted by the rules that act on the check's verdicts.
+    let rules = |table: &str| {
+        vm.ok(&[
+            "vm",
+            "shell",
+            "--",
+            "sudo",
+            "-n",
+            "iptables-save",
+            "-c",
+            "-t",
+            table,
+        ])
+    };
+    let direct = packets(&rules("nat"), "--mark 0x4000000/0xc000000 -j RETURN");
+    let reset = packets(&rules("filter"), "--mark 0xc000000/0xc000000 -j REJECT");
+    assert!(direct >= 3 && reset >= 2, "direct {direct}, reset {reset}");
     for ok in ["http ok web-ok", "https ok web-ok", "port ok web-ok"] {
         assert!(out.contains(ok), "{ok}:\n{out}");
     }
@@ -1655,6 +1676,16 @@ fn check_restricted(vm: &VmHome, a: &Path, b: &Path) {
     assert!(has("TCP", "198.18.0.1", 443, None), "{log:?}");
     let out = fetch(b, &["open", "198.18.0.1", "443", "198.18.0.1", "tls"]);
     assert!(out.contains("open ok web-ok"), "{out}");
+}
+
+/// The packets counted by the rules of `iptables-save -c` output that
+/// contain `rule`.
+fn packets(saved: &str, rule: &str) -> u64 {
+    saved
+        .lines()
+        .filter(|l| l.contains(rule))
+        .filter_map(|l| l.strip_prefix('[')?.split(':').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `net log --json` of the project `path`.

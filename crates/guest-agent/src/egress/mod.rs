@@ -3,11 +3,15 @@
 //! only to them. The guard redirects a restricted environment's DNS to
 //! [`RESOLVER_PORT`] and its other TCP to [`PROXY_PORT`] (see
 //! `guard::policy`), on the guest's side of its veth; both find the
-//! environment by the address a query or connection comes from.
+//! environment by the address a query or connection comes from. A
+//! connection to where an allowed name already led goes straight there
+//! instead, checked in the kernel's packet queue ([`check`]).
 
 mod cache;
+pub mod check;
 mod connecting;
 mod dns;
+mod nfqueue;
 mod owner;
 mod peek;
 mod proxy;
@@ -89,7 +93,9 @@ pub fn start() -> io::Result<()> {
         original: Box::new(original_destination),
         reachable,
     });
+    let checker = check::Checker::new(proxy.clone());
     raised(move || proxy::serve(proxy, proxy_listener));
+    raised(move || check::serve(checker));
     Ok(())
 }
 

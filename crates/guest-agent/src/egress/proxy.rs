@@ -21,7 +21,7 @@ use super::{Attempt, Environments, Slot};
 
 /// How long a client has to say which name it wants, and a server to
 /// accept the connection.
-const HELLO_WAIT: Duration = Duration::from_secs(10);
+pub(super) const HELLO_WAIT: Duration = Duration::from_secs(10);
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// The addresses of a name.
@@ -155,7 +155,7 @@ fn name_of(first: &[u8], port: u16) -> String {
 
 /// What the first bytes `buf` of a connection to `port` say: TLS on 443
 /// and wherever they begin as a TLS record, HTTP elsewhere.
-fn peek_at(buf: &[u8], port: u16) -> Peeked {
+pub(super) fn peek_at(buf: &[u8], port: u16) -> Peeked {
     if port == 443 || buf.first() == Some(&22) {
         peek::tls(buf)
     } else {

@@ -44,6 +44,8 @@ const NAT: &str = "LLIMA-BOX-NAT";
 const POLICIES: &str = "LLIMA-BOX-POL";
 /// In the nat table, jumps to the redirects of restricted environments.
 const REDIRECTS: &str = "LLIMA-BOX-RDR";
+/// In the mangle table, jumps to the checks of restricted environments.
+const CHECKS: &str = "LLIMA-BOX-CHK";
 /// Logs, then refuses.
 pub const DENY: &str = "LLIMA-BOX-DENY";
 /// What starts each refusal's line in the kernel's log.
@@ -309,7 +311,7 @@ fn firewall() -> Result<(), GuardError> {
     allowed.extend(ns.into_iter().filter(|n| n != SLIRP_DNS));
     // Created once per boot, never declared by the rules: loading them
     // again keeps each environment's own policy.
-    for (table, chain) in [("filter", POLICIES), ("nat", REDIRECTS)] {
+    for (table, chain) in [("filter", POLICIES), ("nat", REDIRECTS), ("mangle", CHECKS)] {
         if !policy::exists(table, chain) {
             policy::iptables(&["-t", table, "-N", chain])?;
         }
@@ -320,6 +322,7 @@ fn firewall() -> Result<(), GuardError> {
         ("filter", "INPUT", INPUT),
         ("nat", "POSTROUTING", NAT),
         ("nat", "PREROUTING", REDIRECTS),
+        ("mangle", "PREROUTING", CHECKS),
     ] {
         jump("iptables", &["-t", table, builtin, "-j", chain])?;
     }

@@ -11,7 +11,8 @@ use std::process::Command;
 
 use llima_box_proto::net::{Mode, NetPolicy};
 
-use super::{DENY, GuardError, POLICIES, REDIRECTS, SLIRP_GATEWAY, load};
+use super::{CHECKS, DENY, GuardError, POLICIES, REDIRECTS, SLIRP_GATEWAY, load};
+use crate::egress::check::{CHECKED, DIRECT, HTTPS, MARK_MASK, QUEUE, REFUSED};
 use crate::egress::{PROXY_PORT, RESOLVER_PORT};
 use crate::tools;
 
@@ -28,8 +29,21 @@ fn rules(chain: &str, policy: &NetPolicy) -> String {
     for port in policy.open_host_ports() {
         r += &format!("-A {chain} -d {SLIRP_GATEWAY}/32 -p tcp --dport {port} -j ACCEPT\n");
     }
-    // Restricted: what is not redirected to the resolver or the proxy
-    // (see `redirects`) goes no further.
+    // Restricted: what goes straight to its server is let by while its
+    // first bytes are checked and after they passed; once they failed, the
+    // check's own reset goes on to the server and the rest is reset (see
+    // `checks`). What is not redirected to the resolver or the proxy (see
+    // `redirects`) goes no further.
+    if policy.mode == Mode::Restricted {
+        for state in [DIRECT, CHECKED] {
+            r += &format!("-A {chain} {} -j RETURN\n", connmark(state));
+        }
+        let refused = connmark(REFUSED);
+        r += &format!(
+            "-A {chain} -p tcp --tcp-flags RST RST {refused} -j RETURN\n\
+             -A {chain} -p tcp {refused} -j REJECT --reject-with tcp-reset\n"
+        );
+    }
     if policy.mode != Mode::Open {
         r += &format!("-A {chain} -j {DENY}\n");
     }
@@ -51,8 +65,41 @@ fn redirects(chain: &str, policy: &NetPolicy) -> String {
                 "-A {chain} -p {proto} --dport 53 -j REDIRECT --to-ports {RESOLVER_PORT}\n"
             );
         }
+        r += &format!("-A {chain} {} -j RETURN\n", connmark(DIRECT));
         r += &format!("-A {chain} -p tcp -j REDIRECT --to-ports {PROXY_PORT}\n");
     }
+    r + "COMMIT\n"
+}
+
+/// Matches connections marked `state` (see `egress::check`).
+fn connmark(state: u32) -> String {
+    format!("-m connmark --mark {state:#x}/{MARK_MASK:#x}")
+}
+
+/// The rules for `iptables-restore --noflush` that make the mangle chain
+/// `chain` queue a restricted environment's TCP to the agent's check
+/// (`egress::check`): each HTTPS connection's SYN, which the check marks for
+/// going straight to its server or (unmarked) to the proxy, then every
+/// packet of a connection going straight there until its first bytes are
+/// checked. The check's verdict comes back as the packet's mark, and is
+/// kept as the connection's. Without the agent, a SYN goes on unmarked
+/// (to the proxy); the rest waits. DNS and allowed host ports are not
+/// queued.
+fn checks(chain: &str, policy: &NetPolicy) -> String {
+    let mut r = format!("*mangle\n:{chain} - [0:0]\n");
+    for port in policy.open_host_ports() {
+        r += &format!("-A {chain} -d {SLIRP_GATEWAY}/32 -p tcp --dport {port} -j RETURN\n");
+    }
+    let marked = format!("-m mark ! --mark 0x0/{MARK_MASK:#x}");
+    r += &format!(
+        "-A {chain} -p tcp --dport 53 -j RETURN\n\
+         -A {chain} {marked} -j CONNMARK --save-mark --nfmask {MARK_MASK:#x} --ctmask {MARK_MASK:#x}\n\
+         -A {chain} {marked} -j RETURN\n\
+         -A {chain} -p tcp --syn --dport {HTTPS} {} -j NFQUEUE --queue-num {QUEUE} --queue-bypass\n\
+         -A {chain} -p tcp {} -j NFQUEUE --queue-num {QUEUE}\n",
+        connmark(0),
+        connmark(DIRECT),
+    );
     r + "COMMIT\n"
 }
 
@@ -64,8 +111,8 @@ struct Place {
     chain: String,
 }
 
-/// The environment's filter chain, then its nat chain.
-fn places(veth: &str) -> [Place; 2] {
+/// The environment's filter chain, its nat chain, its mangle chain.
+fn places(veth: &str) -> [Place; 3] {
     [
         Place {
             table: "filter",
@@ -77,6 +124,11 @@ fn places(veth: &str) -> [Place; 2] {
             parent: REDIRECTS,
             chain: format!("{REDIRECTS}-{veth}"),
         },
+        Place {
+            table: "mangle",
+            parent: CHECKS,
+            chain: format!("{CHECKS}-{veth}"),
+        },
     ]
 }
 
@@ -86,11 +138,14 @@ pub fn apply(veth: &str, policy: &NetPolicy) -> Result<(), GuardError> {
     if policy.is_default() {
         return forget(veth);
     }
-    let [filter, nat] = places(veth);
+    let [filter, nat, mangle] = places(veth);
     install(&filter, veth, &rules(&filter.chain, policy))?;
     match policy.mode {
-        Mode::Restricted => install(&nat, veth, &redirects(&nat.chain, policy)),
-        _ => remove(&nat, veth),
+        Mode::Restricted => {
+            install(&nat, veth, &redirects(&nat.chain, policy))?;
+            install(&mangle, veth, &checks(&mangle.chain, policy))
+        }
+        _ => remove(&mangle, veth).and_then(|()| remove(&nat, veth)),
     }
 }
 
@@ -179,7 +234,14 @@ mod tests {
             ..open.clone()
         };
         assert!(rules(&c, &restricted).ends_with(
-            "--dport 8080 -j ACCEPT\n-A LLIMA-BOX-POL-lbx7 -j LLIMA-BOX-DENY\nCOMMIT\n"
+            "--dport 8080 -j ACCEPT\n\
+             -A LLIMA-BOX-POL-lbx7 -m connmark --mark 0x4000000/0xc000000 -j RETURN\n\
+             -A LLIMA-BOX-POL-lbx7 -m connmark --mark 0x8000000/0xc000000 -j RETURN\n\
+             -A LLIMA-BOX-POL-lbx7 -p tcp --tcp-flags RST RST \
+             -m connmark --mark 0xc000000/0xc000000 -j RETURN\n\
+             -A LLIMA-BOX-POL-lbx7 -p tcp -m connmark --mark 0xc000000/0xc000000 \
+             -j REJECT --reject-with tcp-reset\n\
+             -A LLIMA-BOX-POL-lbx7 -j LLIMA-BOX-DENY\nCOMMIT\n"
         ));
         assert_eq!(
             redirects("R", &restricted),
@@ -188,7 +250,24 @@ mod tests {
              -A R -d 192.168.5.2/32 -p tcp --dport 8080 -j RETURN\n\
              -A R -p udp --dport 53 -j REDIRECT --to-ports 10053\n\
              -A R -p tcp --dport 53 -j REDIRECT --to-ports 10053\n\
+             -A R -m connmark --mark 0x4000000/0xc000000 -j RETURN\n\
              -A R -p tcp -j REDIRECT --to-ports 10080\n\
+             COMMIT\n"
+        );
+        // Queued to the check: SYNs (let by without the agent), then what
+        // goes straight on until checked; verdicts kept as the mark.
+        assert_eq!(
+            checks("C", &restricted),
+            "*mangle\n:C - [0:0]\n\
+             -A C -d 192.168.5.2/32 -p tcp --dport 5432 -j RETURN\n\
+             -A C -d 192.168.5.2/32 -p tcp --dport 8080 -j RETURN\n\
+             -A C -p tcp --dport 53 -j RETURN\n\
+             -A C -m mark ! --mark 0x0/0xc000000 -j CONNMARK --save-mark \
+             --nfmask 0xc000000 --ctmask 0xc000000\n\
+             -A C -m mark ! --mark 0x0/0xc000000 -j RETURN\n\
+             -A C -p tcp --syn --dport 443 -m connmark --mark 0x0/0xc000000 \
+             -j NFQUEUE --queue-num 10080 --queue-bypass\n\
+             -A C -p tcp -m connmark --mark 0x4000000/0xc000000 -j NFQUEUE --queue-num 10080\n\
              COMMIT\n"
         );
         // Nothing passes in `none` mode, allowed host ports neither.
