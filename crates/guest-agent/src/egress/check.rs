@@ -22,8 +22,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::dns::u16_at;
 use super::peek::{MAX_PEEK, Peeked};
-use super::proxy::{HELLO_WAIT, Proxy, peek_at};
+use super::proxy::{HELLO_WAIT, Proxy, name_of, peek_at};
 use super::{Attempt, Environments, MAX_ACTIVE};
 
 /// The only port connected to directly (see [`Checker::direct`]).
@@ -91,17 +92,13 @@ impl Segment<'_> {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
 /// The TCP segment in the IPv4 packet `ip`, if it is one.
 fn segment(ip: &[u8]) -> Option<Segment<'_>> {
     let ihl = usize::from(*ip.first()? & 0x0f) * 4;
     if ip[0] >> 4 != 4 || ihl < 20 || *ip.get(9)? != libc::IPPROTO_TCP as u8 {
         return None;
     }
-    let total = usize::from(be16(ip, 2)?);
+    let total = usize::from(u16_at(ip, 2)?);
     let ip = ip.get(..total.max(ihl))?;
     let addr = |at: usize| -> Option<Ipv4Addr> {
         Some(Ipv4Addr::from(
@@ -111,8 +108,8 @@ fn segment(ip: &[u8]) -> Option<Segment<'_>> {
     let tcp = ip.get(ihl..)?;
     let offset = usize::from(*tcp.get(12)? >> 4) * 4;
     Some(Segment {
-        from: SocketAddrV4::new(addr(12)?, be16(tcp, 0)?),
-        to: SocketAddrV4::new(addr(16)?, be16(tcp, 2)?),
+        from: SocketAddrV4::new(addr(12)?, u16_at(tcp, 0)?),
+        to: SocketAddrV4::new(addr(16)?, u16_at(tcp, 2)?),
         flags: *tcp.get(13)?,
         seq: u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?),
         payload: tcp.get(offset.max(20)..)?,
@@ -124,10 +121,19 @@ fn segment(ip: &[u8]) -> Option<Segment<'_>> {
 /// it to the network card).
 fn reset_of(ip: &[u8]) -> Option<Vec<u8>> {
     let ihl = usize::from(*ip.first()? & 0x0f) * 4;
-    let mut p = ip.get(..usize::from(be16(ip, 2)?))?.to_vec();
+    let mut p = ip.get(..usize::from(u16_at(ip, 2)?))?.to_vec();
     let tcp_len = p.len().checked_sub(ihl)?;
     p.get_mut(ihl + 13).map(|f| *f = RST | ACK)?;
     p.get_mut(ihl + 16..ihl + 18)?.fill(0);
+    let sum = tcp_sum(&p, ihl, tcp_len);
+    p[ihl + 16..ihl + 18].copy_from_slice(&(!sum).to_be_bytes());
+    Some(p)
+}
+
+/// The ones' complement sum of the TCP segment of `p` (from `ihl`,
+/// `tcp_len` bytes) and its pseudo-header: the checksum is its complement,
+/// and a segment with the right checksum sums to `0xffff`.
+fn tcp_sum(p: &[u8], ihl: usize, tcp_len: usize) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |b: &[u8]| {
         for pair in b.chunks(2) {
@@ -137,12 +143,11 @@ fn reset_of(ip: &[u8]) -> Option<Vec<u8>> {
     add(&p[12..20]);
     add(&[0, libc::IPPROTO_TCP as u8]);
     add(&(tcp_len as u16).to_be_bytes());
-    add(&p[ihl..]);
+    add(&p[ihl..ihl + tcp_len]);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    p[ihl + 16..ihl + 18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    Some(p)
+    sum as u16
 }
 
 /// Decides on the packets the guard queues.
@@ -314,11 +319,7 @@ impl<E: Environments> Checker<E> {
         for flow in late {
             if let Some(held) = self.held.remove(&flow) {
                 if let Some(env) = self.proxy.envs.at(IpAddr::V4(*flow.0.ip())) {
-                    let name = match peek_at(&held.data, flow.1.port()) {
-                        Peeked::Name(n) => n,
-                        _ => String::new(),
-                    };
-                    self.log(&env, flow, name);
+                    self.log(&env, flow, name_of(&held.data, flow.1.port()));
                 }
                 out.extend(refused(held));
             }
@@ -488,24 +489,6 @@ mod tests {
         assert_eq!(c.packet(4, &[0x60; 60], now), [Action::Drop(4)]);
     }
 
-    /// Whether the TCP checksum of the IPv4 packet `ip` is right.
-    fn checksum_holds(ip: &[u8]) -> bool {
-        let mut sum: u32 = 0;
-        let mut add = |b: &[u8]| {
-            for pair in b.chunks(2) {
-                sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-            }
-        };
-        add(&ip[12..20]);
-        add(&[0, 6]);
-        add(&((ip.len() - 20) as u16).to_be_bytes());
-        add(&ip[20..]);
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        sum == 0xffff
-    }
-
     #[test]
     fn an_ack_becomes_a_reset_of_the_same_connection() {
         let mut ack = tcp(KNOWN, 443, ACK, 77, b"");
@@ -516,7 +499,9 @@ mod tests {
         assert_eq!(segment(&rst).unwrap().flags, RST | ACK);
         // Addresses, ports, sequence and acknowledgement numbers kept.
         assert_eq!(&rst[..33], &ack[..33]);
-        assert!(checksum_holds(&rst), "{rst:?}");
+        assert_eq!(tcp_sum(&rst, 20, rst.len() - 20), 0xffff, "{rst:?}");
+        // As computed apart from this code, over the pseudo-header too.
+        assert_eq!(&rst[36..38], &[0xeb, 0x45]);
         assert_eq!(reset_of(&ack[..30]), None);
     }
 

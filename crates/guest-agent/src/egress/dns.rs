@@ -24,7 +24,7 @@ pub struct Question {
     end: usize,
 }
 
-fn u16_at(msg: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(msg: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(msg.get(at..at + 2)?.try_into().ok()?))
 }
 

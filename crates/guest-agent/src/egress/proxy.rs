@@ -146,7 +146,7 @@ fn read_name(client: &mut TcpStream, port: u16) -> io::Result<(Vec<u8>, Option<S
 }
 
 /// The name a refused connection gave, for the log (none: empty).
-fn name_of(first: &[u8], port: u16) -> String {
+pub(super) fn name_of(first: &[u8], port: u16) -> String {
     match peek_at(first, port) {
         Peeked::Name(n) => n,
         _ => String::new(),

@@ -57,9 +57,7 @@ fn rules(chain: &str, policy: &NetPolicy) -> String {
 fn redirects(chain: &str, policy: &NetPolicy) -> String {
     let mut r = format!("*nat\n:{chain} - [0:0]\n");
     if policy.mode == Mode::Restricted {
-        for port in policy.open_host_ports() {
-            r += &format!("-A {chain} -d {SLIRP_GATEWAY}/32 -p tcp --dport {port} -j RETURN\n");
-        }
+        r += &host_ports_return(chain, policy);
         for proto in ["udp", "tcp"] {
             r += &format!(
                 "-A {chain} -p {proto} --dport 53 -j REDIRECT --to-ports {RESOLVER_PORT}\n"
@@ -69,6 +67,16 @@ fn redirects(chain: &str, policy: &NetPolicy) -> String {
         r += &format!("-A {chain} -p tcp -j REDIRECT --to-ports {PROXY_PORT}\n");
     }
     r + "COMMIT\n"
+}
+
+/// Rules that send the policy's allowed host ports out of `chain`: they
+/// go their own way, as in open mode.
+fn host_ports_return(chain: &str, policy: &NetPolicy) -> String {
+    policy
+        .open_host_ports()
+        .iter()
+        .map(|port| format!("-A {chain} -d {SLIRP_GATEWAY}/32 -p tcp --dport {port} -j RETURN\n"))
+        .collect()
 }
 
 /// Matches connections marked `state` (see `egress::check`).
@@ -87,9 +95,7 @@ fn connmark(state: u32) -> String {
 /// queued.
 fn checks(chain: &str, policy: &NetPolicy) -> String {
     let mut r = format!("*mangle\n:{chain} - [0:0]\n");
-    for port in policy.open_host_ports() {
-        r += &format!("-A {chain} -d {SLIRP_GATEWAY}/32 -p tcp --dport {port} -j RETURN\n");
-    }
+    r += &host_ports_return(chain, policy);
     let marked = format!("-m mark ! --mark 0x0/{MARK_MASK:#x}");
     r += &format!(
         "-A {chain} -p tcp --dport 53 -j RETURN\n\
