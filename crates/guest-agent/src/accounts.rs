@@ -4,8 +4,9 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use llima_box_proto::paths::{ENV_UIDS, HOMES_DIR};
 
@@ -191,10 +192,59 @@ pub fn groups_of(group: &str, name: &str, gid: u32) -> Vec<u32> {
     groups
 }
 
+/// What names a user, and what a claim renames the spare's user in while a
+/// first shell waits: kept [`prepare`]d.
+pub const NAME_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
+
+/// Where the next text of an account file is written before it replaces
+/// the file (see [`rewrite`] and [`prepare`]).
+fn temporary(path: &Path) -> PathBuf {
+    path.with_extension("llima-box-tmp")
+}
+
+/// Room for the next text of a file beyond its size today, in bytes.
+const PREPARED_ROOM: u64 = 8192;
+
+/// Leaves beside each of `files` its next temporary file with disk space
+/// already given to it, and the file's owner and mode (each change costs
+/// a journal entry later), the caller holding the account files' lock. ext4
+/// gives a new file's data its blocks only when it writes it out, and
+/// when a rename replaces a file by one whose blocks are still to be
+/// given, it does that at once (its `auto_da_alloc`): 1-1.5 ms a file
+/// under emulation, in a claim that a first shell waits for. An error
+/// costs only that time, and leaves nothing worse than a temporary file.
+pub fn prepare(files: &[&str]) -> std::io::Result<()> {
+    for file in files {
+        let meta = fs::metadata(file)?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(temporary(Path::new(file)))?;
+        // SAFETY: a descriptor this function owns; KEEP_SIZE: the blocks
+        // lie beyond the file's end until written.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                (meta.len() + PREPARED_ROOM) as libc::off_t,
+            )
+        };
+        crate::sys::check(rc)?;
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
 /// Replaces the file at `path` with `edit` of its text, atomically (a
 /// temporary file beside it, then rename) and keeping its mode and owner;
 /// flushed to disk first when `durable`. A missing file is left missing;
-/// an unchanged one is not rewritten.
+/// an unchanged one is not rewritten. The temporary file is written over,
+/// not emptied first, so that what [`prepare`] gave it is used; it is
+/// then cut to the new text's length if it was longer.
 fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String, durable: bool) -> std::io::Result<()> {
     let old = match fs::read_to_string(path) {
         Ok(t) => t,
@@ -206,16 +256,25 @@ fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String, durable: bool) -> std
         return Ok(());
     }
     let meta = fs::metadata(path)?;
-    let tmp = path.with_extension("llima-box-tmp");
+    let tmp = temporary(path);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(0o600)
         .open(&tmp)?;
+    // Only what the temporary file lacks: a prepared one has it all.
+    let had = f.metadata()?;
     f.write_all(new.as_bytes())?;
-    std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-    f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    if had.len() > new.len() as u64 {
+        f.set_len(new.len() as u64)?;
+    }
+    if (had.uid(), had.gid()) != (meta.uid(), meta.gid()) {
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    if had.mode() & 0o7777 != meta.mode() & 0o7777 {
+        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
     if durable {
         f.sync_all()?;
     }
@@ -319,6 +378,8 @@ pub fn add_env_user(name: &str, last_uid: &Path) -> Result<u32, AddError> {
         rewrite(Path::new(file), |t| with_line(t, &line), true)
             .map_err(add_io("cannot add the user to the account files"))?;
     }
+    // For the claim that may rename this user; a failure costs only time.
+    let _ = prepare(&NAME_FILES);
     crate::homes::make(name, id)?;
     Ok(id)
 }
@@ -498,6 +559,36 @@ mod tests {
         assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
         rewrite(&d.join("missing"), |_| "x".into(), false).unwrap();
         assert!(!d.join("missing").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn rewrite_takes_a_prepared_or_left_temporary_file() {
+        let d = std::env::temp_dir().join(format!("llb-prep-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let f = d.join("passwd");
+        let text = "root:x:0:0:root:/root:/bin/sh\nspare-1:x:70001:70001::/h:/bin/sh\n";
+        fs::write(&f, text).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        let path = f.to_str().unwrap();
+        prepare(&[path]).unwrap();
+        let tmp = temporary(&f);
+        let prepared = fs::metadata(&tmp).unwrap();
+        assert_eq!((prepared.len(), prepared.mode() & 0o777), (0, 0o644));
+        assert!(prepared.blocks() > 0, "no space was given to it");
+        rename_account("spare-1", "app-0123abcd", &[path], false).unwrap();
+        let renamed = text.replace("spare-1", "app-0123abcd");
+        assert_eq!(fs::read_to_string(&f).unwrap(), renamed);
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o644);
+        assert!(!tmp.exists());
+        // One left longer by an interrupted rewrite is cut to the new text.
+        fs::write(&tmp, "x".repeat(4096)).unwrap();
+        rename_account("app-0123abcd", "b", &[path], false).unwrap();
+        assert_eq!(
+            fs::read_to_string(&f).unwrap(),
+            text.replace("spare-1", "b")
+        );
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o644);
         fs::remove_dir_all(&d).unwrap();
     }
 }
