@@ -27,17 +27,21 @@ const PROTECTED: [&str; 3] = ["config", "config.worktree", "hooks"];
 /// directory reads through the share under emulation).
 const NESTED_DEPTH: usize = 2;
 
-/// Makes the git metadata of the repositories in `project` read-only in
-/// the calling process's mount namespace; returns what it protected. The
-/// repositories are looked for in `scan` (open, see [`open_dir`]), the
-/// same directory, seen another way where that is cheaper (a directory
-/// read through bindfs costs several times as much under emulation); what
-/// is bound is opened in `project`.
-pub fn protect(project: &Path, scan: &OwnedFd) -> io::Result<Vec<PathBuf>> {
+/// The repositories to protect in `scan` (open, see [`open_dir`]): the
+/// project itself, seen another way where that is cheaper (a directory
+/// read through bindfs costs several times as much under emulation).
+pub fn repositories(scan: &OwnedFd) -> Vec<PathBuf> {
+    git_dirs(scan, NESTED_DEPTH)
+}
+
+/// Makes the git metadata of `repositories` (relative to `project`, see
+/// [`repositories`]) read-only in the calling process's mount namespace;
+/// returns what it protected. What is bound is opened in `project`.
+pub fn protect(project: &Path, repositories: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
     let mut done = Vec::new();
-    for rel in git_dirs(scan, NESTED_DEPTH) {
+    for rel in repositories {
         for name in PROTECTED {
-            let path = project.join(&rel).join(name);
+            let path = project.join(rel).join(name);
             if read_only_bind(&path)? {
                 done.push(path);
             }

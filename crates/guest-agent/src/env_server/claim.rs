@@ -10,6 +10,8 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
 
 use llima_box_proto::names::{valid_env_name, valid_path};
 use llima_box_proto::paths::{HOMES_DIR, SOCKETS_DIR, SPARE_SOCKET, STAGE_DIR, STANDBY_SOCKET};
@@ -19,10 +21,10 @@ use super::{Identity, Server, within};
 use crate::sys::{c, check};
 use crate::{accounts, lock, protect_git, sys};
 
-/// The account files the spare's user is renamed in before its first
-/// command starts: what names it, and any subordinate IDs an admin gave
-/// it (`newuidmap` looks them up by name).
-const NAMING_FILES: [&str; 4] = ["/etc/passwd", "/etc/group", "/etc/subuid", "/etc/subgid"];
+/// Where the spare's user is renamed before its first command starts, as
+/// in [`accounts::NAME_FILES`]: any subordinate IDs an admin gave it
+/// (`newuidmap` looks them up by name).
+const SUBORDINATE_FILES: [&str; 2] = ["/etc/subuid", "/etc/subgid"];
 /// The rest, renamed once the command runs: they only hold passwords,
 /// which no environment user has or is asked for. Each file costs a few
 /// milliseconds under emulation.
@@ -81,8 +83,9 @@ const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// outside the account files' lock.
 fn flush_later() {
     let flush = || {
-        let all: Vec<&str> = NAMING_FILES
+        let all: Vec<&str> = accounts::NAME_FILES
             .iter()
+            .chain(&SUBORDINATE_FILES)
             .chain(&PASSWORD_FILES)
             .copied()
             .collect();
@@ -109,6 +112,78 @@ fn claimed(name: &str) -> String {
 /// made environment and the pool's keeper replaces the spare.
 fn unpublish(name: &str) {
     let _ = fs::remove_file(claimed(name));
+}
+
+/// A job for a [`Helper`].
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread a spare starts while it waits, for the questions its claim asks
+/// the share: each is a round trip to the host (a millisecond or more, up
+/// to several after a pause), and meanwhile the claim does its own work.
+/// Started at the claim, it would cost the claim 1.5-3 ms under emulation.
+pub struct Helper(Mutex<Option<mpsc::Sender<Job>>>);
+
+impl Helper {
+    /// A helper waiting for one job: for a spare; none otherwise.
+    pub fn start(spare: bool) -> Helper {
+        let sender = spare.then(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let waiting = std::thread::Builder::new().spawn(move || {
+                if let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+            waiting.is_ok().then_some(tx)
+        });
+        Helper(Mutex::new(sender.flatten()))
+    }
+
+    /// Runs `job` on the waiting thread, or on a new one once that is used.
+    fn run(&self, job: Job) -> io::Result<()> {
+        let waiting = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let job = match waiting {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        std::thread::Builder::new().spawn(job).map(drop)
+    }
+}
+
+/// The repositories in the project (see `protect_git::repositories`).
+type Found = mpsc::Receiver<io::Result<Vec<PathBuf>>>;
+
+/// Opens the project exactly (see `sys::open_dir_exact`) and sends it on
+/// `opened` at once, then looks for its repositories, in it or, when `raw`
+/// is given, there, and sends them on `found`.
+fn look(
+    source: &str,
+    raw: Option<&str>,
+    opened: &mpsc::Sender<Result<OwnedFd, String>>,
+    found: &mpsc::Sender<io::Result<Vec<PathBuf>>>,
+) {
+    let src = match sys::open_dir_exact(source) {
+        Ok(Some(src)) => src,
+        Ok(None) => {
+            let _ = opened.send(Err("the project's path has a symbolic link in it".into()));
+            return;
+        }
+        Err(_) => {
+            let _ = opened.send(Err("the project is not a directory".into()));
+            return;
+        }
+    };
+    let copy = src.try_clone();
+    if opened.send(Ok(src)).is_err() {
+        return;
+    }
+    let scan = match raw {
+        Some(raw) => protect_git::open_dir(Path::new(raw)),
+        None => copy.and_then(|dir| protect_git::reopen(&dir)),
+    };
+    let _ = found.send(scan.map(|dir| protect_git::repositories(&dir)));
 }
 
 /// Turns this server's spare into `c`'s environment, or says why not.
@@ -145,12 +220,17 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
     let rest = &c.project[root.len()..];
     let source = format!("{STAGE_DIR}/remap/{index}{rest}");
     let raw = format!("{STAGE_DIR}/raw/{index}{rest}");
-    let src = match sys::open_dir_exact(&source) {
-        Ok(Some(src)) => src,
-        Ok(None) => return Err("the project's path has a symbolic link in it".into()),
-        Err(_) => return Err("the project is not a directory".into()),
-    };
-    let fd_path = sys::fd_path(&src);
+    // Looked at by the helper meanwhile (through the raw share when the
+    // remap is bindfs, whose directory reads cost several times as much).
+    let (opened_tx, opened) = mpsc::channel();
+    let (found_tx, found) = mpsc::channel();
+    let raw = (server.idmapped.get(index) != Some(&true)).then_some(raw);
+    server
+        .helper
+        .run(Box::new(move || {
+            look(&source, raw.as_deref(), &opened_tx, &found_tx)
+        }))
+        .map_err(|e| format!("cannot look at the project: {e}"))?;
     // The environment's lock, as `ensure` takes it, and the pool's, so that
     // the pool's keeper never sees this spare half claimed (shared: the
     // standby's claim may come while this one completes).
@@ -175,6 +255,10 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
     if accounts::uid_of(&passwd, &c.name).is_some() {
         return Err("the user exists".into());
     }
+    let src = opened
+        .recv()
+        .unwrap_or_else(|_| Err("the look at the project ended early".into()))?;
+    let fd_path = sys::fd_path(&src);
     // Held only while this claim edits them: the standby's claim right
     // after must not wait for this one's completion.
     let accounts_lock =
@@ -184,13 +268,7 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
         .map_err(|e| format!("cannot take the spare off the pool: {e}"))?;
     let _ = fs::rename(STANDBY_SOCKET, SPARE_SOCKET);
     let old = id.name.clone();
-    // Where to look for git metadata: the project just opened when that is
-    // the share itself, else the raw share (faster than through bindfs).
-    let scan = match server.idmapped.get(index) {
-        Some(true) => protect_git::reopen(&src),
-        _ => protect_git::open_dir(std::path::Path::new(&raw)),
-    };
-    if let Err(e) = scan.and_then(|scan| claim_as(&mut id, c, &fd_path, &scan)) {
+    if let Err(e) = claim_as(&mut id, c, &fd_path, &found) {
         unpublish(&c.name);
         return Err(format!("cannot take the spare on: {e}"));
     }
@@ -204,18 +282,23 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
 }
 
 /// What the command needs: its view of the project and home, and its name.
-fn claim_as(id: &mut Identity, c: &Claim, source: &str, scan: &OwnedFd) -> io::Result<()> {
+fn claim_as(id: &mut Identity, c: &Claim, source: &str, found: &Found) -> io::Result<()> {
     let home = format!("{HOMES_DIR}/{}", c.name);
     fs::create_dir_all(&home)?;
-    sys::bind(&format!("{STAGE_DIR}/home"), &home, false)?;
+    // Moved, not bound again and unmounted: an unmount waits for every
+    // CPU to pass a quiescent state, up to 5 ms under emulation.
     let old_home = id.home();
-    sys::detach(&old_home)?;
+    sys::mount(Some(&old_home), &home, None, libc::MS_MOVE, None)?;
     fs::remove_dir(&old_home)?;
     fs::create_dir_all(&c.project)?;
     sys::bind(source, &c.project, false)?;
-    protect_git::protect(std::path::Path::new(&c.project), scan)?;
+    let repositories = found
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the look at the project ended early")))?;
+    protect_git::protect(Path::new(&c.project), &repositories)?;
     // Flushed a while after the command runs (`flush_later`).
-    accounts::rename_account(&id.name, &c.name, &NAMING_FILES, false)?;
+    let files = [accounts::NAME_FILES, SUBORDINATE_FILES].concat();
+    accounts::rename_account(&id.name, &c.name, &files, false)?;
     id.name = c.name.clone();
     id.project = Some(c.project.clone());
     // A spare's user is in its own group only.
@@ -243,6 +326,10 @@ impl Completion {
         {
             let _accounts = lock::account_files()?;
             accounts::rename_account(&self.old, name, &PASSWORD_FILES, false)?;
+            // For the next claim, which may come right after this one.
+            if let Err(e) = accounts::prepare(&accounts::NAME_FILES) {
+                eprintln!("llima-box env-server: cannot prepare the account files: {e}");
+            }
         }
         flush_later();
         rename_at(&server.dirs.homes, &self.old, name)?;
@@ -276,6 +363,52 @@ impl Completion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_helper_runs_every_job_it_is_given() {
+        for spare in [true, false] {
+            let helper = Helper::start(spare);
+            let (tx, rx) = mpsc::channel();
+            for i in 0..2 {
+                let tx = tx.clone();
+                helper.run(Box::new(move || tx.send(i).unwrap())).unwrap();
+            }
+            let mut ran: Vec<i32> = rx.iter().take(2).collect();
+            ran.sort();
+            assert_eq!(ran, [0, 1]);
+        }
+    }
+
+    #[test]
+    fn a_look_sends_the_project_then_its_repositories() {
+        let d = std::env::temp_dir().join(format!("llb-look-{}", std::process::id()));
+        fs::create_dir_all(d.join("p/sub/.git")).unwrap();
+        fs::create_dir_all(d.join("p/.git")).unwrap();
+        std::os::unix::fs::symlink(d.join("p"), d.join("link")).unwrap();
+        let run = |source: &Path| {
+            let (opened_tx, opened) = mpsc::channel();
+            let (found_tx, found) = mpsc::channel();
+            look(source.to_str().unwrap(), None, &opened_tx, &found_tx);
+            (opened.recv().unwrap(), found.try_recv().ok())
+        };
+        let (opened, found) = run(&d.join("p"));
+        assert_eq!(
+            fs::read_link(sys::fd_path(&opened.unwrap())).unwrap(),
+            d.join("p")
+        );
+        let mut found = found.unwrap().unwrap();
+        found.sort();
+        assert_eq!(found, [PathBuf::from(".git"), PathBuf::from("sub/.git")]);
+        let (opened, found) = run(&d.join("link"));
+        assert_eq!(
+            opened.unwrap_err(),
+            "the project's path has a symbolic link in it"
+        );
+        assert!(found.is_none());
+        let (opened, _) = run(&d.join("missing"));
+        assert_eq!(opened.unwrap_err(), "the project is not a directory");
+        fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn paths_must_be_inside() {

@@ -84,6 +84,8 @@ pub struct Server {
     /// claim looks for git metadata through the project it opened there,
     /// rather than walking the raw share's path again.
     idmapped: Vec<bool>,
+    /// For a spare's claim.
+    helper: claim::Helper,
 }
 
 impl Server {
@@ -181,6 +183,7 @@ pub fn serve(args: &[String], ready: std::fs::File, dirs: Dirs) -> io::Result<()
         dirs,
         reaper: reaper::Reaper::default(),
         retired: AtomicBool::new(false),
+        helper: claim::Helper::start(spare),
     }));
     std::thread::spawn(|| server.reaper.run());
     // Before the spare can be published: no claim waits for it.

@@ -341,7 +341,11 @@ impl Executor for Kernel {
             }
             Step::ProtectGit { project, scan } => {
                 let scan = crate::protect_git::open_dir(Path::new(scan))?;
-                crate::protect_git::protect(Path::new(project), &scan).map(drop)
+                crate::protect_git::protect(
+                    Path::new(project),
+                    &crate::protect_git::repositories(&scan),
+                )
+                .map(drop)
             }
             Step::Resolver { nameservers } => {
                 let list = format!("{STAGE_DIR}/resolv.conf");
