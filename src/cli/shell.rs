@@ -41,6 +41,7 @@ pub(super) fn run(
         &guest_project,
         &args.command,
         agent.is_some(),
+        git_before.repositories(&project),
     )?;
     let opts = match access::connect_options(
         lima_home,

@@ -21,6 +21,8 @@ pub(crate) struct ExecRequest {
     /// defaults is always made the long way, which applies them; a spare
     /// has the defaults.
     pub settings: Settings,
+    /// The project's repositories, for a spare it claims (see [`Claim`]).
+    pub repositories: Option<Vec<String>>,
     /// Hand the SSH session's forwarded agent to the command.
     pub agent: bool,
     /// Empty: a login shell.
@@ -87,6 +89,7 @@ pub(crate) fn spawn_target(req: &ExecRequest, agent_sha256: &str) -> crate::ssh:
                 host_uid: *uid,
                 host_gid: *gid,
                 version: agent_sha256.to_string(),
+                repositories: req.repositories.clone(),
             })),
             alternate: None,
         })
@@ -109,6 +112,7 @@ mod tests {
             cwd: "/p q/sub".into(),
             ensure: Some(("/p q".into(), 501, 20)),
             settings: Settings::default(),
+            repositories: Some(vec![".git".into(), "sub/.git".into()]),
             agent: false,
             argv: vec!["a b".into()],
         };
@@ -124,7 +128,7 @@ mod tests {
             spare.request,
             serde_json::json!({"cwd": "/p q/sub", "argv": ["a b"], "claim": {
                 "name": "app-0123abcd", "project": "/p q", "host_uid": 501,
-                "host_gid": 20, "version": "r a"}})
+                "host_gid": 20, "version": "r a", "repositories": [".git", "sub/.git"]}})
         );
         // A project with settings of its own is made the long way.
         req.settings = Settings {
@@ -145,6 +149,7 @@ mod tests {
             cwd: "/p q".into(),
             ensure: None,
             settings: Settings::default(),
+            repositories: None,
             agent: false,
             argv: vec!["--".into(), "a b".into(), "".into()],
         };

@@ -437,6 +437,8 @@ enum Hook {
 /// The state of a project's repositories at one moment.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
+    /// The git directories found (canonical).
+    git_dirs: BTreeSet<PathBuf>,
     configs: BTreeMap<PathBuf, ConfigState>,
     hooks: BTreeMap<PathBuf, Hook>,
     /// The search stopped at [`MAX_ENTRIES`].
@@ -487,7 +489,20 @@ impl Snapshot {
             }
             snapshot.read_hooks(&git_dir.join("hooks"));
         }
+        snapshot.git_dirs = search.git_dirs;
         snapshot
+    }
+
+    /// The git directories found in `project` (the one taken), relative to
+    /// it; `None` when the search stopped early or a path is not UTF-8.
+    pub(crate) fn repositories(&self, project: &Path) -> Option<Vec<String>> {
+        if self.incomplete {
+            return None;
+        }
+        self.git_dirs
+            .iter()
+            .map(|d| Some(d.strip_prefix(project).ok()?.to_str()?.to_string()))
+            .collect()
     }
 
     fn read_hooks(&mut self, dir: &Path) {
@@ -1131,6 +1146,11 @@ mod tests {
         git_ok(&p, &["init", "-q", "--bare", "s/bare.git"]);
         repos.push(bare.clone());
         let before = Snapshot::take(&p);
+        // What a spare's claim makes read-only.
+        assert_eq!(
+            before.repositories(&p).unwrap(),
+            [".git", "a/.git", "a/b/c/.git", "s/bare.git", "x/.git"]
+        );
         for repo in &repos {
             set(repo, "core.pager", "evil");
         }
@@ -1313,5 +1333,7 @@ mod tests {
             ..Snapshot::default()
         };
         assert_eq!(cut.changes_since(&before), [Change::Incomplete]);
+        // A spare then searches for itself.
+        assert_eq!(cut.repositories(&p), None);
     }
 }

@@ -158,13 +158,14 @@ impl Prepared {
     /// `guest_project` (canonical on the host: `project`), in the project,
     /// with the forwarded SSH agent when `agent`, with the project's
     /// settings (kept in `instance_dir`) and the guest agent this binary
-    /// carries.
+    /// carries; `repositories` as the host found them (see [`ExecRequest`]).
     pub(crate) fn new(
         instance_dir: &Path,
         project: &Path,
         guest_project: &str,
         argv: &[String],
         agent: bool,
+        repositories: Option<Vec<String>>,
     ) -> Result<Prepared, Error> {
         let name = super::env_name_of(project);
         let req = ExecRequest {
@@ -179,6 +180,7 @@ impl Prepared {
                 rustix::process::getuid().as_raw(),
                 rustix::process::getgid().as_raw(),
             )),
+            repositories,
             agent,
             argv: argv.to_vec(),
         };

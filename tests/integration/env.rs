@@ -82,7 +82,7 @@ fn environments_end_to_end_on_9p() {
     checks.run_after("setid_race", FIRST, || check_setid_race(&vm, &a));
     // A spare gets its project's remap when claimed: B is one.
     checks.run_after("spare_claimed", FIRST, || {
-        check_spare_claimed(&vm, &b, &projects.mkdir("right-after"))
+        check_spare_claimed(&vm, &b, &projects)
     });
     checks.run_after("isolation_of_a", FIRST, || {
         check_isolation(&vm, &projects, &a, &b)
@@ -163,7 +163,7 @@ fn environments(vm: VmHome) {
     // Before anything else makes B: B and the project right after it must
     // be the ones to claim the spares.
     checks.run_after("spare_claimed", FIRST, || {
-        check_spare_claimed(&vm, &b, &projects.mkdir("right-after"))
+        check_spare_claimed(&vm, &b, &projects)
     });
 
     // Both ways: A was made from scratch, B from the spare.
@@ -823,7 +823,11 @@ fn check_terminal(vm: &VmHome, a: &Path, name_a: &str) {
 /// new projects (B and one right after it, with no time to make another)
 /// each claim one (same user id, renamed), and new spares take their
 /// places. A project built the long way would get a new uid instead.
-fn check_spare_claimed(vm: &VmHome, b: &Path, right_after: &Path) {
+/// The repositories the host found are read-only in a claimed one, even
+/// one deeper than the guest's own search goes (before, it was writable).
+fn check_spare_claimed(vm: &VmHome, b: &Path, projects: &TestDir) {
+    let right_after = &projects.mkdir("right-after");
+    git_init(&projects.mkdir("right-after/deep/er/inner"));
     let spares = wait_for_pool(vm, &[]);
     let uid_of = |user: &str| {
         vm.ok(&["vm", "shell", "--", "id", "-u", user])
@@ -844,6 +848,9 @@ fn check_spare_claimed(vm: &VmHome, b: &Path, right_after: &Path) {
         claimed.push(uid.to_string());
         names.push(name.to_string());
     }
+    let write = "echo x >>deep/er/inner/.git/config && echo written || echo refused";
+    let out = vm.shell_ok(right_after, &["sh", "-c", write]);
+    assert_eq!(out.trim(), "refused");
     assert_ne!(claimed[0], claimed[1], "both projects got one spare");
     // Not counted among the environments of the later checks.
     vm.ok(&["delete", "-y", right_after.to_str().unwrap()]);

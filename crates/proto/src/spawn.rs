@@ -93,6 +93,13 @@ pub struct Claim {
     /// The sha256 of the guest agent the host installed; a spare made by
     /// another refuses.
     pub version: String,
+    /// The git directories of the project's repositories, relative to it,
+    /// as the host found them (see the host's `git_watch`), when its search
+    /// was complete: their metadata is made read-only without a search of
+    /// the spare's own, which takes a round trip to the host for every
+    /// directory through the share. `None`: the spare searches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<Vec<String>>,
 }
 
 /// How the command ended.

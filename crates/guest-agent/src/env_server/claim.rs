@@ -156,13 +156,13 @@ impl Helper {
 type Found = mpsc::Receiver<io::Result<Vec<PathBuf>>>;
 
 /// Opens the project exactly (see `sys::open_dir_exact`) and sends it on
-/// `opened` at once, then looks for its repositories, in it or, when `raw`
-/// is given, there, and sends them on `found`.
+/// `opened` at once; then, given `found`, looks for its repositories, in
+/// it or, when `raw` is given, there, and sends them on `found`.
 fn look(
     source: &str,
     raw: Option<&str>,
     opened: &mpsc::Sender<Result<OwnedFd, String>>,
-    found: &mpsc::Sender<io::Result<Vec<PathBuf>>>,
+    found: Option<&mpsc::Sender<io::Result<Vec<PathBuf>>>>,
 ) {
     let src = match sys::open_dir_exact(source) {
         Ok(Some(src)) => src,
@@ -176,14 +176,27 @@ fn look(
         }
     };
     let copy = src.try_clone();
-    if opened.send(Ok(src)).is_err() {
+    let sent = opened.send(Ok(src));
+    let Some(found) = found.filter(|_| sent.is_ok()) else {
         return;
-    }
+    };
     let scan = match raw {
         Some(raw) => protect_git::open_dir(Path::new(raw)),
         None => copy.and_then(|dir| protect_git::reopen(&dir)),
     };
     let _ = found.send(scan.map(|dir| protect_git::repositories(&dir)));
+}
+
+/// The host's repositories (see [`Claim::repositories`]): paths that stay
+/// inside the project ("" is the project itself, a bare repository).
+fn relative_paths(known: &[String]) -> Result<Vec<PathBuf>, String> {
+    known
+        .iter()
+        .map(|r| match r.is_empty() || valid_path(&format!("/{r}")) {
+            true => Ok(PathBuf::from(r)),
+            false => Err(format!("bad repository path {r:?}")),
+        })
+        .collect()
 }
 
 /// Turns this server's spare into `c`'s environment, or says why not.
@@ -221,14 +234,22 @@ pub fn claim(server: &Server, c: &Claim) -> Result<Option<Completion>, String> {
     let source = format!("{STAGE_DIR}/remap/{index}{rest}");
     let raw = format!("{STAGE_DIR}/raw/{index}{rest}");
     // Looked at by the helper meanwhile (through the raw share when the
-    // remap is bindfs, whose directory reads cost several times as much).
+    // remap is bindfs, whose directory reads cost several times as much),
+    // searched only when the host did not say what it holds.
     let (opened_tx, opened) = mpsc::channel();
     let (found_tx, found) = mpsc::channel();
+    let search = match &c.repositories {
+        Some(known) => {
+            let _ = found_tx.send(Ok(relative_paths(known)?));
+            None
+        }
+        None => Some(found_tx),
+    };
     let raw = (server.idmapped.get(index) != Some(&true)).then_some(raw);
     server
         .helper
         .run(Box::new(move || {
-            look(&source, raw.as_deref(), &opened_tx, &found_tx)
+            look(&source, raw.as_deref(), &opened_tx, search.as_ref())
         }))
         .map_err(|e| format!("cannot look at the project: {e}"))?;
     // The environment's lock, as `ensure` takes it, and the pool's, so that
@@ -388,9 +409,13 @@ mod tests {
         let run = |source: &Path| {
             let (opened_tx, opened) = mpsc::channel();
             let (found_tx, found) = mpsc::channel();
-            look(source.to_str().unwrap(), None, &opened_tx, &found_tx);
+            look(source.to_str().unwrap(), None, &opened_tx, Some(&found_tx));
             (opened.recv().unwrap(), found.try_recv().ok())
         };
+        // Told what the project holds, it only opens it.
+        let (opened_tx, opened) = mpsc::channel();
+        look(d.join("p").to_str().unwrap(), None, &opened_tx, None);
+        assert!(opened.recv().unwrap().is_ok());
         let (opened, found) = run(&d.join("p"));
         assert_eq!(
             fs::read_link(sys::fd_path(&opened.unwrap())).unwrap(),
@@ -408,6 +433,16 @@ mod tests {
         let (opened, _) = run(&d.join("missing"));
         assert_eq!(opened.unwrap_err(), "the project is not a directory");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_hosts_repositories_must_stay_inside_the_project() {
+        let known = ["", ".git", "sub/.git", "a b/.git/modules/x"].map(String::from);
+        assert_eq!(relative_paths(&known).unwrap(), known.map(PathBuf::from));
+        for bad in ["/etc", "../.git", "a/../../x", "a//b", "a/"] {
+            let err = relative_paths(&[".git".into(), bad.into()]).unwrap_err();
+            assert!(err.contains("bad repository path"), "{err}");
+        }
     }
 
     #[test]
