@@ -202,6 +202,28 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_extension("llima-box-tmp")
 }
 
+/// The temporary file of `path`, as it is (see [`rewrite`]) or new.
+fn open_temporary(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(temporary(path))
+}
+
+/// Gives `f` (which `had`) the owner and mode of `meta` (the file it is
+/// to replace), changing only what differs.
+fn own_as(f: &fs::File, had: &fs::Metadata, meta: &fs::Metadata) -> std::io::Result<()> {
+    if (had.uid(), had.gid()) != (meta.uid(), meta.gid()) {
+        std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    if had.mode() & 0o7777 != meta.mode() & 0o7777 {
+        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
 /// Room for the next text of a file beyond its size today, in bytes.
 const PREPARED_ROOM: u64 = 8192;
 
@@ -216,12 +238,7 @@ const PREPARED_ROOM: u64 = 8192;
 pub fn prepare(files: &[&str]) -> std::io::Result<()> {
     for file in files {
         let meta = fs::metadata(file)?;
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(temporary(Path::new(file)))?;
+        let f = open_temporary(Path::new(file))?;
         // SAFETY: a descriptor this function owns; KEEP_SIZE: the blocks
         // lie beyond the file's end until written.
         let rc = unsafe {
@@ -233,8 +250,7 @@ pub fn prepare(files: &[&str]) -> std::io::Result<()> {
             )
         };
         crate::sys::check(rc)?;
-        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        own_as(&f, &f.metadata()?, &meta)?;
     }
     Ok(())
 }
@@ -256,29 +272,18 @@ fn rewrite(path: &Path, edit: impl FnOnce(&str) -> String, durable: bool) -> std
         return Ok(());
     }
     let meta = fs::metadata(path)?;
-    let tmp = temporary(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&tmp)?;
-    // Only what the temporary file lacks: a prepared one has it all.
+    let mut f = open_temporary(path)?;
     let had = f.metadata()?;
     f.write_all(new.as_bytes())?;
     if had.len() > new.len() as u64 {
         f.set_len(new.len() as u64)?;
     }
-    if (had.uid(), had.gid()) != (meta.uid(), meta.gid()) {
-        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-    }
-    if had.mode() & 0o7777 != meta.mode() & 0o7777 {
-        f.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    }
+    // A prepared one has them already.
+    own_as(&f, &had, &meta)?;
     if durable {
         f.sync_all()?;
     }
-    fs::rename(&tmp, path)
+    fs::rename(temporary(path), path)
 }
 
 /// The uid (and gid) for a new environment user: above `last` (the last

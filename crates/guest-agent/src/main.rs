@@ -89,9 +89,7 @@ fn main() -> ExitCode {
             [project, scan @ ..] if scan.len() <= 1 => {
                 let project = std::path::Path::new(project);
                 let scan = scan.first().map_or(project, std::path::Path::new);
-                protect_git::open_dir(scan).and_then(|scan| {
-                    protect_git::protect(project, &protect_git::repositories(&scan)).map(drop)
-                })
+                protect_git::protect_found(project, scan).map(drop)
             }
             _ => return usage(),
         };

@@ -34,6 +34,12 @@ pub fn repositories(scan: &OwnedFd) -> Vec<PathBuf> {
     git_dirs(scan, NESTED_DEPTH)
 }
 
+/// [`protect`] of the repositories found in the directory at `scan` (see
+/// [`open_dir`] and [`repositories`]).
+pub fn protect_found(project: &Path, scan: &Path) -> io::Result<Vec<PathBuf>> {
+    protect(project, &repositories(&open_dir(scan)?))
+}
+
 /// Makes the git metadata of `repositories` (relative to `project`, see
 /// [`repositories`]) read-only in the calling process's mount namespace;
 /// returns what it protected. What is bound is opened in `project`.

@@ -340,12 +340,7 @@ impl Executor for Kernel {
                 std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
             }
             Step::ProtectGit { project, scan } => {
-                let scan = crate::protect_git::open_dir(Path::new(scan))?;
-                crate::protect_git::protect(
-                    Path::new(project),
-                    &crate::protect_git::repositories(&scan),
-                )
-                .map(drop)
+                crate::protect_git::protect_found(Path::new(project), Path::new(scan)).map(drop)
             }
             Step::Resolver { nameservers } => {
                 let list = format!("{STAGE_DIR}/resolv.conf");
